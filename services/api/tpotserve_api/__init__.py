@@ -1,0 +1,1 @@
+"""The prediction API: Flask + Flask-RESTful behind Gunicorn and nginx."""

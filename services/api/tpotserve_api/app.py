@@ -1,0 +1,68 @@
+"""The application factory: ``create_app(settings)``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from flask import Flask
+from flask_restful import Api
+
+from tpotserve.offline import disable_tpot_update_check
+from tpotserve.settings import Settings, load_settings
+from tpotserve.store import ModelStore
+
+from . import resources
+from .errors import to_response
+from .model_holder import ModelHolder
+from .queue import JobQueue
+
+
+@dataclass
+class AppContext:
+    """What the resources need, built once per process."""
+
+    settings: Settings
+    store: ModelStore
+    holder: ModelHolder
+    queue: JobQueue
+
+
+class JsonApi(Api):
+    """Flask-RESTful, but every error goes through our one JSON handler."""
+
+    def handle_error(self, e: Exception):  # noqa: ANN201 - flask-restful's signature
+        return to_response(e)
+
+
+def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
+    """Build the API. Loads the current model before returning, so a worker
+    that accepts requests already serves what the pointer names."""
+    settings = settings or load_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    disable_tpot_update_check()  # unpickling a TPOT pipeline imports tpot
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+
+    store = ModelStore(settings.model_dir)
+    holder = ModelHolder(store, settings.model_poll_interval_s)
+    holder.refresh()
+    if poll:
+        holder.start_polling()
+    app.extensions["tpotserve"] = AppContext(
+        settings=settings, store=store, holder=holder, queue=JobQueue(settings)
+    )
+
+    api = JsonApi(app, catch_all_404s=True)
+    api.add_resource(resources.Predict, "/predict")
+    api.add_resource(resources.Retrain, "/retrain")
+    api.add_resource(resources.JobStatus, "/jobs/<string:job_id>")
+    api.add_resource(resources.Models, "/models")
+    api.add_resource(resources.CurrentModel, "/models/current")
+    api.add_resource(resources.Activate, "/models/<string:version>/activate")
+    api.add_resource(resources.Healthz, "/healthz")
+    api.add_resource(resources.Readyz, "/readyz")
+    app.register_error_handler(Exception, to_response)
+    return app

@@ -1,0 +1,183 @@
+"""Each Gunicorn worker's model holder: load beside, verify, then swap.
+
+A daemon thread polls the store's pointer every ``poll_interval`` seconds (a
+read of one small file). When the pointer names a new version, the holder
+loads it beside the one it serves, checks its sha256 and a smoke prediction,
+and only then swaps one reference. A failed load keeps the old model and is
+recorded for /readyz. Requests never block on loading: they read whichever
+model is current at the moment they start.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import joblib
+import numpy as np
+
+from tpotserve.errors import ArtifactRejected, ModelNotReady, NotFound
+from tpotserve.store import ModelStore, Pointer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """A verified model and what the API needs to answer with it."""
+
+    pointer: Pointer
+    meta: dict[str, Any]
+    model: Any
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def version(self) -> str:
+        return self.pointer.version
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f["name"] for f in self.meta["features"]]
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.meta["task"] == "classification"
+
+    def predict(self, rows: list[list[float]]) -> tuple[list[Any], list[dict[str, float]] | None]:
+        """Predictions (class names or numbers) and, for classifiers, class probabilities."""
+        X = np.asarray(rows, dtype=float)
+        if not self.is_classifier:
+            return [float(v) for v in self.model.predict(X)], None
+        classes = self.meta["classes"]
+        if hasattr(self.model, "predict_proba"):
+            # One call gives both answers; predict() would run predict_proba again.
+            proba = self.model.predict_proba(X)
+            best = proba.argmax(axis=1)
+            predictions = [classes[i] for i in best]
+            probabilities = [
+                {str(name): float(p) for name, p in zip(classes, row)} for row in proba
+            ]
+            return predictions, probabilities
+        raw = self.model.predict(X)
+        model_classes = list(getattr(self.model, "classes_", range(len(classes))))
+        return [classes[model_classes.index(v)] for v in raw], None
+
+
+def smoke_row(meta: dict[str, Any]) -> list[float]:
+    """One plausible row: the midpoint of each feature's training range."""
+    row = []
+    for feature in meta["features"]:
+        low, high = feature.get("min"), feature.get("max")
+        row.append((low + high) / 2 if low is not None and high is not None else 0.0)
+    return row
+
+
+class ModelHolder:
+    """Holds the model one worker serves and follows the store's pointer."""
+
+    def __init__(self, store: ModelStore, poll_interval_s: float) -> None:
+        self.store = store
+        self.poll_interval_s = poll_interval_s
+        self._current: LoadedModel | None = None
+        self._last_error: dict[str, Any] | None = None
+        self._failed_pointer: Pointer | None = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    # --- serving -----------------------------------------------------------
+    def current(self) -> LoadedModel:
+        model = self._current
+        if model is None:
+            raise ModelNotReady("no model is loaded yet; the first training may still be running")
+        return model
+
+    def status(self) -> dict[str, Any]:
+        model = self._current
+        return {
+            "model_loaded": model is not None,
+            "model_version": model.version if model else None,
+            "loaded_at": _iso(model.loaded_at) if model else None,
+            "last_load_error": self._last_error,
+        }
+
+    # --- following the pointer ---------------------------------------------
+    def refresh(self) -> bool:
+        """Load the pointer's version if it changed; True when a new model was swapped in."""
+        with self._lock:  # the poll thread and a start-up call must not load twice
+            try:
+                pointer = self.store.read_pointer()
+            except ArtifactRejected as exc:
+                self._record_failure(None, str(exc))
+                return False
+            if pointer is None:
+                return False
+            current = self._current
+            if current is not None and current.pointer == pointer:
+                # The pointer is back on what we serve (e.g. a bad activate was undone).
+                self._failed_pointer = None
+                self._last_error = None
+                return False
+            if pointer == self._failed_pointer:
+                return False  # versions are immutable: the same pointer fails the same way
+            started = time.perf_counter()
+            try:
+                loaded = self._load(pointer)
+            except Exception as exc:  # noqa: BLE001 - any failure must leave the old model serving
+                self._record_failure(pointer, f"{type(exc).__name__}: {exc}")
+                return False
+            self._current = loaded
+            self._failed_pointer = None
+            self._last_error = None
+            log.info(
+                "serving model %s (loaded in %.0f ms)",
+                pointer.version,
+                (time.perf_counter() - started) * 1000,
+            )
+            return True
+
+    def start_polling(self) -> None:
+        """Start the daemon thread that follows the pointer (once per process)."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._poll_forever, name="model-poll", daemon=True)
+        self._thread.start()
+
+    def _poll_forever(self) -> None:
+        while True:
+            time.sleep(self.poll_interval_s)
+            try:
+                self.refresh()
+            except Exception:  # noqa: BLE001 - the poller must never die
+                log.exception("model poll failed")
+
+    def _load(self, pointer: Pointer) -> LoadedModel:
+        try:
+            meta = self.store.read_meta(pointer.version)
+        except NotFound as exc:
+            raise ArtifactRejected(str(exc)) from exc
+        if meta.get("sha256") != pointer.sha256:
+            raise ArtifactRejected(f"{pointer.version}: pointer and metadata disagree on sha256")
+        # Hash first: joblib.load runs pickle, which must only ever see verified bytes.
+        path = self.store.verified_artifact(pointer.version, pointer.sha256)
+        model = joblib.load(path)
+        loaded = LoadedModel(pointer=pointer, meta=meta, model=model)
+        predictions, _ = loaded.predict([smoke_row(meta)])
+        if len(predictions) != 1:
+            raise ArtifactRejected(f"{pointer.version}: smoke prediction returned {predictions!r}")
+        return loaded
+
+    def _record_failure(self, pointer: Pointer | None, message: str) -> None:
+        self._failed_pointer = pointer
+        self._last_error = {
+            "version": pointer.version if pointer else None,
+            "message": message,
+            "at": _iso(time.time()),
+        }
+        log.error("refused model %s: %s", pointer.version if pointer else "?", message)
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

@@ -1,0 +1,127 @@
+"""The API's side of the queue: enqueue by name, read job state.
+
+Every Redis failure becomes :class:`QueueUnavailable` (503 + Retry-After), so
+a dead Redis costs a write endpoint at most the socket timeout and never
+touches /predict.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+
+from tpotserve import jobs
+from tpotserve.errors import NotFound, QueueUnavailable
+from tpotserve.schema import TrainingPayload
+from tpotserve.settings import Settings
+
+
+@contextmanager
+def _redis_errors() -> Iterator[None]:
+    try:
+        yield
+    except RedisError as exc:
+        raise QueueUnavailable(f"the job queue (Redis) is unavailable: {type(exc).__name__}") from exc
+
+
+class JobQueue:
+    """Enqueue training and control jobs; describe jobs as JSON."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis = Redis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=settings.redis_timeout_s,
+            socket_timeout=settings.redis_timeout_s,
+        )
+        self.training = Queue(jobs.TRAINING_QUEUE, connection=self.redis)
+        self.control = Queue(jobs.CONTROL_QUEUE, connection=self.redis)
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.redis.ping())
+        except RedisError:
+            return False
+
+    def enqueue_retrain(self, payload: TrainingPayload) -> Job:
+        with _redis_errors():
+            return self.training.enqueue(
+                jobs.RETRAIN_FUNC,
+                kwargs={"payload": payload.model_dump()},
+                job_timeout=jobs.job_timeout(payload, self.settings.job_timeout_margin_s),
+                result_ttl=jobs.RESULT_TTL_S,
+                failure_ttl=jobs.FAILURE_TTL_S,
+                meta={"kind": payload.reason, "payload": payload.model_dump()},
+            )
+
+    def activate(self, version: str, wait_s: float) -> Job:
+        """Ask the worker to point current.json at ``version``; wait up to ``wait_s`` for it."""
+        with _redis_errors():
+            job = self.control.enqueue(
+                jobs.ACTIVATE_FUNC,
+                kwargs={"version": version},
+                job_timeout=jobs.ACTIVATE_TIMEOUT_S,
+                result_ttl=jobs.RESULT_TTL_S,
+                failure_ttl=jobs.FAILURE_TTL_S,
+                meta={"kind": "activate", "version": version},
+            )
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline:
+                if job.get_status(refresh=True) in ("finished", "failed", "stopped", "canceled"):
+                    break
+                time.sleep(0.05)
+            return job
+
+    def fetch(self, job_id: str) -> Job:
+        with _redis_errors():
+            try:
+                return Job.fetch(job_id, connection=self.redis)
+            except NoSuchJobError as exc:
+                raise NotFound(f"no job {job_id!r} (unknown, or expired)", field="job_id") from exc
+
+    def describe(self, job: Job) -> dict[str, Any]:
+        """The public JSON view of a job."""
+        with _redis_errors():
+            raw_status = job.get_status(refresh=True)
+            status = jobs.STATUS_MAP.get(str(getattr(raw_status, "value", raw_status)), "queued")
+            view: dict[str, Any] = {
+                "id": job.id,
+                "kind": job.meta.get("kind"),
+                "status": status,
+                "enqueued_at": _iso(job.enqueued_at),
+                "started_at": _iso(job.started_at),
+                "ended_at": _iso(job.ended_at),
+                "request": job.meta.get("payload") or _without_none({"version": job.meta.get("version")}),
+                "progress": job.meta.get("progress"),
+                "result": None,
+                "error": None,
+            }
+            if status == "finished":
+                view["result"] = job.return_value()
+            elif status == "failed":
+                view["error"] = job.meta.get("error") or _last_line(job)
+            return view
+
+
+def _last_line(job: Job) -> str:
+    """A failed job's reason as a person reads it: the exception's last line."""
+    result = job.latest_result()
+    text = (result.exc_string if result is not None else None) or ""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "the job failed without a recorded reason"
+
+
+def _without_none(data: dict[str, Any]) -> dict[str, Any] | None:
+    cleaned = {k: v for k, v in data.items() if v is not None}
+    return cleaned or None
+
+
+def _iso(value: Any) -> str | None:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else None

@@ -1,0 +1,122 @@
+"""The HTTP resources. Thin: parse, call the domain, answer JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app, request
+from flask_restful import Resource
+
+from tpotserve.errors import InvalidInput, UnsupportedMedia
+from tpotserve.schema import build_training_payload, parse_json, parse_predict
+
+from .auth import require_admin
+
+ACTIVATE_WAIT_S = 5.0
+
+
+def _ctx() -> Any:
+    return current_app.extensions["tpotserve"]
+
+
+def _json_body(required: bool = True) -> Any:
+    """The request body as JSON; 415 unless it says it is JSON."""
+    raw = request.get_data(cache=False)
+    if not raw and not required:
+        return None
+    if request.mimetype != "application/json":
+        raise UnsupportedMedia(
+            f"send Content-Type: application/json (got {request.mimetype or 'none'!r})",
+            field=None,
+        )
+    return parse_json(raw)
+
+
+class Predict(Resource):
+    def post(self) -> tuple[dict, int, dict]:
+        ctx = _ctx()
+        body = _json_body()
+        model = ctx.holder.current()
+        parsed = parse_predict(body, model.feature_names, ctx.settings.max_batch_rows)
+        predictions, probabilities = model.predict(parsed.rows)
+        headers = {"X-Model-Version": model.version}
+        if parsed.single:
+            # The book's answer: In_<feature> echoes, Prediction, Probability.
+            answer: dict[str, Any] = {f"In_{k}": v for k, v in parsed.originals[0].items()}
+            answer["Prediction"] = predictions[0]
+            if probabilities is not None:
+                answer["Probability"] = probabilities[0][str(predictions[0])]
+                answer["probabilities"] = probabilities[0]
+            answer["model_version"] = model.version
+            return answer, 200, headers
+        answer = {"predictions": predictions, "model_version": model.version}
+        if probabilities is not None:
+            answer["probabilities"] = probabilities
+        return answer, 200, headers
+
+
+class Retrain(Resource):
+    def post(self) -> tuple[dict, int, dict]:
+        ctx = _ctx()
+        require_admin(ctx.settings)
+        payload = build_training_payload(_json_body(required=False), ctx.settings)
+        job = ctx.queue.enqueue_retrain(payload)
+        location = f"/jobs/{job.id}"
+        return (
+            {"job_id": job.id, "status": "queued", "location": location, "request": payload.model_dump()},
+            202,
+            {"Location": location},
+        )
+
+
+class JobStatus(Resource):
+    def get(self, job_id: str) -> dict:
+        ctx = _ctx()
+        return ctx.queue.describe(ctx.queue.fetch(job_id))
+
+
+class Models(Resource):
+    def get(self) -> dict:
+        store = _ctx().store
+        pointer = store.read_pointer()
+        current = pointer.version if pointer else None
+        versions = [{**meta, "current": meta.get("version") == current} for meta in store.list_versions()]
+        return {"current": current, "versions": versions}
+
+
+class CurrentModel(Resource):
+    def get(self) -> tuple[dict, int, dict]:
+        model = _ctx().holder.current()
+        return {**model.meta, "version": model.version}, 200, {"X-Model-Version": model.version}
+
+
+class Activate(Resource):
+    def post(self, version: str) -> tuple[dict, int, dict]:
+        ctx = _ctx()
+        require_admin(ctx.settings)
+        meta = ctx.store.read_meta(version)  # 404 before anything is enqueued
+        job = ctx.queue.activate(meta["version"], wait_s=ACTIVATE_WAIT_S)
+        view = ctx.queue.describe(job)
+        location = f"/jobs/{job.id}"
+        if view["status"] == "finished":
+            return {"version": version, "activated": True, "job_id": job.id}, 200, {"Location": location}
+        if view["status"] == "failed":
+            raise InvalidInput(f"could not activate {version!r}: {view['error']}", field="version")
+        # The worker is busy or slow: the activation is queued and will happen.
+        return {"version": version, "activated": False, "job_id": job.id, "status": view["status"]}, 202, {
+            "Location": location
+        }
+
+
+class Healthz(Resource):
+    def get(self) -> dict:
+        return {"status": "ok"}
+
+
+class Readyz(Resource):
+    def get(self) -> tuple[dict, int]:
+        ctx = _ctx()
+        body = {**ctx.holder.status(), "queue": "ok" if ctx.queue.ping() else "unavailable"}
+        ready = body["model_loaded"]
+        body["status"] = "ready" if ready else "not_ready"
+        return body, 200 if ready else 503

@@ -1,0 +1,13 @@
+#!/bin/sh
+# The trainer's one start command, used by the container and by the native
+# launcher alike. $1 picks the queue this worker serves:
+#   training  long TPOT runs (and, first, the bootstrap model if none exists)
+#   control   quick store operations such as activate/rollback, never stuck behind a training
+set -eu
+role="${1:-training}"
+case "$role" in
+  training) python -m tpotserve_trainer.bootstrap ;;
+  control) ;;
+  *) echo "usage: $0 training|control" >&2; exit 2 ;;
+esac
+exec rq worker --config tpotserve_trainer.rq_config "$role"

@@ -1,0 +1,127 @@
+"""Every TPOT knob in one place: build the search, run it, return a plain pipeline."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
+
+from tpotserve.errors import TrainingFailed
+from tpotserve.offline import disable_tpot_update_check
+from tpotserve.schema import TrainingPayload
+
+disable_tpot_update_check()
+import tpot  # noqa: E402 - the update check must be disabled first
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchResult:
+    """A fitted scikit-learn pipeline and what TPOT found out about it."""
+
+    pipeline: Any
+    classes: list[Any] | None
+    cv_score: float
+    pipeline_text: str
+    evaluated_pipelines: int
+
+
+def build_estimator(payload: TrainingPayload) -> Any:
+    """The TPOT estimator for a payload; the only place TPOT's options are set."""
+    cls = tpot.TPOTClassifier if payload.task == "classification" else tpot.TPOTRegressor
+    return cls(
+        scorers=[payload.scoring],
+        scorers_weights=[1],
+        cv=payload.cv,
+        max_time_mins=payload.max_time_mins,
+        # One pipeline may use at most the whole budget; TPOT's default is 10 minutes.
+        max_eval_time_mins=max(payload.max_time_mins / 2, 0.1),
+        generations=payload.generations,
+        population_size=payload.population_size,
+        n_jobs=payload.n_jobs,
+        random_state=payload.random_state,
+        verbose=0,
+    )
+
+
+def search(payload: TrainingPayload, X: pd.DataFrame, y: pd.Series) -> SearchResult:
+    """Run TPOT on (X, y) and return the best pipeline, refit to predict y's own labels."""
+    estimator = build_estimator(payload)
+    features = X.to_numpy(dtype=float)
+    target = y.to_numpy()
+    with warnings.catch_warnings():
+        # "Both generations and max_time_mins are set" and the label-encoding notice.
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            estimator.fit(features, target)
+        except Exception as exc:  # noqa: BLE001 - TPOT raises bare Exceptions for bad data
+            raise TrainingFailed(f"TPOT could not fit: {type(exc).__name__}: {exc}") from exc
+    fitted = getattr(estimator, "fitted_pipeline_", None)
+    if fitted is None:
+        raise TrainingFailed("TPOT finished without a pipeline (every candidate failed or timed out)")
+
+    pipeline, classes = fitted, None
+    if payload.task == "classification":
+        pipeline, classes = _with_own_labels(fitted, estimator, features, target)
+
+    best = estimator.selected_best_score
+    score_column = estimator.objective_names_for_selection[0]
+    cv_score = float(best[score_column])
+    evaluated = estimator.evaluated_individuals
+    return SearchResult(
+        pipeline=pipeline,
+        classes=classes,
+        cv_score=cv_score,
+        pipeline_text=str(fitted),
+        evaluated_pipelines=int(evaluated[score_column].notna().sum()),
+    )
+
+
+def _with_own_labels(fitted: Any, estimator: Any, X: np.ndarray, y: np.ndarray) -> tuple[Any, list[Any]]:
+    """A pipeline whose predict() returns y's own labels, and its class order.
+
+    TPOT label-encodes string targets (XGBoost needs 0..n-1) and its
+    fitted_pipeline_ then predicts integers. Refit a clone on the real labels
+    so that ``joblib.load(path).predict(X)`` gives class names; estimators that
+    insist on encoded labels keep the encoded pipeline and the metadata maps
+    columns to names.
+    """
+    encoder = getattr(estimator, "label_encoder_", None)
+    if encoder is None:
+        return fitted, [_plain(c) for c in fitted.classes_]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            relabeled = clone(fitted).fit(X, y)
+        return relabeled, [_plain(c) for c in relabeled.classes_]
+    except Exception as exc:  # noqa: BLE001 - e.g. XGBoost refuses string labels
+        log.info("keeping label-encoded pipeline (%s)", exc)
+        names = encoder.inverse_transform(np.asarray(fitted.classes_, dtype=int))
+        return fitted, [_plain(c) for c in names]
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> JSON-able Python values."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def library_versions() -> dict[str, str]:
+    """The versions a reader needs to unpickle the artifact."""
+    import platform
+
+    import joblib
+    import sklearn
+
+    return {
+        "python": platform.python_version(),
+        "scikit-learn": sklearn.__version__,
+        "tpot": tpot.__version__,
+        "joblib": joblib.__version__,
+        "numpy": np.__version__,
+    }

@@ -1,0 +1,88 @@
+"""Before the training worker starts: make sure a first model will exist.
+
+The book's rule: if no trained model exists, train one first. With an empty
+model volume this enqueues one iris training, under a fixed job id so that
+restarts do not pile up duplicates. It also clears temp leftovers of a
+writer that died mid-write.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+
+from tpotserve import jobs
+from tpotserve.schema import build_training_payload
+from tpotserve.settings import Settings, load_settings
+from tpotserve.store import ModelStore
+
+log = logging.getLogger("tpotserve_trainer.bootstrap")
+
+REDIS_WAIT_S = 30.0
+STALE_TEMP_S = 60.0
+
+
+def ensure_first_model(settings: Settings) -> str | None:
+    """Enqueue the bootstrap training if no model is current; returns the job id, if any."""
+    store = ModelStore(settings.model_dir)
+    for name in store.remove_stale_temp(older_than_s=STALE_TEMP_S):
+        log.warning("removed temp leftover %s", name)
+    if not settings.bootstrap_on_start or store.read_pointer() is not None:
+        return None
+
+    redis = _connect(settings)
+    queue = Queue(jobs.TRAINING_QUEUE, connection=redis)
+    try:
+        existing = Job.fetch(jobs.BOOTSTRAP_JOB_ID, connection=redis)
+    except NoSuchJobError:
+        existing = None
+    if existing is not None:
+        status = str(getattr(existing.get_status(), "value", existing.get_status()))
+        if status == "queued":
+            log.info("bootstrap training already queued")
+            return existing.id
+        # Only the training worker runs this job and it is starting now, so a
+        # 'started' bootstrap belongs to a worker that died: run it again.
+        existing.delete()
+    payload = build_training_payload({"dataset": "iris"}, settings, reason="bootstrap")
+    job = queue.enqueue(
+        jobs.RETRAIN_FUNC,
+        kwargs={"payload": payload.model_dump()},
+        job_id=jobs.BOOTSTRAP_JOB_ID,
+        job_timeout=jobs.job_timeout(payload, settings.job_timeout_margin_s),
+        result_ttl=jobs.RESULT_TTL_S,
+        failure_ttl=jobs.FAILURE_TTL_S,
+        meta={"kind": "bootstrap", "payload": payload.model_dump()},
+    )
+    log.info("no model yet: enqueued the bootstrap training as job %s", job.id)
+    return job.id
+
+
+def _connect(settings: Settings) -> Redis:
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=5)
+    deadline = time.monotonic() + REDIS_WAIT_S
+    while True:
+        try:
+            redis.ping()
+            return redis
+        except RedisError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ensure_first_model(load_settings())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,11 @@
+"""Settings module for the ``rq worker --config`` CLI, derived from Settings.
+
+Importing the job module here loads TPOT (2-4 s) once in the worker's main
+process, so each forked work-horse starts with it already imported.
+"""
+
+from tpotserve.settings import load_settings
+
+from . import jobs  # noqa: F401 - preload TPOT before the fork
+
+REDIS_URL = load_settings().redis_url

@@ -1,0 +1,70 @@
+"""Domain errors shared by both services. They carry no HTTP.
+
+The API maps each one to a status code in one table
+(``tpotserve_api.errors``); the trainer records them as a job's failure reason.
+
+    TpotServeError
+    ├── InvalidInput          a request or data set that cannot be used (field names the culprit)
+    │   ├── MalformedBody     not parseable at all
+    │   └── UnsupportedMedia  wrong Content-Type
+    ├── NotFound              no such job, model version, ...
+    ├── Unauthorized          missing or wrong credentials
+    ├── NotConfigured         a feature needs configuration the operator did not give
+    ├── ModelNotReady         no verified model is loaded yet
+    ├── QueueUnavailable      Redis cannot be reached
+    ├── ArtifactRejected      a model file failed verification (hash, load, smoke test)
+    └── TrainingFailed        TPOT could not produce a model
+"""
+
+from __future__ import annotations
+
+
+class TpotServeError(Exception):
+    """Base of every error the product raises on purpose."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InvalidInput(TpotServeError):
+    code = "invalid_input"
+
+
+class MalformedBody(InvalidInput):
+    code = "malformed_body"
+
+
+class UnsupportedMedia(InvalidInput):
+    code = "unsupported_media_type"
+
+
+class NotFound(TpotServeError):
+    code = "not_found"
+
+
+class Unauthorized(TpotServeError):
+    code = "unauthorized"
+
+
+class NotConfigured(TpotServeError):
+    code = "not_configured"
+
+
+class ModelNotReady(TpotServeError):
+    code = "model_not_ready"
+
+
+class QueueUnavailable(TpotServeError):
+    code = "queue_unavailable"
+
+
+class ArtifactRejected(TpotServeError):
+    code = "artifact_rejected"
+
+
+class TrainingFailed(TpotServeError):
+    code = "training_failed"

@@ -1,0 +1,42 @@
+"""The contract of the queue: queue names, job function names, timeouts.
+
+The API enqueues jobs *by name* so it never imports the trainer or TPOT.
+"""
+
+from __future__ import annotations
+
+from .schema import TrainingPayload
+
+TRAINING_QUEUE = "training"
+"""Long TPOT runs; one worker, one run at a time."""
+
+CONTROL_QUEUE = "control"
+"""Quick store operations (activate) that must not wait behind a training run."""
+
+RETRAIN_FUNC = "tpotserve_trainer.jobs.retrain"
+ACTIVATE_FUNC = "tpotserve_trainer.jobs.activate"
+
+BOOTSTRAP_JOB_ID = "bootstrap"
+"""Fixed id of the first training, so two starting workers cannot both enqueue one."""
+
+ACTIVATE_TIMEOUT_S = 60
+RESULT_TTL_S = 7 * 24 * 3600
+FAILURE_TTL_S = 7 * 24 * 3600
+
+# RQ's statuses, folded into the four the API documents (plus canceled).
+STATUS_MAP = {
+    "queued": "queued",
+    "deferred": "queued",
+    "scheduled": "queued",
+    "created": "queued",
+    "started": "started",
+    "finished": "finished",
+    "failed": "failed",
+    "stopped": "failed",
+    "canceled": "canceled",
+}
+
+
+def job_timeout(payload: TrainingPayload, margin_s: int) -> int:
+    """RQ's job_timeout for a run: its budget plus a margin (RQ's default 180 s kills TPOT)."""
+    return int(payload.max_time_mins * 60) + margin_s

@@ -1,0 +1,104 @@
+"""The one place that reads the environment.
+
+Compose and the native launcher set the same variable names; every service
+builds one :class:`Settings` at start-up and passes it down. Nothing else in
+the project calls ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Typed configuration; each field documents its environment variable."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    # --- storage -----------------------------------------------------------
+    model_dir: Path = Field(default=Path("./.data/models"))
+    """MODEL_DIR: the model volume (versions/ and current.json)."""
+
+    # --- security ----------------------------------------------------------
+    api_key: SecretStr | None = None
+    """API_KEY: bearer token for every write endpoint. Unset: writes answer 503."""
+
+    # --- queue -------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """REDIS_URL: the Redis that carries the RQ queues and job state."""
+
+    redis_timeout_s: float = 1.0
+    """REDIS_TIMEOUT_S: connect/read timeout, so a dead Redis fails fast."""
+
+    # --- serving -----------------------------------------------------------
+    model_poll_interval_s: float = 0.5
+    """MODEL_POLL_INTERVAL_S: how often each API worker checks current.json."""
+
+    max_batch_rows: int = 10_000
+    """MAX_BATCH_ROWS: largest ``instances`` list one /predict accepts."""
+
+    max_body_bytes: int = 8 * 1024 * 1024
+    """MAX_BODY_BYTES: largest request body the API reads (nginx enforces the same)."""
+
+    api_bind: str = "127.0.0.1:8000"
+    """API_BIND: Gunicorn's listen address (``host:port`` or ``unix:/path``)."""
+
+    api_workers: int = 2
+    """API_WORKERS: Gunicorn worker processes."""
+
+    # --- training budget (defaults for bootstrap and for retrains) ----------
+    tpot_max_time_mins: float = 1.0
+    """TPOT_MAX_TIME_MINS: default wall-clock budget of one TPOT search."""
+
+    tpot_generations: int = 3
+    """TPOT_GENERATIONS: default number of generations."""
+
+    tpot_population_size: int = 8
+    """TPOT_POPULATION_SIZE: default population size."""
+
+    tpot_cv: int = 5
+    """TPOT_CV: default number of cross-validation folds."""
+
+    tpot_n_jobs: int = 1
+    """TPOT_N_JOBS: processes TPOT's Dask cluster uses for one search."""
+
+    tpot_random_state: int | None = None
+    """TPOT_RANDOM_STATE: seed for reproducible searches (unset: random)."""
+
+    # --- caps a retrain request may not exceed -----------------------------
+    max_time_mins_cap: float = 60.0
+    """MAX_TIME_MINS_CAP: largest ``max_time_mins`` a request may ask for."""
+
+    generations_cap: int = 100
+    """GENERATIONS_CAP: largest ``generations`` a request may ask for."""
+
+    population_size_cap: int = 100
+    """POPULATION_SIZE_CAP: largest ``population_size`` a request may ask for."""
+
+    cv_cap: int = 10
+    """CV_CAP: largest ``cv`` a request may ask for."""
+
+    job_timeout_margin_s: int = 300
+    """JOB_TIMEOUT_MARGIN_S: added to a run's budget to form RQ's job_timeout."""
+
+    bootstrap_on_start: bool = True
+    """BOOTSTRAP_ON_START: the worker trains an iris model when none is current."""
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_unset(cls, value: object) -> object:
+        # Compose passes an unset variable as "", which must not become a valid key.
+        return None if value in ("", None) else value
+
+    @field_validator("tpot_random_state", mode="before")
+    @classmethod
+    def _empty_seed_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment once; keyword overrides win (used by tests)."""
+    return Settings(**overrides)
