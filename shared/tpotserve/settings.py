@@ -18,6 +18,13 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
+    # --- native run ----------------------------------------------------------
+    data_dir: Path = Field(default=Path("./.data"))
+    """DATA_DIR: native run only: model volume, redis data, logs, rendered configs."""
+
+    gateway_port: int = 8080
+    """GATEWAY_PORT: the port nginx listens on (the only one users talk to)."""
+
     # --- storage -----------------------------------------------------------
     model_dir: Path = Field(default=Path("./.data/models"))
     """MODEL_DIR: the model volume (versions/ and current.json)."""
