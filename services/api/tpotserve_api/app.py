@@ -35,12 +35,25 @@ class JsonApi(Api):
         return to_response(e)
 
 
+def _preload_tpot() -> None:
+    """Import tpot now, at worker start, not inside the first model swap.
+
+    Unpickling a TPOT pipeline imports tpot (2-4 s); done here, a new
+    version is served within the poll interval plus the load itself.
+    """
+    disable_tpot_update_check()
+    try:
+        import tpot  # noqa: F401
+    except ImportError:  # an API built without tpot can still serve plain sklearn pipelines
+        pass
+
+
 def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
     """Build the API. Loads the current model before returning, so a worker
     that accepts requests already serves what the pointer names."""
     settings = settings or load_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    disable_tpot_update_check()  # unpickling a TPOT pipeline imports tpot
+    _preload_tpot()
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from flask import current_app, request
@@ -116,7 +117,12 @@ class Healthz(Resource):
 class Readyz(Resource):
     def get(self) -> tuple[dict, int]:
         ctx = _ctx()
-        body = {**ctx.holder.status(), "queue": "ok" if ctx.queue.ping() else "unavailable"}
+        body = {
+            **ctx.holder.status(),
+            "queue": "ok" if ctx.queue.ping() else "unavailable",
+            # Which Gunicorn worker answered: lets operators (and tests) see every worker's version.
+            "worker_pid": os.getpid(),
+        }
         ready = body["model_loaded"]
         body["status"] = "ready" if ready else "not_ready"
         return body, 200 if ready else 503

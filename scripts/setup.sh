@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Sets this machine up for the native run (and, with --dev, for the tests):
+#   - Debian packages when missing: redis-server and nginx (+ docker-compose
+#     v1 for --dev, used only to validate docker-compose.yml offline)
+#   - a venv at $VENV (default .venv) with the pinned packages of
+#     requirements.lock (+ requirements-dev.lock) and the project's packages.
+# Re-running is cheap: the venv is rebuilt only when a lock file changes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dev=0
+[ "${1:-}" = "--dev" ] && dev=1
+VENV="${VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+
+# --- Debian packages ---------------------------------------------------------
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+if [ "$dev" = 1 ]; then
+  command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+fi
+if [ "${#need[@]}" -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing Debian packages: ${need[*]}; install them (sudo apt-get install ${need[*]}) and re-run" >&2
+    exit 1
+  fi
+  echo "installing Debian packages: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # Debian's packages may start system services on install; the stack runs its own.
+  if command -v service >/dev/null 2>&1; then
+    service redis-server stop >/dev/null 2>&1 || true
+    service nginx stop >/dev/null 2>&1 || true
+  fi
+fi
+
+# --- Python ------------------------------------------------------------------
+locks=(requirements.lock)
+[ "$dev" = 1 ] && locks+=(requirements-dev.lock)
+stamp="$VENV/.installed-$(cat "${locks[@]}" shared/pyproject.toml services/*/pyproject.toml | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ]; then
+  exit 0
+fi
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -U "pip==25.3"
+reqs=()
+for lock in "${locks[@]}"; do reqs+=(-r "$lock"); done
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check "${reqs[@]}"
+# Our own packages, editable, without touching the pinned set.
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
+  -e shared -e services/api -e services/trainer
+rm -f "$VENV"/.installed-*
+touch "$stamp"
+echo "venv ready: $VENV"
