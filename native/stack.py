@@ -13,6 +13,7 @@ started, by process group, and nothing else.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -192,7 +193,12 @@ class NativeStack:
         main_conf.write_text(
             render_template(
                 (REPO / NGINX_MAIN_TEMPLATE).read_text(),
-                {"DATA_DIR_NGINX": str(nginx_dir), "SERVER_CONF": str(server_conf)},
+                {
+                    "DATA_DIR_NGINX": str(nginx_dir),
+                    "SERVER_CONF": str(server_conf),
+                    # `user` is only allowed (and only needed) when the master runs as root.
+                    "NGINX_USER": f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else "",
+                },
             )
         )
         return main_conf

@@ -12,4 +12,4 @@ python3 -m venv "$tmp/rt" && "$tmp/rt/bin/pip" install -q $RUNTIME
   "$tmp/rt/bin/pip" freeze; } > requirements.lock
 "$tmp/rt/bin/pip" install -q $DEV
 { echo "# Test tools, pinned (on top of requirements.lock). Regenerate: scripts/lock.sh"
-  "$tmp/rt/bin/pip" freeze | grep -vxFf <("$tmp/rt/bin/pip" freeze | head -0; sed 1,2d requirements.lock); } > requirements-dev.lock
+  "$tmp/rt/bin/pip" freeze | grep -vxFf <(sed 1,2d requirements.lock); } > requirements-dev.lock
