@@ -1,0 +1,91 @@
+"""`make run`'s launcher as a user runs it: foreground, and every process gone after SIGTERM/Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from native.stack import REPO, free_port
+
+from .conftest import wait_for
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command may contain spaces and parentheses: the ppid follows the last ')'.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_native_run_serves_and_stops_everything_it_started(tmp_path: Path, sig: int) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATA_DIR": str(tmp_path / "data"),
+        "GATEWAY_PORT": str(port),
+        "API_KEY": "k",
+        "BOOTSTRAP_ON_START": "false",  # lifecycle only; training is covered by the session stack
+    }
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "native.stack"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        lines: list[str] = []
+
+        def ready() -> bool:
+            line = launcher.stdout.readline()
+            lines.append(line)
+            assert line or launcher.poll() is None, "".join(lines)
+            return line.startswith("ready:")
+
+        wait_for(ready, timeout_s=120, interval_s=0, what="the launcher's ready line")
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        started = _descendants(launcher.pid)
+        assert len(started) >= 5, started  # redis, two workers, gunicorn (+ its workers), nginx
+        assert (tmp_path / "data" / "logs" / "api.log").exists()
+
+        launcher.send_signal(sig)
+        assert launcher.wait(timeout=60) == 0
+        wait_for(lambda: not any(_alive(pid) for pid in started), timeout_s=10, what="every child gone")
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
