@@ -44,7 +44,6 @@ if [ -f "$stamp" ]; then
   exit 0
 fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -U "pip==25.3"
 reqs=()
 for lock in "${locks[@]}"; do reqs+=(-r "$lock"); done
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${reqs[@]}"
