@@ -118,7 +118,10 @@ def _row(item: Any, feature_names: list[str], prefix: str) -> list[float]:
                 f"feature {name!r} must be a number, got {type(value).__name__}",
                 field=prefix + name,
             )
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # a JSON integer with hundreds of digits
+            value = math.inf
         if not math.isfinite(value):
             raise InvalidInput(f"feature {name!r} must be a finite number", field=prefix + name)
         row.append(value)

@@ -68,6 +68,7 @@ def _fsync_dir(path: Path) -> None:
 def _write_file(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
     with os.fdopen(fd, "wb") as handle:
+        os.fchmod(handle.fileno(), _FILE_MODE)  # the umask must not make it private
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
@@ -128,7 +129,7 @@ class ModelStore:
             actual = sha256_file(path)
         except FileNotFoundError as exc:
             raise ArtifactRejected(f"artifact of {version!r} is missing") from exc
-        if not secrets.compare_digest(actual, expected_sha256):
+        if not secrets.compare_digest(actual.encode(), str(expected_sha256).encode()):
             raise ArtifactRejected(
                 f"artifact of {version!r} has sha256 {actual[:12]}…, expected {expected_sha256[:12]}…"
             )
@@ -145,10 +146,12 @@ class ModelStore:
         the directory into place. Nothing is visible under ``versions/``
         until the rename.
         """
-        self.versions_dir.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
+        for directory in (self.root, self.versions_dir):
+            directory.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
         final = self._version_dir(version)
         tmp = self.versions_dir / f"{_TMP_PREFIX}{version}-{secrets.token_hex(4)}"
         tmp.mkdir(mode=_DIR_MODE)
+        os.chmod(tmp, _DIR_MODE)  # mkdir's mode is narrowed by the umask
         try:
             artifact = tmp / ARTIFACT_NAME
             dump(artifact)

@@ -17,6 +17,8 @@ graceful_timeout = 20
 # No preload: each worker builds its own app and model holder after the fork,
 # so a respawned worker reads the pointer instead of inheriting a stale model.
 preload_app = False
+# Heartbeat files on tmpfs: a container's overlay filesystem can stall them.
+worker_tmp_dir = "/dev/shm"
 accesslog = "-"
 errorlog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%({x-request-id}i)s"'

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import current_app, request
 from flask_restful import Resource
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from tpotserve.errors import InvalidInput, UnsupportedMedia
 from tpotserve.schema import build_training_payload, parse_json, parse_predict
@@ -22,7 +23,13 @@ def _ctx() -> Any:
 
 def _json_body(required: bool = True) -> Any:
     """The request body as JSON; 415 unless it says it is JSON."""
-    raw = request.get_data(cache=False)
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    # Read one byte past the limit: a chunked body (no Content-Length) must be
+    # refused, not silently truncated into something that may still parse.
+    raw = request.stream.read(limit + 1)
+    # Werkzeug caps a chunked stream at the limit; one more read raises 413 there.
+    if len(raw) > limit or (len(raw) == limit and request.stream.read(1)):
+        raise RequestEntityTooLarge()
     if not raw and not required:
         return None
     if request.mimetype != "application/json":

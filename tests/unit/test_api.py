@@ -1,0 +1,734 @@
+"""Unit tests for the API: a real Flask app over a real (tiny) model store.
+
+The model is a plain scikit-learn pipeline fitted on iris in a few
+milliseconds, written exactly as the trainer writes one (ModelStore +
+joblib), so the app, the model holder and the store run unmodified. Redis
+is never needed: the queue points at a closed port (or at a local socket
+that never answers) and the tests check the API fails fast and clearly.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pytest
+from flask import Flask
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LinearRegression, LogisticRegression, RidgeClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from werkzeug import exceptions as wz
+
+from tpotserve.errors import ModelNotReady
+from tpotserve.settings import Settings, load_settings
+from tpotserve.store import ModelStore, Pointer
+from tpotserve_api import model_holder as model_holder_module
+from tpotserve_api.app import JsonApi, create_app
+from tpotserve_api.errors import to_response
+from tpotserve_api.model_holder import LoadedModel, ModelHolder
+
+FEATURES = ["SepalLength", "SepalWidth", "PetalLength", "PetalWidth"]
+BOOK = {"SepalLength": 5.1, "SepalWidth": 3.5, "PetalLength": 1.4, "PetalWidth": 0.2}
+KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connection refused at once
+ERROR_KEYS = {"code", "message", "field"}
+
+
+# --- fixtures: a model store the way the trainer writes it ----------------------
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings read the environment; a developer's shell must not change these tests."""
+    names = {name.lower() for name in Settings.model_fields}
+    for key in list(os.environ):
+        if key.lower() in names:
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture(scope="module")
+def iris() -> tuple[np.ndarray, np.ndarray]:
+    bunch = load_iris()
+    X = np.asarray(bunch.data, dtype=float)
+    y = np.array([str(bunch.target_names[i]) for i in bunch.target])
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def model(iris) -> Pipeline:
+    X, y = iris
+    return Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=1000))]).fit(X, y)
+
+
+def feature_schema(X: np.ndarray, names: list[str] = FEATURES) -> list[dict]:
+    return [
+        {"name": name, "type": "number", "min": float(X[:, i].min()), "max": float(X[:, i].max())}
+        for i, name in enumerate(names)
+    ]
+
+
+def make_meta(model: Any, X: np.ndarray, names: list[str] = FEATURES, task: str = "classification") -> dict:
+    """Metadata with the keys tpotserve_trainer.jobs.retrain writes."""
+    return {
+        "created_at": "2024-01-01T00:00:00Z",
+        "task": task,
+        "dataset": "iris",
+        "target": "species",
+        "features": feature_schema(X, names),
+        "classes": [str(c) for c in model.classes_] if task == "classification" else None,
+        "cv_score": 0.96,
+        "scoring": "accuracy" if task == "classification" else "r2",
+        "training_rows": int(X.shape[0]),
+        "tpot_settings": {"max_time_mins": 1.0, "generations": 3, "population_size": 8, "cv": 5},
+        "pipeline": str(model),
+        "evaluated_pipelines": 1,
+        "training_seconds": 0.1,
+        "library_versions": {},
+        "job_id": None,
+        "reason": "test",
+    }
+
+
+def publish(store: ModelStore, version: str, model: Any, meta: dict, activate: bool = True) -> dict:
+    written = store.write_version(version, lambda path: joblib.dump(model, path), meta)
+    if activate:
+        store.set_current(version)
+    return written
+
+
+def write_pointer(store: ModelStore, version: str, sha256: str) -> None:
+    """Point current.json somewhere by hand, bypassing set_current's verification."""
+    store.pointer_path.write_text(
+        json.dumps({"version": version, "sha256": sha256, "activated_at": "2024-01-01T00:00:00Z"})
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ModelStore:
+    return ModelStore(tmp_path / "models")
+
+
+@pytest.fixture
+def v1(store: ModelStore, model, iris) -> dict:
+    return publish(store, "v1", model, make_meta(model, iris[0]))
+
+
+def settings_for(store: ModelStore, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "model_dir": store.root,
+        "api_key": KEY,
+        "redis_url": DEAD_REDIS,
+        "redis_timeout_s": 0.2,
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@pytest.fixture
+def make_client(store: ModelStore):
+    def make(**overrides: Any):
+        app = create_app(settings_for(store, **overrides), poll=False)
+        return app.test_client()
+
+    return make
+
+
+@pytest.fixture
+def client(v1, make_client):
+    return make_client()
+
+
+def assert_error(resp, status: int, code: str, field: Any = ...) -> dict:
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    assert resp.mimetype == "application/json"
+    body = resp.get_json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == ERROR_KEYS
+    assert body["error"]["code"] == code
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    if field is not ...:
+        assert body["error"]["field"] == field
+    return body["error"]
+
+
+# --- /predict: the happy paths -------------------------------------------------
+def test_the_books_request_gets_the_books_answer(client, model) -> None:
+    resp = client.post("/predict", json=BOOK)
+    assert resp.status_code == 200
+    body = resp.get_json()
+    assert {k for k in body if k.startswith("In_")} == {f"In_{f}" for f in FEATURES}
+    assert {"Prediction", "Probability", "model_version"} <= set(body)
+    for name, value in BOOK.items():
+        assert body[f"In_{name}"] == value
+    classes = [str(c) for c in model.classes_]
+    assert body["Prediction"] in classes
+    assert body["Prediction"] == "setosa"  # the book's flower
+    assert set(body["probabilities"]) == set(classes)
+    assert body["Probability"] == max(body["probabilities"].values())
+    assert body["Probability"] == body["probabilities"][body["Prediction"]]
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0)
+    expected = model.predict_proba(np.array([[BOOK[f] for f in FEATURES]]))[0].max()
+    assert body["Probability"] == pytest.approx(expected)
+    assert body["model_version"] == "v1"
+    assert resp.headers["X-Model-Version"] == "v1"
+
+
+def test_feature_order_in_the_request_does_not_matter(client) -> None:
+    virginica = {"SepalLength": 6.9, "SepalWidth": 3.1, "PetalLength": 5.4, "PetalWidth": 2.1}
+    reordered = dict(reversed(list(virginica.items())))
+    a = client.post("/predict", json=virginica).get_json()
+    b = client.post("/predict", json=reordered).get_json()
+    assert a["Prediction"] == b["Prediction"] == "virginica"
+    assert a["probabilities"] == b["probabilities"]
+
+
+def test_batch_instances(client, model, iris) -> None:
+    X, _ = iris
+    picks = X[[0, 60, 120]]
+    instances = [dict(zip(FEATURES, map(float, row))) for row in picks]
+    resp = client.post("/predict", json={"instances": instances})
+    assert resp.status_code == 200
+    body = resp.get_json()
+    assert body["predictions"] == [str(p) for p in model.predict(picks)]
+    assert len(body["probabilities"]) == 3
+    for probs, pred in zip(body["probabilities"], body["predictions"]):
+        assert max(probs, key=probs.get) == pred
+    assert body["model_version"] == "v1"
+    assert resp.headers["X-Model-Version"] == "v1"
+    assert not any(k.startswith("In_") for k in body)
+
+
+def test_json_content_type_with_charset_is_accepted(client) -> None:
+    resp = client.post("/predict", data=json.dumps(BOOK), content_type="application/json; charset=utf-8")
+    assert resp.status_code == 200
+
+
+def test_batch_limit_comes_from_settings(v1, make_client) -> None:
+    client = make_client(max_batch_rows=2)
+    assert client.post("/predict", json={"instances": [BOOK] * 2}).status_code == 200
+    assert_error(client.post("/predict", json={"instances": [BOOK] * 3}), 422, "invalid_input", "instances")
+
+
+# --- /predict: every bad input is a JSON error, never a 500 --------------------
+def _raw(obj: Any) -> bytes:
+    return json.dumps(obj).encode()
+
+
+BAD_PREDICT = [
+    # (id, body bytes, content type, status, code, field)
+    ("truncated", b'{"SepalLength": 5.1', "application/json", 400, "malformed_body", None),
+    ("empty", b"", "application/json", 400, "malformed_body", None),
+    ("single-quotes", b"{'SepalLength': 5.1}", "application/json", 400, "malformed_body", None),
+    ("deep", b"[" * 50_000 + b"]" * 50_000, "application/json", 400, "malformed_body", None),
+    ("not-utf8", b'{"SepalLength": "\xff"}', "application/json", 400, "malformed_body", None),
+    ("text-plain", _raw(BOOK), "text/plain", 415, "unsupported_media_type", None),
+    ("form", b"SepalLength=5.1", "application/x-www-form-urlencoded", 415, "unsupported_media_type", None),
+    ("no-content-type", _raw(BOOK), None, 415, "unsupported_media_type", None),
+    ("string-value", _raw({**BOOK, "PetalWidth": "0.2"}), "application/json", 422, "invalid_input", "PetalWidth"),
+    ("bool-value", _raw({**BOOK, "PetalWidth": True}), "application/json", 422, "invalid_input", "PetalWidth"),
+    ("null-value", _raw({**BOOK, "SepalWidth": None}), "application/json", 422, "invalid_input", "SepalWidth"),
+    ("missing", _raw({k: v for k, v in BOOK.items() if k != "SepalWidth"}), "application/json", 422,
+     "invalid_input", "SepalWidth"),
+    ("unknown", _raw({**BOOK, "Colour": 3}), "application/json", 422, "invalid_input", "Colour"),
+    ("nan", b'{"SepalLength": NaN, "SepalWidth": 3.5, "PetalLength": 1.4, "PetalWidth": 0.2}',
+     "application/json", 422, "invalid_input", None),
+    ("infinity", b'{"SepalLength": Infinity, "SepalWidth": 3.5, "PetalLength": 1.4, "PetalWidth": 0.2}',
+     "application/json", 422, "invalid_input", None),
+    ("1e999", b'{"SepalLength": 5.1, "SepalWidth": 3.5, "PetalLength": 1.4, "PetalWidth": 1e999}',
+     "application/json", 422, "invalid_input", "PetalWidth"),
+    ("batch-field", _raw({"instances": [BOOK, {**BOOK, "PetalWidth": "x"}]}), "application/json", 422,
+     "invalid_input", "instances[1].PetalWidth"),
+    ("batch-non-object", _raw({"instances": [BOOK, [5.1, 3.5, 1.4, 0.2]]}), "application/json", 422,
+     "invalid_input", "instances[1]"),
+    ("empty-instances", _raw({"instances": []}), "application/json", 422, "invalid_input", "instances"),
+    ("top-level-list", _raw([BOOK]), "application/json", 422, "invalid_input", None),
+    ("top-level-scalar", b"5.1", "application/json", 422, "invalid_input", None),
+    ("top-level-null", b"null", "application/json", 422, "invalid_input", None),
+]
+
+
+@pytest.mark.parametrize(
+    "data, content_type, status, code, field", [case[1:] for case in BAD_PREDICT], ids=[c[0] for c in BAD_PREDICT]
+)
+def test_bad_predict_input_is_a_json_error(client, data, content_type, status, code, field) -> None:
+    kwargs = {"data": data}
+    if content_type is not None:
+        kwargs["content_type"] = content_type
+    resp = client.post("/predict", **kwargs)
+    assert_error(resp, status, code, field)
+
+
+def test_body_over_max_body_bytes_is_413(v1, make_client) -> None:
+    client = make_client(max_body_bytes=1024)
+    small = client.post("/predict", json=BOOK)
+    assert small.status_code == 200
+    big = json.dumps({"instances": [BOOK] * 50}).encode()
+    assert len(big) > 1024
+    assert_error(client.post("/predict", data=big, content_type="application/json"), 413, "payload_too_large")
+
+
+def _post_chunked(client, body: bytes):
+    """POST without Content-Length, as a chunked request reaches the app under Gunicorn."""
+    return client.post(
+        "/predict",
+        input_stream=io.BytesIO(body),
+        content_type="application/json",
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},  # Gunicorn sets this for chunked bodies
+    )
+
+
+def test_chunked_body_within_the_limit_is_served(v1, make_client) -> None:
+    client = make_client(max_body_bytes=1024)
+    resp = _post_chunked(client, json.dumps(BOOK).encode())
+    assert resp.status_code == 200
+    assert resp.get_json()["Prediction"] == "setosa"
+
+
+def test_chunked_body_over_max_body_bytes_is_413(v1, make_client) -> None:
+    client = make_client(max_body_bytes=1024)
+    body = json.dumps(BOOK).encode() + b" " * 4096  # valid JSON, padded past the limit
+    assert_error(_post_chunked(client, body), 413, "payload_too_large")
+
+
+def test_unknown_route_is_a_json_404(client) -> None:
+    for path in ("/nope", "/predict/extra", "/models/v1/nothing"):
+        assert_error(client.get(path), 404, "not_found", None)
+
+
+def test_wrong_method_is_a_json_405_with_allow(client) -> None:
+    resp = client.get("/predict")
+    assert_error(resp, 405, "method_not_allowed", None)
+    assert "POST" in resp.headers["Allow"]
+    resp = client.delete("/models")
+    assert_error(resp, 405, "method_not_allowed")
+    assert "GET" in resp.headers["Allow"]
+    assert_error(client.get("/retrain"), 405, "method_not_allowed")
+
+
+def test_huge_integer_feature_is_422_not_500(client) -> None:
+    body = b'{"SepalLength": 1' + b"0" * 400 + b', "SepalWidth": 3.5, "PetalLength": 1.4, "PetalWidth": 0.2}'
+    resp = client.post("/predict", data=body, content_type="application/json")
+    assert_error(resp, 422, "invalid_input", "SepalLength")
+
+
+# --- cold start ------------------------------------------------------------------
+def test_cold_start_answers_503_until_a_model_exists(make_client) -> None:
+    client = make_client()  # empty store: nothing was ever published
+    resp = client.post("/predict", json=BOOK)
+    assert_error(resp, 503, "model_not_ready")
+    assert int(resp.headers["Retry-After"]) > 0
+
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    body = ready.get_json()
+    assert body["status"] == "not_ready"
+    assert body["model_loaded"] is False and body["model_version"] is None
+    assert body["queue"] == "unavailable"
+
+    assert client.get("/healthz").status_code == 200  # alive, just not ready
+    assert client.get("/models").get_json() == {"current": None, "versions": []}
+    assert_error(client.get("/models/current"), 503, "model_not_ready")
+
+
+def test_cold_start_still_validates_the_body_first(make_client) -> None:
+    client = make_client()
+    assert_error(client.post("/predict", data=b"{", content_type="application/json"), 400, "malformed_body")
+
+
+def test_readyz_is_ready_with_a_model_even_without_redis(client) -> None:
+    resp = client.get("/readyz")
+    assert resp.status_code == 200
+    body = resp.get_json()
+    assert body["status"] == "ready"
+    assert body["model_version"] == "v1"
+    assert body["queue"] == "unavailable"
+    assert body["last_load_error"] is None
+    assert body["worker_pid"] == os.getpid()
+
+
+def test_healthz(client) -> None:
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+# --- write endpoints: auth ---------------------------------------------------------
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong-key"},
+        {"Authorization": f"Basic {KEY}"},
+        {"Authorization": "Bearer "},
+        {"Authorization": KEY},
+        {"Authorization": f"Bearer {KEY}x"},
+    ],
+    ids=["none", "wrong", "basic", "empty-token", "no-scheme", "prefix-of-key"],
+)
+def test_retrain_without_the_right_key_is_401(client, headers) -> None:
+    resp = client.post("/retrain", json={}, headers=headers)
+    assert_error(resp, 401, "unauthorized")
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_activate_without_a_key_is_401(client) -> None:
+    resp = client.post("/models/v1/activate")
+    assert_error(resp, 401, "unauthorized")
+    assert "WWW-Authenticate" in resp.headers
+
+
+@pytest.mark.parametrize("api_key", [None, ""])
+def test_write_endpoints_are_closed_without_an_api_key(v1, make_client, api_key) -> None:
+    client = make_client(api_key=api_key)
+    for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Bearer anything"}):
+        assert_error(client.post("/retrain", json={}, headers=headers), 503, "not_configured")
+        assert_error(client.post("/models/v1/activate", headers=headers), 503, "not_configured")
+    assert client.post("/predict", json=BOOK).status_code == 200  # reads stay open
+
+
+def test_bearer_scheme_is_case_insensitive(client) -> None:
+    # The key is right, so the request gets past auth to the (dead) queue.
+    resp = client.post("/retrain", json={}, headers={"Authorization": f"bearer {KEY}"})
+    assert_error(resp, 503, "queue_unavailable")
+
+
+# --- write endpoints: Redis down --------------------------------------------------
+def test_retrain_with_redis_down_is_503_fast(client) -> None:
+    started = time.perf_counter()
+    resp = client.post("/retrain", json={"generations": 2}, headers=AUTH)
+    elapsed = time.perf_counter() - started
+    assert_error(resp, 503, "queue_unavailable")
+    assert int(resp.headers["Retry-After"]) > 0
+    assert elapsed < 1.0
+
+
+def test_retrain_without_a_body_is_validated_then_hits_the_queue(client) -> None:
+    assert_error(client.post("/retrain", headers=AUTH), 503, "queue_unavailable")
+
+
+@pytest.fixture
+def silent_redis():
+    """A local socket that accepts connections and never answers: a hung Redis."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    try:
+        yield f"redis://127.0.0.1:{server.getsockname()[1]}/0"
+    finally:
+        server.close()
+
+
+def test_retrain_with_a_hung_redis_is_503_within_the_timeout(v1, make_client, silent_redis) -> None:
+    client = make_client(redis_url=silent_redis, redis_timeout_s=0.2)
+    started = time.perf_counter()
+    resp = client.post("/retrain", json={}, headers=AUTH)
+    elapsed = time.perf_counter() - started
+    assert_error(resp, 503, "queue_unavailable")
+    assert elapsed < 1.5
+
+
+def test_retrain_body_is_validated_before_the_queue(client) -> None:
+    assert_error(client.post("/retrain", json={"generations": "3"}, headers=AUTH), 422, "invalid_input", "generations")
+    assert_error(client.post("/retrain", json={"cv": 1000}, headers=AUTH), 422, "invalid_input", "cv")
+    assert_error(client.post("/retrain", json={"dataset": "x"}, headers=AUTH), 422, "invalid_input", "dataset")
+    assert_error(client.post("/retrain", json={"surprise": 1}, headers=AUTH), 422, "invalid_input", "surprise")
+    assert_error(client.post("/retrain", data=b"{", content_type="application/json", headers=AUTH), 400,
+                 "malformed_body")
+    assert_error(client.post("/retrain", data=b"generations=2", content_type="text/plain", headers=AUTH), 415,
+                 "unsupported_media_type")
+
+
+def test_job_status_with_redis_down_is_503(client) -> None:
+    resp = client.get("/jobs/some-job")
+    assert_error(resp, 503, "queue_unavailable")
+    assert "Retry-After" in resp.headers
+
+
+def test_activate_an_existing_version_with_redis_down_is_503(client) -> None:
+    assert_error(client.post("/models/v1/activate", headers=AUTH), 503, "queue_unavailable")
+
+
+def test_activate_a_missing_version_is_404(client) -> None:
+    assert_error(client.post("/models/nope/activate", headers=AUTH), 404, "not_found", "version")
+    # A dot-prefixed (temp) name is not a version either.
+    assert_error(client.post("/models/.tmp-x/activate", headers=AUTH), 404, "not_found", "version")
+
+
+# --- /models ----------------------------------------------------------------------
+def test_models_lists_versions_with_the_current_flag(store, v1, model, iris, make_client) -> None:
+    v2 = publish(store, "v2", model, make_meta(model, iris[0]), activate=False)
+    client = make_client()
+    body = client.get("/models").get_json()
+    assert body["current"] == "v1"
+    assert [(v["version"], v["current"]) for v in body["versions"]] == [("v1", True), ("v2", False)]
+    assert body["versions"][1]["sha256"] == v2["sha256"]
+    assert body["versions"][0]["cv_score"] == 0.96
+
+    store.set_current("v2")  # the list follows the pointer, not the loaded model
+    body = client.get("/models").get_json()
+    assert [(v["version"], v["current"]) for v in body["versions"]] == [("v1", False), ("v2", True)]
+
+
+def test_models_current_describes_the_served_model(client, v1) -> None:
+    resp = client.get("/models/current")
+    assert resp.status_code == 200
+    body = resp.get_json()
+    assert body["version"] == "v1"
+    assert body["sha256"] == v1["sha256"]
+    assert [f["name"] for f in body["features"]] == FEATURES
+    assert body["classes"] == ["setosa", "versicolor", "virginica"]
+    assert resp.headers["X-Model-Version"] == "v1"
+
+
+def test_a_published_version_is_served_after_refresh(store, v1, model, iris) -> None:
+    app = create_app(settings_for(store), poll=False)
+    client = app.test_client()
+    assert client.post("/predict", json=BOOK).get_json()["model_version"] == "v1"
+    publish(store, "v2", model, make_meta(model, iris[0]))
+    # Without polling, the served model only changes on refresh().
+    assert client.post("/predict", json=BOOK).get_json()["model_version"] == "v1"
+    assert app.extensions["tpotserve"].holder.refresh() is True
+    resp = client.post("/predict", json=BOOK)
+    assert resp.get_json()["model_version"] == "v2"
+    assert resp.headers["X-Model-Version"] == "v2"
+
+
+# --- other model kinds ---------------------------------------------------------------
+def test_regression_model_answers_without_probabilities(store, iris, make_client) -> None:
+    X, _ = iris
+    reg = LinearRegression().fit(X[:, :3], X[:, 3])
+    meta = make_meta(reg, X[:, :3], names=FEATURES[:3], task="regression")
+    meta["target"] = "PetalWidth"
+    publish(store, "r1", reg, meta)
+    client = make_client()
+    single = {k: BOOK[k] for k in FEATURES[:3]}
+    body = client.post("/predict", json=single).get_json()
+    assert "Probability" not in body and "probabilities" not in body
+    assert body["Prediction"] == pytest.approx(float(reg.predict(np.array([[5.1, 3.5, 1.4]]))[0]))
+    assert body["model_version"] == "r1"
+    batch = client.post("/predict", json={"instances": [single, single]}).get_json()
+    assert len(batch["predictions"]) == 2 and "probabilities" not in batch
+    # The regression schema has no PetalWidth.
+    assert_error(client.post("/predict", json=BOOK), 422, "invalid_input", "PetalWidth")
+
+
+def test_classifier_without_predict_proba_maps_to_class_names(iris) -> None:
+    X, y = iris
+    clf = Pipeline([("scale", StandardScaler()), ("clf", RidgeClassifier())]).fit(X, y)
+    assert not hasattr(clf, "predict_proba")
+    loaded = LoadedModel(pointer=Pointer("x", "0"), meta=make_meta(clf, X), model=clf)
+    predictions, probabilities = loaded.predict([[5.1, 3.5, 1.4, 0.2], [6.9, 3.1, 5.4, 2.1]])
+    assert probabilities is None
+    assert predictions == [str(p) for p in clf.predict(np.array([[5.1, 3.5, 1.4, 0.2], [6.9, 3.1, 5.4, 2.1]]))]
+    assert all(isinstance(p, str) for p in predictions)
+
+
+# --- the model holder ----------------------------------------------------------------
+@pytest.fixture
+def holder(store: ModelStore, v1) -> ModelHolder:
+    h = ModelHolder(store, poll_interval_s=60)
+    assert h.refresh() is True
+    assert h.current().version == "v1"
+    return h
+
+
+@pytest.fixture
+def count_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every joblib.load the holder performs."""
+    calls: list[str] = []
+    real = model_holder_module.joblib.load
+
+    def counting(path, *args, **kwargs):
+        calls.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(model_holder_module.joblib, "load", counting)
+    return calls
+
+
+def test_holder_on_an_empty_store_is_not_ready(store: ModelStore) -> None:
+    h = ModelHolder(store, poll_interval_s=60)
+    assert h.refresh() is False
+    with pytest.raises(ModelNotReady):
+        h.current()
+    status = h.status()
+    assert status["model_loaded"] is False and status["last_load_error"] is None
+
+
+def test_holder_refresh_is_a_no_op_when_the_pointer_did_not_change(holder, count_loads) -> None:
+    assert holder.refresh() is False
+    assert count_loads == []
+
+
+def test_holder_swaps_to_a_newly_published_version(store, holder, model, iris) -> None:
+    old = holder.current()
+    publish(store, "v2", model, make_meta(model, iris[0]))
+    assert holder.refresh() is True
+    new = holder.current()
+    assert new.version == "v2" and new is not old
+    assert holder.status()["model_version"] == "v2"
+    assert holder.status()["last_load_error"] is None
+
+
+def test_holder_refuses_a_corrupted_artifact_and_keeps_serving(store, holder, model, iris, count_loads) -> None:
+    v2 = publish(store, "v2", model, make_meta(model, iris[0]), activate=False)
+    artifact = store.artifact_path("v2")
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    artifact.write_bytes(bytes(data))
+    write_pointer(store, "v2", v2["sha256"])  # the real hash, but the bytes changed
+
+    assert holder.refresh() is False
+    assert holder.current().version == "v1"
+    error = holder.status()["last_load_error"]
+    assert error["version"] == "v2"
+    assert "sha256" in error["message"]
+    assert holder.status()["model_loaded"] is True
+    assert count_loads == []  # never unpickled
+
+    # The same bad pointer is not loaded again on every poll.
+    assert holder.refresh() is False
+    assert holder.status()["last_load_error"]["version"] == "v2"
+
+    # Rolling the pointer back clears the error.
+    store.set_current("v1")
+    assert holder.refresh() is False
+    assert holder.current().version == "v1"
+    assert holder.status()["last_load_error"] is None
+
+
+def test_holder_refuses_a_pointer_with_the_wrong_sha256(store, holder, model, iris, count_loads) -> None:
+    publish(store, "v2", model, make_meta(model, iris[0]), activate=False)
+    write_pointer(store, "v2", "0" * 64)
+    assert holder.refresh() is False
+    assert holder.current().version == "v1"
+    assert holder.status()["last_load_error"]["version"] == "v2"
+    assert count_loads == []
+
+
+def test_holder_refuses_a_pointer_to_a_missing_version(store, holder) -> None:
+    write_pointer(store, "ghost", "0" * 64)
+    assert holder.refresh() is False
+    assert holder.current().version == "v1"
+    assert holder.status()["last_load_error"]["version"] == "ghost"
+
+
+def test_holder_survives_a_garbage_pointer(store, holder) -> None:
+    store.pointer_path.write_text("{ this is not json")
+    assert holder.refresh() is False
+    assert holder.current().version == "v1"
+    error = holder.status()["last_load_error"]
+    assert error["version"] is None
+    assert "current.json" in error["message"]
+
+
+class _Exploit:
+    """Unpickling this opens (and so creates) ``marker``: the pickle ran code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_holder_checks_the_hash_before_unpickling(store, holder, model, iris, tmp_path) -> None:
+    marker = tmp_path / "pwned"
+    v2 = publish(store, "v2", model, make_meta(model, iris[0]))
+    holder_pointer = store.read_pointer()
+    assert holder_pointer.sha256 == v2["sha256"]
+    # Swap the artifact for a hostile pickle; meta.json and current.json still name the good hash.
+    store.artifact_path("v2").write_bytes(pickle.dumps(_Exploit(marker)))
+
+    assert holder.refresh() is False
+    assert not marker.exists()
+    assert holder.current().version == "v1"
+    assert holder.status()["last_load_error"]["version"] == "v2"
+
+    # Control: the payload is live, so the check above was a real one.
+    joblib.load(store.artifact_path("v2")).close()
+    assert marker.exists()
+
+
+def test_holder_refuses_a_model_whose_smoke_prediction_fails(store, holder, iris, count_loads) -> None:
+    X, y = iris
+    two_features = Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression())]).fit(X[:, :2], y)
+    publish(store, "v2", two_features, make_meta(two_features, X))  # meta claims 4 features
+    assert holder.refresh() is False
+    assert count_loads  # it was loaded (the hash is fine) ...
+    assert holder.current().version == "v1"  # ... and refused
+    error = holder.status()["last_load_error"]
+    assert error["version"] == "v2"
+    assert "ValueError" in error["message"]
+
+
+def test_holder_refuses_metadata_whose_hash_disagrees_with_the_pointer(store, holder, model, iris) -> None:
+    publish(store, "v2", model, make_meta(model, iris[0]))
+    meta_path = store.versions_dir / "v2" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["sha256"] = "f" * 64
+    meta_path.write_text(json.dumps(meta))
+    assert holder.refresh() is False
+    assert holder.current().version == "v1"
+    assert "disagree" in holder.status()["last_load_error"]["message"]
+
+
+def test_a_cold_worker_that_refuses_the_first_model_stays_not_ready(store, model, iris, make_client) -> None:
+    v1 = publish(store, "v1", model, make_meta(model, iris[0]))
+    store.artifact_path("v1").write_bytes(b"garbage")
+    write_pointer(store, "v1", v1["sha256"])
+    client = make_client()
+    assert_error(client.post("/predict", json=BOOK), 503, "model_not_ready")
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.get_json()["last_load_error"]["version"] == "v1"
+
+
+# --- the one error handler -------------------------------------------------------------
+@pytest.fixture
+def bare_api() -> tuple[Flask, JsonApi]:
+    app = Flask(__name__)
+    return app, JsonApi(app)
+
+
+@pytest.mark.parametrize(
+    "exc, status, code",
+    [
+        (wz.NotFound(), 404, "not_found"),
+        (wz.MethodNotAllowed(valid_methods=["POST"]), 405, "method_not_allowed"),
+        (wz.RequestEntityTooLarge(), 413, "payload_too_large"),
+        (wz.BadRequest(), 400, "malformed_body"),
+        (wz.UnsupportedMediaType(), 415, "unsupported_media_type"),
+        (wz.Conflict(), 409, "http_error"),
+    ],
+)
+def test_json_api_turns_werkzeug_errors_into_the_public_shape(bare_api, exc, status, code) -> None:
+    app, api = bare_api
+    with app.test_request_context("/x"):
+        resp = api.handle_error(exc)
+    assert_error(resp, status, code, None)
+    if status == 405:
+        assert resp.headers["Allow"] == "POST"
+
+
+def test_unexpected_errors_are_a_generic_500_that_leaks_nothing(bare_api) -> None:
+    app, _ = bare_api
+    with app.test_request_context("/x"):
+        resp = to_response(RuntimeError("secret path /etc/shadow"))
+    error = assert_error(resp, 500, "internal_error", None)
+    assert "secret" not in error["message"] and "shadow" not in resp.get_data(as_text=True)
+
+
+def test_meta_fixture_matches_the_trainers_feature_schema(iris) -> None:
+    data = pytest.importorskip("tpotserve_trainer.data")
+    X, _ = iris
+    frame = data.iris_frame()
+    assert data.IRIS_FEATURES == FEATURES
+    assert data.feature_schema(frame.drop(columns=["species"])) == feature_schema(X)
