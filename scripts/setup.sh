@@ -48,7 +48,7 @@ reqs=()
 for lock in "${locks[@]}"; do reqs+=(-r "$lock"); done
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${reqs[@]}"
 # Our own packages, editable, without touching the pinned set.
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
   -e shared -e services/api -e services/trainer
 rm -f "$VENV"/.installed-*
 touch "$stamp"
