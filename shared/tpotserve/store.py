@@ -13,9 +13,7 @@ id and sha256, never by inode or mtime.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import secrets
 import shutil
 import time
@@ -24,15 +22,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .atomic import (
+    TMP_PREFIX,
+    call_with_cleanup,
+    new_directory,
+    remove_temp_leftovers,
+    replace_file,
+    sha256_file,
+    write_new_file,
+)
 from .errors import ArtifactRejected, NotFound
+
+__all__ = ["ModelStore", "Pointer", "new_version_id", "sha256_file"]
 
 ARTIFACT_NAME = "model.joblib"
 META_NAME = "meta.json"
 POINTER_NAME = "current.json"
-_TMP_PREFIX = ".tmp-"
-# Readable by an API running as another user; mkstemp's 0600 would not be.
-_FILE_MODE = 0o644
-_DIR_MODE = 0o755
 
 
 @dataclass(frozen=True)
@@ -41,37 +46,16 @@ class Pointer:
 
     version: str
     sha256: str
+    previous: str | None = None
+    """The version that was current before this one (protected from retention)."""
 
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    def same_model(self, other: Pointer | None) -> bool:
+        return other is not None and (self.version, self.sha256) == (other.version, other.sha256)
 
 
 def new_version_id() -> str:
     """A sortable, unique version id: UTC time plus a random suffix."""
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
-    with os.fdopen(fd, "wb") as handle:
-        os.fchmod(handle.fileno(), _FILE_MODE)  # the umask must not make it private
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 class ModelStore:
@@ -91,8 +75,13 @@ class ModelStore:
             return None
         try:
             data = json.loads(raw)
-            return Pointer(version=str(data["version"]), sha256=str(data["sha256"]))
-        except (ValueError, KeyError, TypeError) as exc:
+            previous = data.get("previous")
+            return Pointer(
+                version=str(data["version"]),
+                sha256=str(data["sha256"]),
+                previous=str(previous) if previous else None,
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ArtifactRejected(f"{POINTER_NAME} is unreadable: {exc}") from exc
 
     def artifact_path(self, version: str) -> Path:
@@ -146,62 +135,58 @@ class ModelStore:
         the directory into place. Nothing is visible under ``versions/``
         until the rename.
         """
-        for directory in (self.root, self.versions_dir):
-            directory.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
         final = self._version_dir(version)
-        tmp = self.versions_dir / f"{_TMP_PREFIX}{version}-{secrets.token_hex(4)}"
-        tmp.mkdir(mode=_DIR_MODE)
-        os.chmod(tmp, _DIR_MODE)  # mkdir's mode is narrowed by the umask
-        try:
-            artifact = tmp / ARTIFACT_NAME
-            dump(artifact)
-            os.chmod(artifact, _FILE_MODE)
-            with open(artifact, "rb") as handle:
-                os.fsync(handle.fileno())
-            meta = {**meta, "version": version, "sha256": sha256_file(artifact)}
-            _write_file(tmp / META_NAME, json.dumps(meta, indent=2, sort_keys=True).encode())
-            _fsync_dir(tmp)
-            os.rename(tmp, final)
-            _fsync_dir(self.versions_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with new_directory(final) as tmp:
+            call_with_cleanup(tmp / ARTIFACT_NAME, dump)
+            meta = {**meta, "version": version, "sha256": sha256_file(tmp / ARTIFACT_NAME)}
+            write_new_file(tmp / META_NAME, json.dumps(meta, indent=2, sort_keys=True).encode())
         return meta
 
     def set_current(self, version: str) -> Pointer:
         """Point current.json at a stored, verified version (publish and rollback)."""
         meta = self.read_meta(version)
         self.verified_artifact(version, meta["sha256"])
-        pointer = Pointer(version=version, sha256=meta["sha256"])
-        body = {"version": version, "sha256": meta["sha256"], "activated_at": _utc_now()}
-        tmp = self.root / f"{_TMP_PREFIX}{POINTER_NAME}-{secrets.token_hex(4)}"
+        old = self.read_pointer_quietly()
+        previous = old.previous if old is not None and old.version == version else (old.version if old else None)
+        body = {"version": version, "sha256": meta["sha256"], "previous": previous, "activated_at": _utc_now()}
+        self.root.mkdir(parents=True, exist_ok=True)
+        replace_file(self.pointer_path, json.dumps(body).encode())
+        return Pointer(version=version, sha256=meta["sha256"], previous=previous)
+
+    def read_pointer_quietly(self) -> Pointer | None:
+        """The pointer, or None when it is missing or unreadable."""
         try:
-            _write_file(tmp, json.dumps(body).encode())
-            os.replace(tmp, self.pointer_path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.root)
-        return pointer
+            return self.read_pointer()
+        except ArtifactRejected:
+            return None
+
+    def prune(self, keep: int) -> list[str]:
+        """Delete the oldest versions beyond ``keep``; never the current one or the one before it."""
+        pointer = self.read_pointer_quietly()
+        protected = {pointer.version, pointer.previous} if pointer else set()
+        names = sorted(
+            entry.name
+            for entry in self.versions_dir.iterdir()
+            if entry.is_dir() and not entry.name.startswith(".")
+        ) if self.versions_dir.is_dir() else []
+        removable = [name for name in names if name not in protected]
+        excess = len(names) - keep
+        removed = []
+        for name in removable[: max(excess, 0)]:
+            # Rename first, so a reader never sees a half-deleted version under its name.
+            doomed = self.versions_dir / f"{TMP_PREFIX}deleted-{name}"
+            (self.versions_dir / name).rename(doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+            removed.append(name)
+        return removed
 
     def remove_stale_temp(self, older_than_s: float = 0.0) -> list[str]:
         """Delete temp leftovers of a writer that died mid-write; returns their names."""
-        removed = []
         now = time.time()
-        for parent in (self.root, self.versions_dir):
-            if not parent.is_dir():
-                continue
-            for entry in parent.iterdir():
-                if not entry.name.startswith(_TMP_PREFIX):
-                    continue
-                if now - entry.stat().st_mtime < older_than_s:
-                    continue
-                if entry.is_dir():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink(missing_ok=True)
-                removed.append(entry.name)
-        return removed
+        return [
+            *remove_temp_leftovers(self.root, older_than_s, now),
+            *remove_temp_leftovers(self.versions_dir, older_than_s, now),
+        ]
 
     def _version_dir(self, version: str) -> Path:
         # A version id comes from URLs too: refuse anything that is not a plain name.

@@ -106,11 +106,25 @@ def test_set_current_switches_between_versions(store: ModelStore) -> None:
     a = store.write_version("a", _dump_bytes(b"A"), {})
     b = store.write_version("b", _dump_bytes(b"B"), {})
     store.set_current("a")
-    assert store.read_pointer() == Pointer("a", a["sha256"])
+    assert store.read_pointer() == Pointer("a", a["sha256"], previous=None)
     store.set_current("b")
-    assert store.read_pointer() == Pointer("b", b["sha256"])
+    assert store.read_pointer() == Pointer("b", b["sha256"], previous="a")
     store.set_current("a")  # rollback
-    assert store.read_pointer() == Pointer("a", a["sha256"])
+    assert store.read_pointer() == Pointer("a", a["sha256"], previous="b")
+    store.set_current("a")  # activating the current version again keeps its "previous"
+    assert store.read_pointer() == Pointer("a", a["sha256"], previous="b")
+    assert _temp_entries(store) == []
+
+
+def test_prune_keeps_the_newest_the_current_and_the_previous(store: ModelStore) -> None:
+    for name in ("v1", "v2", "v3", "v4", "v5"):
+        store.write_version(name, _dump_bytes(name.encode()), {})
+    store.set_current("v2")
+    store.set_current("v1")  # current v1, previous v2: both oldest, both protected
+    removed = store.prune(keep=3)
+    assert removed == ["v3", "v4"]
+    assert sorted(m["version"] for m in store.list_versions()) == ["v1", "v2", "v5"]
+    assert store.prune(keep=3) == []
     assert _temp_entries(store) == []
 
 

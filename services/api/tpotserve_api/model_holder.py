@@ -115,12 +115,12 @@ class ModelHolder:
             if pointer is None:
                 return False
             current = self._current
-            if current is not None and current.pointer == pointer:
+            if current is not None and pointer.same_model(current.pointer):
                 # The pointer is back on what we serve (e.g. a bad activate was undone).
                 self._failed_pointer = None
                 self._last_error = None
                 return False
-            if pointer == self._failed_pointer:
+            if pointer.same_model(self._failed_pointer):
                 return False  # versions are immutable: the same pointer fails the same way
             started = time.perf_counter()
             try:

@@ -1,0 +1,115 @@
+"""Crash-safe file writing, shared by the model store and the dataset store.
+
+Write under a dot-prefixed temp name in the same directory, fsync, rename
+into place, fsync the directory (pip's ``adjacent_tmp_file`` + ``replace``).
+A reader sees the old state or the new one, never half of either.
+Everything written is readable by other users: the API may run as another
+user than the trainer, and ``mkstemp``'s 0600 would lock it out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+TMP_PREFIX = ".tmp-"
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_new_file(path: Path, data: bytes) -> None:
+    """Create ``path`` (it must not exist) with ``data``, fsynced, mode 0644."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(handle.fileno(), FILE_MODE)  # the umask must not make it private
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def fsync_file(path: Path) -> None:
+    os.chmod(path, FILE_MODE)
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Atomically replace ``path``'s content with ``data``."""
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}-{secrets.token_hex(4)}"
+    try:
+        write_new_file(tmp, data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+@contextmanager
+def new_directory(final: Path) -> Iterator[Path]:
+    """Yield a temp directory beside ``final``; on success fsync and rename it to ``final``.
+
+    On any error the temp directory is removed and ``final`` never appears.
+    """
+    parent = final.parent
+    parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    tmp = parent / f"{TMP_PREFIX}{final.name}-{secrets.token_hex(4)}"
+    tmp.mkdir(mode=DIR_MODE)
+    os.chmod(tmp, DIR_MODE)  # mkdir's mode is narrowed by the umask
+    try:
+        yield tmp
+        fsync_dir(tmp)
+        os.rename(tmp, final)
+        fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def remove_temp_leftovers(directory: Path, older_than_s: float, now: float) -> list[str]:
+    """Delete ``.tmp-*`` entries a writer that died mid-write left in ``directory``."""
+    removed: list[str] = []
+    if not directory.is_dir():
+        return removed
+    for entry in directory.iterdir():
+        if not entry.name.startswith(TMP_PREFIX):
+            continue
+        try:
+            if now - entry.stat().st_mtime < older_than_s:
+                continue
+        except FileNotFoundError:
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry.name)
+    return removed
+
+
+def call_with_cleanup(path: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(path)``, then make the result readable and durable."""
+    write(path)
+    fsync_file(path)
