@@ -10,4 +10,6 @@ case "$role" in
   control) ;;
   *) echo "usage: $0 training|control" >&2; exit 2 ;;
 esac
-exec rq worker --config tpotserve_trainer.rq_config "$role"
+# --job-monitoring-interval 5: the horse's heartbeat; a job whose worker was
+# killed shows as failed at most ~65 s later (RQ adds 60 s to the interval).
+exec rq worker --config tpotserve_trainer.rq_config --job-monitoring-interval 5 "$role"

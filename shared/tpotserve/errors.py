@@ -8,6 +8,7 @@ The API maps each one to a status code in one table
     │   ├── MalformedBody     not parseable at all
     │   └── UnsupportedMedia  wrong Content-Type
     ├── NotFound              no such job, model version, ...
+    ├── Conflict              the request clashes with the current state (a training is running)
     ├── Unauthorized          missing or wrong credentials
     ├── NotConfigured         a feature needs configuration the operator did not give
     ├── ModelNotReady         no verified model is loaded yet
@@ -24,10 +25,12 @@ class TpotServeError(Exception):
 
     code = "error"
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(self, message: str, *, field: str | None = None, **details: object) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        self.details = details
+        """Extra JSON-able facts for the client, e.g. the running job's id."""
 
 
 class InvalidInput(TpotServeError):
@@ -44,6 +47,14 @@ class UnsupportedMedia(InvalidInput):
 
 class NotFound(TpotServeError):
     code = "not_found"
+
+
+class Conflict(TpotServeError):
+    code = "conflict"
+
+
+class PayloadTooLarge(InvalidInput):
+    code = "payload_too_large"
 
 
 class Unauthorized(TpotServeError):

@@ -32,7 +32,7 @@ STATUS_MAP = {
     "started": "started",
     "finished": "finished",
     "failed": "failed",
-    "stopped": "failed",
+    "stopped": "canceled",  # RQ stops a job only on request (DELETE /jobs/<id>)
     "canceled": "canceled",
 }
 

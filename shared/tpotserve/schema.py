@@ -17,11 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import InvalidInput, MalformedBody
 from .settings import Settings
 
-# Data sets the trainer can load by name without an upload.
-BUNDLED_DATASETS: dict[str, dict[str, str]] = {
-    "iris": {"target": "species", "task": "classification"},
-}
-
 CLASSIFICATION_SCORERS = (
     "accuracy",
     "balanced_accuracy",
@@ -99,6 +94,31 @@ def parse_predict(body: Any, feature_names: list[str], max_rows: int) -> Predict
     return PredictRequest(rows=[_row(body, feature_names, prefix="")], single=True, originals=[body])
 
 
+FAR_OUTSIDE = 0.5
+"""A value is reported when it lies beyond the training range by more than this share of the range."""
+
+
+def range_warnings(rows: list[list[float]], features: list[dict[str, Any]], *, single: bool) -> list[dict[str, Any]]:
+    """Values far outside what the model saw in training: reported, never refused."""
+    warnings = []
+    for index, row in enumerate(rows):
+        for value, feature in zip(row, features):
+            low, high = feature.get("min"), feature.get("max")
+            if low is None or high is None:
+                continue
+            margin = FAR_OUTSIDE * (high - low)
+            if value < low - margin or value > high + margin:
+                name = feature["name"] if single else f"instances[{index}].{feature['name']}"
+                warnings.append(
+                    {
+                        "code": "outside_training_range",
+                        "field": name,
+                        "message": f"{value} is far outside the training range [{low}, {high}]",
+                    }
+                )
+    return warnings
+
+
 def _row(item: Any, feature_names: list[str], prefix: str) -> list[float]:
     if not isinstance(item, dict):
         raise InvalidInput("each instance must be a JSON object", field=prefix.rstrip(".") or None)
@@ -129,17 +149,27 @@ def _row(item: Any, feature_names: list[str], prefix: str) -> list[float]:
 
 
 # --- retraining ------------------------------------------------------------
+Task = Literal["classification", "regression"]
+Promote = Literal["auto", "always", "never"]
+
+
 class RetrainRequest(BaseModel):
     """The body of POST /retrain. Omitted budget fields take the server defaults."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     dataset: str = "iris"
+    target: str | None = None
+    task: Task | None = None
     max_time_mins: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     generations: int | None = Field(default=None, ge=1)
     population_size: int | None = Field(default=None, ge=2)
     cv: int | None = Field(default=None, ge=2)
     scoring: str | None = None
+    promote: Promote = "auto"
+    """auto: publish only if not worse than the current model on the holdout; always; never."""
+    queue: bool = False
+    """Queue behind a running training instead of answering 409."""
 
 
 class TrainingPayload(BaseModel):
@@ -148,8 +178,9 @@ class TrainingPayload(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: str
+    dataset_sha256: str | None = None
     target: str
-    task: Literal["classification", "regression"]
+    task: Task
     max_time_mins: float
     generations: int
     population_size: int
@@ -157,29 +188,28 @@ class TrainingPayload(BaseModel):
     scoring: str
     n_jobs: int
     random_state: int | None = None
+    holdout_fraction: float = 0.2
+    promote: Promote = "auto"
+    model_keep: int = 10
     reason: str = "retrain"
 
 
-def build_training_payload(body: Any, settings: Settings, reason: str = "retrain") -> TrainingPayload:
-    """Validate a retrain body, apply the server's caps and defaults."""
+def parse_retrain_request(body: Any) -> RetrainRequest:
+    """Shape and types of a retrain body; InvalidInput names the first bad field."""
     if body is None:
         body = {}
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object", field=None)
     try:
-        request = RetrainRequest.model_validate(body)
+        return RetrainRequest.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or None
         raise InvalidInput(f"{field}: {first['msg']}", field=field) from exc
 
-    dataset = BUNDLED_DATASETS.get(request.dataset)
-    if dataset is None:
-        raise InvalidInput(
-            f"unknown dataset {request.dataset!r}; available: {sorted(BUNDLED_DATASETS)}",
-            field="dataset",
-        )
-    task = dataset["task"]
+
+def check_caps(request: RetrainRequest, settings: Settings) -> None:
+    """Refuse budget values above what this server allows."""
     caps = {
         "max_time_mins": settings.max_time_mins_cap,
         "generations": settings.generations_cap,
@@ -191,6 +221,18 @@ def build_training_payload(body: Any, settings: Settings, reason: str = "retrain
         if value is not None and value > cap:
             raise InvalidInput(f"{name} is {value}; this server allows at most {cap}", field=name)
 
+
+def build_training_payload(
+    request: RetrainRequest,
+    settings: Settings,
+    *,
+    target: str,
+    task: str,
+    dataset_sha256: str | None = None,
+    reason: str = "retrain",
+) -> TrainingPayload:
+    """Apply the server's caps and defaults to a request whose data was already checked."""
+    check_caps(request, settings)
     scorers = CLASSIFICATION_SCORERS if task == "classification" else REGRESSION_SCORERS
     scoring = request.scoring or DEFAULT_SCORER[task]
     if scoring not in scorers:
@@ -200,7 +242,8 @@ def build_training_payload(body: Any, settings: Settings, reason: str = "retrain
         )
     return TrainingPayload(
         dataset=request.dataset,
-        target=dataset["target"],
+        dataset_sha256=dataset_sha256,
+        target=target,
         task=task,
         max_time_mins=request.max_time_mins or settings.tpot_max_time_mins,
         generations=request.generations or settings.tpot_generations,
@@ -209,5 +252,8 @@ def build_training_payload(body: Any, settings: Settings, reason: str = "retrain
         scoring=scoring,
         n_jobs=settings.tpot_n_jobs,
         random_state=settings.tpot_random_state,
+        holdout_fraction=settings.holdout_fraction,
+        promote=request.promote,
+        model_keep=settings.model_keep,
         reason=reason,
     )

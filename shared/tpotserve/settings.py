@@ -29,6 +29,25 @@ class Settings(BaseSettings):
     model_dir: Path = Field(default=Path("./.data/models"))
     """MODEL_DIR: the model volume (versions/ and current.json)."""
 
+    dataset_dir: Path = Field(default=Path("./.data/datasets"))
+    """DATASET_DIR: uploaded training data (written by the API, read by the trainer)."""
+
+    # --- training data rules -------------------------------------------------
+    dataset_max_rows: int = 200_000
+    """DATASET_MAX_ROWS: most data rows an uploaded CSV may have."""
+
+    dataset_max_columns: int = 200
+    """DATASET_MAX_COLUMNS: most columns an uploaded CSV may have."""
+
+    min_training_rows: int = 20
+    """MIN_TRAINING_ROWS: fewest rows a data set needs to train on."""
+
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=0.5)
+    """HOLDOUT_FRACTION: share of rows kept out of the search to score the promotion gate."""
+
+    model_keep: int = Field(default=10, ge=2)
+    """MODEL_KEEP: most model versions kept; the current one and the one before it never go."""
+
     # --- security ----------------------------------------------------------
     api_key: SecretStr | None = None
     """API_KEY: bearer token for every write endpoint. Unset: writes answer 503."""
@@ -48,7 +67,7 @@ class Settings(BaseSettings):
     """MAX_BATCH_ROWS: largest ``instances`` list one /predict accepts."""
 
     max_body_bytes: int = 8 * 1024 * 1024
-    """MAX_BODY_BYTES: largest request body the API reads (nginx enforces the same)."""
+    """MAX_BODY_BYTES: largest request body (and CSV upload); nginx is rendered with the same."""
 
     api_bind: str = "127.0.0.1:8000"
     """API_BIND: Gunicorn's listen address (``host:port`` or ``unix:/path``)."""

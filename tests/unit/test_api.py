@@ -727,8 +727,10 @@ def test_unexpected_errors_are_a_generic_500_that_leaks_nothing(bare_api) -> Non
 
 
 def test_meta_fixture_matches_the_trainers_feature_schema(iris) -> None:
-    data = pytest.importorskip("tpotserve_trainer.data")
+    from tpotserve import datasets
+    from tpotserve_trainer import data
+
     X, _ = iris
-    frame = data.iris_frame()
-    assert data.IRIS_FEATURES == FEATURES
+    frame = datasets.iris_frame()
+    assert datasets.IRIS_FEATURES == FEATURES
     assert data.feature_schema(frame.drop(columns=["species"])) == feature_schema(X)

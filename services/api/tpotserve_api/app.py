@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from flask import Flask
 from flask_restful import Api
 
+from tpotserve.datasets import DatasetStore
 from tpotserve.offline import disable_tpot_update_check
 from tpotserve.settings import Settings, load_settings
 from tpotserve.store import ModelStore
@@ -26,6 +27,7 @@ class AppContext:
     store: ModelStore
     holder: ModelHolder
     queue: JobQueue
+    datasets: DatasetStore
 
 
 class JsonApi(Api):
@@ -65,13 +67,19 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
     if poll:
         holder.start_polling()
     app.extensions["tpotserve"] = AppContext(
-        settings=settings, store=store, holder=holder, queue=JobQueue(settings)
+        settings=settings,
+        store=store,
+        holder=holder,
+        queue=JobQueue(settings),
+        datasets=DatasetStore.from_settings(settings),
     )
 
     api = JsonApi(app, catch_all_404s=True)
     api.add_resource(resources.Predict, "/predict")
     api.add_resource(resources.Retrain, "/retrain")
     api.add_resource(resources.JobStatus, "/jobs/<string:job_id>")
+    api.add_resource(resources.Datasets, "/datasets")
+    api.add_resource(resources.Dataset, "/datasets/<string:dataset_id>")
     api.add_resource(resources.Models, "/models")
     api.add_resource(resources.CurrentModel, "/models/current")
     api.add_resource(resources.Activate, "/models/<string:version>/activate")

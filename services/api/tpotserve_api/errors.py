@@ -21,9 +21,11 @@ log = logging.getLogger(__name__)
 STATUS_BY_ERROR: list[tuple[type[domain.TpotServeError], int]] = [
     (domain.MalformedBody, 400),
     (domain.UnsupportedMedia, 415),
+    (domain.PayloadTooLarge, 413),
     (domain.InvalidInput, 422),
     (domain.Unauthorized, 401),
     (domain.NotFound, 404),
+    (domain.Conflict, 409),
     (domain.ModelNotReady, 503),
     (domain.QueueUnavailable, 503),
     (domain.NotConfigured, 503),
@@ -43,15 +45,15 @@ HTTP_CODES = {
 }
 
 
-def error_body(code: str, message: str, field: str | None = None) -> dict:
-    return {"error": {"code": code, "message": message, "field": field}}
+def error_body(code: str, message: str, field: str | None = None, **details: object) -> dict:
+    return {"error": {"code": code, "message": message, "field": field, **details}}
 
 
 def to_response(exc: BaseException) -> Response:
     """The one handler: any exception in, a JSON error response out."""
     if isinstance(exc, domain.TpotServeError):
         status = next(s for cls, s in STATUS_BY_ERROR if isinstance(exc, cls))
-        response = jsonify(error_body(exc.code, exc.message, exc.field))
+        response = jsonify(error_body(exc.code, exc.message, exc.field, **exc.details))
         response.status_code = status
         for cls, seconds in RETRY_AFTER_S.items():
             if isinstance(exc, cls):

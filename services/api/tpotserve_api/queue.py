@@ -14,13 +14,18 @@ from typing import Any, Iterator
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
+from rq.command import send_stop_job_command
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
+from rq.registry import StartedJobRegistry
 
 from tpotserve import jobs
-from tpotserve.errors import NotFound, QueueUnavailable
+from tpotserve.errors import Conflict, NotFound, QueueUnavailable
 from tpotserve.schema import TrainingPayload
 from tpotserve.settings import Settings
+
+
+ENQUEUE_LOCK = "tpotserve:lock:enqueue-training"
 
 
 @contextmanager
@@ -50,16 +55,55 @@ class JobQueue:
         except RedisError:
             return False
 
-    def enqueue_retrain(self, payload: TrainingPayload) -> Job:
+    def enqueue_retrain(self, payload: TrainingPayload, *, queue_behind: bool = False) -> Job:
+        """Enqueue a training; Conflict (409) while another is queued or running, unless asked to queue."""
         with _redis_errors():
-            return self.training.enqueue(
-                jobs.RETRAIN_FUNC,
-                kwargs={"payload": payload.model_dump()},
-                job_timeout=jobs.job_timeout(payload, self.settings.job_timeout_margin_s),
-                result_ttl=jobs.RESULT_TTL_S,
-                failure_ttl=jobs.FAILURE_TTL_S,
-                meta={"kind": payload.reason, "payload": payload.model_dump()},
-            )
+            # A short lock makes "check, then enqueue" one step across API workers.
+            with self.redis.lock(ENQUEUE_LOCK, timeout=10, blocking_timeout=5):
+                active = self.active_training()
+                if active is not None and not queue_behind:
+                    raise Conflict(
+                        f"a training is already {active['status']}: job {active['id']}; "
+                        "wait for it, cancel it, or send \"queue\": true",
+                        field=None,
+                        job_id=active["id"],
+                        location=f"/jobs/{active['id']}",
+                    )
+                return self.training.enqueue(
+                    jobs.RETRAIN_FUNC,
+                    kwargs={"payload": payload.model_dump()},
+                    job_timeout=jobs.job_timeout(payload, self.settings.job_timeout_margin_s),
+                    result_ttl=jobs.RESULT_TTL_S,
+                    failure_ttl=jobs.FAILURE_TTL_S,
+                    meta={"kind": payload.reason, "payload": payload.model_dump()},
+                )
+
+    def active_training(self) -> dict[str, str] | None:
+        """The running (or else the oldest queued) training job, if any."""
+        with _redis_errors():
+            registry = StartedJobRegistry(queue=self.training)
+            registry.cleanup()  # a dead worker's job is failed, not running
+            running = registry.get_job_ids()
+            if running:
+                return {"id": running[0], "status": "running"}
+            queued = self.training.get_job_ids(0, 0)
+            if queued:
+                return {"id": queued[0], "status": "queued"}
+            return None
+
+    def cancel(self, job: Job) -> str:
+        """Cancel a queued job or stop a running one; returns the status to report."""
+        with _redis_errors():
+            status = str(getattr(job.get_status(refresh=True), "value", job.get_status()))
+            if status in ("queued", "deferred", "scheduled"):
+                job.cancel()
+                return "canceled"
+            if status == "started":
+                # The worker kills the work-horse's process group (TPOT's Dask processes too);
+                # RQ then records the job as stopped, which /jobs reports as canceled.
+                send_stop_job_command(self.redis, job.id)
+                return "canceling"
+            raise Conflict(f"job {job.id} has already ended ({jobs.STATUS_MAP.get(status, status)})", field=None)
 
     def activate(self, version: str, wait_s: float) -> Job:
         """Ask the worker to point current.json at ``version``; wait up to ``wait_s`` for it."""
@@ -90,6 +134,11 @@ class JobQueue:
         """The public JSON view of a job."""
         with _redis_errors():
             raw_status = job.get_status(refresh=True)
+            if str(getattr(raw_status, "value", raw_status)) == "started":
+                # A killed worker leaves its job "started"; RQ's cleanup fails it once
+                # its heartbeat has expired (see JOB_MONITORING_INTERVAL_S in tpotserve.jobs).
+                StartedJobRegistry(job.origin, connection=self.redis).cleanup()
+                raw_status = job.get_status(refresh=True)
             status = jobs.STATUS_MAP.get(str(getattr(raw_status, "value", raw_status)), "queued")
             view: dict[str, Any] = {
                 "id": job.id,
@@ -111,9 +160,16 @@ class JobQueue:
 
 
 def _last_line(job: Job) -> str:
-    """A failed job's reason as a person reads it: the exception's last line."""
+    """A failed job's reason as a person reads it."""
     result = job.latest_result()
     text = (result.exc_string if result is not None else None) or ""
+    if "AbandonedJobError" in text:
+        return (
+            "the worker running this job stopped unexpectedly (killed or crashed); "
+            "the served model is unchanged"
+        )
+    if "JobTimeoutException" in text:
+        return f"the job ran past its timeout of {job.timeout} s and was stopped; the served model is unchanged"
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "the job failed without a recorded reason"
 

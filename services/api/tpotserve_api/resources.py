@@ -10,7 +10,8 @@ from flask_restful import Resource
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from tpotserve.errors import InvalidInput, UnsupportedMedia
-from tpotserve.schema import build_training_payload, parse_json, parse_predict
+from tpotserve.schema import parse_json, parse_predict, parse_retrain_request, range_warnings
+from tpotserve.training import plan_training
 
 from .auth import require_admin
 
@@ -47,6 +48,7 @@ class Predict(Resource):
         model = ctx.holder.current()
         parsed = parse_predict(body, model.feature_names, ctx.settings.max_batch_rows)
         predictions, probabilities = model.predict(parsed.rows)
+        warnings = range_warnings(parsed.rows, model.meta["features"], single=parsed.single)
         headers = {"X-Model-Version": model.version}
         if parsed.single:
             # The book's answer: In_<feature> echoes, Prediction, Probability.
@@ -56,10 +58,14 @@ class Predict(Resource):
                 answer["Probability"] = probabilities[0][str(predictions[0])]
                 answer["probabilities"] = probabilities[0]
             answer["model_version"] = model.version
+            if warnings:
+                answer["warnings"] = warnings
             return answer, 200, headers
         answer = {"predictions": predictions, "model_version": model.version}
         if probabilities is not None:
             answer["probabilities"] = probabilities
+        if warnings:
+            answer["warnings"] = warnings
         return answer, 200, headers
 
 
@@ -67,8 +73,10 @@ class Retrain(Resource):
     def post(self) -> tuple[dict, int, dict]:
         ctx = _ctx()
         require_admin(ctx.settings)
-        payload = build_training_payload(_json_body(required=False), ctx.settings)
-        job = ctx.queue.enqueue_retrain(payload)
+        request_body = parse_retrain_request(_json_body(required=False))
+        # The data is checked here, so bad data gets a 4xx and nothing is enqueued.
+        payload = plan_training(request_body, ctx.settings, ctx.datasets)
+        job = ctx.queue.enqueue_retrain(payload, queue_behind=request_body.queue)
         location = f"/jobs/{job.id}"
         return (
             {"job_id": job.id, "status": "queued", "location": location, "request": payload.model_dump()},
@@ -81,6 +89,54 @@ class JobStatus(Resource):
     def get(self, job_id: str) -> dict:
         ctx = _ctx()
         return ctx.queue.describe(ctx.queue.fetch(job_id))
+
+    def delete(self, job_id: str) -> tuple[dict, int]:
+        """Cancel a queued job or stop a running one; the served model is untouched."""
+        ctx = _ctx()
+        require_admin(ctx.settings)
+        job = ctx.queue.fetch(job_id)
+        status = ctx.queue.cancel(job)
+        return {"id": job.id, "status": status}, 200 if status == "canceled" else 202
+
+
+class Datasets(Resource):
+    def get(self) -> dict:
+        return {"datasets": _ctx().datasets.list()}
+
+    def post(self) -> tuple[dict, int, dict]:
+        ctx = _ctx()
+        require_admin(ctx.settings)
+        raw, filename = _csv_upload(ctx.settings.max_body_bytes)
+        meta, created = ctx.datasets.save(raw, filename)
+        location = f"/datasets/{meta['id']}"
+        return {**meta, "created": created}, 201 if created else 200, {"Location": location}
+
+
+class Dataset(Resource):
+    def get(self, dataset_id: str) -> dict:
+        return _ctx().datasets.meta(dataset_id)
+
+
+def _csv_upload(limit: int) -> tuple[bytes, str | None]:
+    """The CSV of an upload: multipart field ``file``, or a ``text/csv`` body."""
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestEntityTooLarge()
+    if request.mimetype == "multipart/form-data":
+        upload = request.files.get("file")
+        if upload is None:
+            raise InvalidInput("send the CSV as the multipart field 'file'", field="file")
+        raw = upload.stream.read(limit + 1)
+        filename = upload.filename or None
+    elif request.mimetype in ("text/csv", "application/csv", "text/plain"):
+        raw = request.stream.read(limit + 1)
+        filename = None
+    else:
+        raise UnsupportedMedia(
+            f"send a CSV as multipart/form-data (field 'file') or as text/csv (got {request.mimetype or 'none'!r})"
+        )
+    if len(raw) > limit:
+        raise RequestEntityTooLarge()
+    return raw, filename
 
 
 class Models(Resource):

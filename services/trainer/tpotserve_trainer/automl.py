@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.base import clone
+from sklearn.metrics import get_scorer
 
 from tpotserve.errors import TrainingFailed
 from tpotserve.offline import disable_tpot_update_check
@@ -30,6 +32,47 @@ class SearchResult:
     cv_score: float
     pipeline_text: str
     evaluated_pipelines: int
+    label_encoded: bool = False
+    """True when the pipeline predicts 0..n-1 and ``classes`` maps them to labels."""
+
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+def _progress_evolver(report: Progress, planned_generations: int) -> type:
+    """TPOT's evolver, reporting after every evaluated generation.
+
+    TPOT 1.1 accepts a ``callback`` argument but never calls it; the evolver's
+    ``evaluate_population`` runs once per generation (the initial population
+    included), which is the natural place to read the progress.
+    """
+
+    class ProgressEvolver(tpot.evolvers.BaseEvolver):
+        def evaluate_population(self) -> Any:
+            result = super().evaluate_population()
+            try:
+                report(_generation_summary(self, planned_generations))
+            except Exception:  # noqa: BLE001 - progress must never break a search
+                log.exception("progress report failed")
+            return result
+
+    return ProgressEvolver
+
+
+def _generation_summary(evolver: Any, planned: int) -> dict[str, Any]:
+    frame = evolver.population.evaluated_individuals
+    column = evolver.objective_names[0]
+    scores = pd.to_numeric(frame[column], errors="coerce")
+    valid = scores.dropna()
+    weight = evolver.objective_function_weights[0]
+    best = None if valid.empty else float(valid.max() if weight > 0 else valid.min())
+    return {
+        "generation": int(evolver.generation) + 1,
+        "generations_planned": planned,
+        "pipelines_evaluated": int(valid.size),
+        "pipelines_failed": int(len(frame) - valid.size),
+        "best_cv_score": best,
+    }
 
 
 def build_estimator(payload: TrainingPayload) -> Any:
@@ -50,9 +93,14 @@ def build_estimator(payload: TrainingPayload) -> Any:
     )
 
 
-def search(payload: TrainingPayload, X: pd.DataFrame, y: pd.Series) -> SearchResult:
+def search(
+    payload: TrainingPayload, X: pd.DataFrame, y: pd.Series, report: Progress | None = None
+) -> SearchResult:
     """Run TPOT on (X, y) and return the best pipeline, refit to predict y's own labels."""
     estimator = build_estimator(payload)
+    if report is not None:
+        # Not a constructor parameter: TPOT builds its evolver from this class in fit().
+        estimator._evolver = _progress_evolver(report, payload.generations)
     features = X.to_numpy(dtype=float)
     target = y.to_numpy()
     with warnings.catch_warnings():
@@ -66,9 +114,10 @@ def search(payload: TrainingPayload, X: pd.DataFrame, y: pd.Series) -> SearchRes
     if fitted is None:
         raise TrainingFailed("TPOT finished without a pipeline (every candidate failed or timed out)")
 
-    pipeline, classes = fitted, None
+    pipeline, classes, encoded = fitted, None, False
     if payload.task == "classification":
         pipeline, classes = _with_own_labels(fitted, estimator, features, target)
+        encoded = pipeline is fitted and getattr(estimator, "label_encoder_", None) is not None
 
     best = estimator.selected_best_score
     score_column = estimator.objective_names_for_selection[0]
@@ -79,8 +128,21 @@ def search(payload: TrainingPayload, X: pd.DataFrame, y: pd.Series) -> SearchRes
         classes=classes,
         cv_score=cv_score,
         pipeline_text=str(fitted),
-        evaluated_pipelines=int(evaluated[score_column].notna().sum()),
+        evaluated_pipelines=int(pd.to_numeric(evaluated[score_column], errors="coerce").notna().sum()),
+        label_encoded=encoded,
     )
+
+
+def holdout_score(
+    model: Any, X: pd.DataFrame, y: pd.Series, scoring: str, classes: list[Any] | None, label_encoded: bool
+) -> float:
+    """``scoring`` of a fitted pipeline on the holdout rows (greater is better, as in scikit-learn)."""
+    target = y.to_numpy()
+    if label_encoded and classes is not None:
+        # The pipeline predicts 0..n-1; compare it with the encoded truth.
+        index = {label: i for i, label in enumerate(classes)}
+        target = np.array([index[_plain(v)] for v in target])
+    return float(get_scorer(scoring)(model, X.to_numpy(dtype=float), target))
 
 
 def _with_own_labels(fitted: Any, estimator: Any, X: np.ndarray, y: np.ndarray) -> tuple[Any, list[Any]]:

@@ -19,9 +19,11 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
 from tpotserve import jobs
-from tpotserve.schema import build_training_payload
+from tpotserve.datasets import DatasetStore
+from tpotserve.schema import parse_retrain_request
 from tpotserve.settings import Settings, load_settings
 from tpotserve.store import ModelStore
+from tpotserve.training import plan_training
 
 log = logging.getLogger("tpotserve_trainer.bootstrap")
 
@@ -51,7 +53,9 @@ def ensure_first_model(settings: Settings) -> str | None:
         # Only the training worker runs this job and it is starting now, so a
         # 'started' bootstrap belongs to a worker that died: run it again.
         existing.delete()
-    payload = build_training_payload({"dataset": "iris"}, settings, reason="bootstrap")
+    payload = plan_training(
+        parse_retrain_request({"dataset": "iris"}), settings, DatasetStore.from_settings(settings), reason="bootstrap"
+    )
     job = queue.enqueue(
         jobs.RETRAIN_FUNC,
         kwargs={"payload": payload.model_dump()},

@@ -1,33 +1,36 @@
-"""Data sets in, (X, y) out."""
+"""Data sets in, (X, y) out, with the same checks the API ran before enqueueing."""
 
 from __future__ import annotations
 
 import pandas as pd
-from sklearn.datasets import load_iris
+from sklearn.model_selection import train_test_split
 
+from tpotserve.datasets import DatasetStore, check_trainable
 from tpotserve.errors import InvalidInput
-
-# The book's API names its features so; the product matches features by name.
-IRIS_FEATURES = ["SepalLength", "SepalWidth", "PetalLength", "PetalWidth"]
+from tpotserve.schema import TrainingPayload
 
 
-def load(name: str, target: str) -> tuple[pd.DataFrame, pd.Series]:
-    """The features and target of a data set known by name."""
-    if name == "iris":
-        frame = iris_frame()
-    else:
-        raise InvalidInput(f"unknown dataset {name!r}", field="dataset")
-    if target not in frame.columns:
-        raise InvalidInput(f"dataset {name!r} has no column {target!r}", field="target")
-    return frame.drop(columns=[target]), frame[target]
+def load(datasets: DatasetStore, run: TrainingPayload) -> tuple[pd.DataFrame, pd.Series]:
+    """The features and target of ``run``'s data set, re-checked (the queue is a trust boundary)."""
+    if run.dataset_sha256 is not None and datasets.meta(run.dataset).get("sha256") != run.dataset_sha256:
+        raise InvalidInput(f"dataset {run.dataset!r} is not the one the request was checked against")
+    frame = datasets.frame(run.dataset)
+    check_trainable(frame, run.target, run.task, run.cv, datasets.limits)
+    return frame.drop(columns=[run.target]), frame[run.target]
 
 
-def iris_frame() -> pd.DataFrame:
-    """scikit-learn's iris with the book's API feature names and species names as target."""
-    bunch = load_iris()
-    frame = pd.DataFrame(bunch.data, columns=IRIS_FEATURES)
-    frame["species"] = [str(bunch.target_names[i]) for i in bunch.target]
-    return frame
+def holdout_split(
+    X: pd.DataFrame, y: pd.Series, run: TrainingPayload
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series, pd.Series]:
+    """Keep ``holdout_fraction`` of the rows out of the search, for the promotion gate."""
+    return train_test_split(
+        X,
+        y,
+        test_size=run.holdout_fraction,
+        stratify=y if run.task == "classification" else None,
+        # A fixed seed unless the run has one: the same data gives the same holdout.
+        random_state=run.random_state if run.random_state is not None else 0,
+    )
 
 
 def feature_schema(X: pd.DataFrame) -> list[dict]:

@@ -12,6 +12,7 @@ from typing import Any
 import joblib
 from rq import get_current_job
 
+from tpotserve.datasets import DatasetStore
 from tpotserve.errors import TpotServeError
 from tpotserve.schema import TrainingPayload
 from tpotserve.settings import load_settings
@@ -23,53 +24,130 @@ log = logging.getLogger(__name__)
 
 
 def retrain(payload: dict[str, Any]) -> dict[str, Any]:
-    """Run TPOT for ``payload``, write a new immutable version, make it current."""
+    """Run TPOT for ``payload``, store a new immutable version, publish it if it passes the gate."""
     settings = load_settings()
     store = ModelStore(settings.model_dir)
+    datasets = DatasetStore.from_settings(settings)
     started = time.monotonic()
     report = _Progress(budget_mins=payload.get("max_time_mins"), started=started)
     try:
         run = TrainingPayload.model_validate(payload)
+        # Only one training runs at a time: any versions/.tmp-* is a dead writer's.
+        store.remove_stale_temp()
         report("loading_data")
-        X, y = data.load(run.dataset, run.target)
-        report("searching", rows=len(X), features=X.shape[1])
-        result = automl.search(run, X, y)
-        report("publishing", cv_score=result.cv_score)
+        X, y = data.load(datasets, run)
+        X_train, X_hold, y_train, y_hold = data.holdout_split(X, y, run)
+        report("searching", rows=len(X), training_rows=len(X_train), holdout_rows=len(X_hold),
+               features=X.shape[1], generations_planned=run.generations)
+        result = automl.search(run, X_train, y_train, report=report.generation)
+        report("scoring", cv_score=result.cv_score)
+        new_score = automl.holdout_score(
+            result.pipeline, X_hold, y_hold, run.scoring, result.classes, result.label_encoded
+        )
+        gate = promotion_gate(store, run, list(X.columns), new_score, X_hold, y_hold)
+        report("publishing", cv_score=result.cv_score, holdout_score=new_score)
         meta = {
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "task": run.task,
             "dataset": run.dataset,
+            "dataset_sha256": run.dataset_sha256,
             "target": run.target,
             "features": data.feature_schema(X),
             "classes": result.classes,
+            "label_encoded": result.label_encoded,
             "cv_score": result.cv_score,
+            "holdout_score": new_score,
             "scoring": run.scoring,
-            "training_rows": len(X),
-            "tpot_settings": run.model_dump(exclude={"reason"}),
+            "training_rows": len(X_train),
+            "holdout_rows": len(X_hold),
+            "tpot_settings": run.model_dump(exclude={"reason", "model_keep"}),
             "pipeline": result.pipeline_text,
             "evaluated_pipelines": result.evaluated_pipelines,
             "training_seconds": round(time.monotonic() - started, 1),
             "library_versions": automl.library_versions(),
             "job_id": _job_id(),
             "reason": run.reason,
+            "gate": gate,
         }
         version = new_version_id()
         meta = store.write_version(version, lambda path: joblib.dump(result.pipeline, path), meta)
-        store.set_current(version)
+        if gate["promoted"]:
+            store.set_current(version)
+        pruned = store.prune(run.model_keep)
     except TpotServeError as exc:
         report.fail(exc.message)
         raise
-    report("done", cv_score=result.cv_score)
-    log.info("published model %s (cv %s %.4f)", version, run.scoring, result.cv_score)
+    report("done", cv_score=result.cv_score, holdout_score=new_score)
+    log.info("stored model %s (holdout %s %.4f), promoted: %s", version, run.scoring, new_score, gate["promoted"])
     return {
         "version": version,
         "cv_score": result.cv_score,
+        "holdout_score": new_score,
         "scoring": run.scoring,
-        "published": True,
+        "published": gate["promoted"],
+        "gate": gate,
         "pipeline": result.pipeline_text,
         "sha256": meta["sha256"],
         "training_seconds": meta["training_seconds"],
+        "pruned_versions": pruned,
     }
+
+
+def promotion_gate(
+    store: ModelStore,
+    run: TrainingPayload,
+    features: list[str],
+    new_score: float,
+    X_hold: Any,
+    y_hold: Any,
+) -> dict[str, Any]:
+    """Decide whether the new version becomes current, and say why.
+
+    auto: publish unless the current model, scored on the same holdout rows,
+    does better. The current model can only be compared when it predicts the
+    same target from the same features; otherwise the new model wins.
+    """
+    gate: dict[str, Any] = {"mode": run.promote, "new_holdout_score": new_score, "current_version": None,
+                            "current_holdout_score": None}
+    if run.promote == "always":
+        return {**gate, "promoted": True, "reason": "promote=always"}
+    if run.promote == "never":
+        return {**gate, "promoted": False, "reason": "promote=never: stored, not served"}
+    current = _current_comparable(store, run, features)
+    if current is None:
+        return {**gate, "promoted": True, "reason": "no comparable current model (different data schema or none)"}
+    version, meta, model = current
+    try:
+        current_score = automl.holdout_score(
+            model, X_hold, y_hold, run.scoring, meta.get("classes"), bool(meta.get("label_encoded"))
+        )
+    except Exception as exc:  # noqa: BLE001 - e.g. the old model never saw a class in the holdout
+        return {**gate, "current_version": version, "promoted": True,
+                "reason": f"the current model could not be scored on the holdout ({type(exc).__name__})"}
+    gate.update(current_version=version, current_holdout_score=current_score)
+    if new_score >= current_score:
+        return {**gate, "promoted": True, "reason": "not worse than the current model on the holdout"}
+    return {**gate, "promoted": False, "reason": "worse than the current model on the holdout; current kept"}
+
+
+def _current_comparable(store: ModelStore, run: TrainingPayload, features: list[str]) -> tuple | None:
+    pointer = store.read_pointer_quietly()
+    if pointer is None:
+        return None
+    try:
+        meta = store.read_meta(pointer.version)
+    except TpotServeError:
+        return None
+    same_schema = (
+        [f["name"] for f in meta.get("features", [])] == features
+        and meta.get("target") == run.target
+        and meta.get("task") == run.task
+    )
+    if not same_schema:
+        return None
+    # Verified before unpickling, as in the API.
+    path = store.verified_artifact(pointer.version, pointer.sha256)
+    return pointer.version, meta, joblib.load(path)
 
 
 def activate(version: str) -> dict[str, Any]:
@@ -87,23 +165,29 @@ def activate(version: str) -> dict[str, Any]:
 
 
 class _Progress:
-    """Writes the job's stage and timing into job.meta for GET /jobs/<id>."""
+    """Writes the job's progress into job.meta for GET /jobs/<id>.
+
+    Fields accumulate across stages (rows, generation, best score...), so a
+    reader always sees the latest value of each.
+    """
 
     def __init__(self, budget_mins: Any, started: float) -> None:
         self.job = get_current_job()
-        self.budget_mins = budget_mins
         self.started = started
+        self.state: dict[str, Any] = {"budget_mins": budget_mins}
 
     def __call__(self, stage: str, **extra: Any) -> None:
+        self.state.update(extra)
+        self.state["stage"] = stage
+        self.state["elapsed_s"] = round(time.monotonic() - self.started, 1)
         if self.job is None:
             return
-        self.job.meta["progress"] = {
-            "stage": stage,
-            "elapsed_s": round(time.monotonic() - self.started, 1),
-            "budget_mins": self.budget_mins,
-            **extra,
-        }
+        self.job.meta["progress"] = dict(self.state)
         self.job.save_meta()
+
+    def generation(self, summary: dict[str, Any]) -> None:
+        """Called by the TPOT evolver after each generation."""
+        self("searching", **summary)
 
     def fail(self, message: str) -> None:
         if self.job is None:
