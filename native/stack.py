@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from tpotserve.settings import Settings
+
 REPO = Path(__file__).resolve().parent.parent
 
 # The one source of truth for what each service runs. The Dockerfiles'
@@ -116,6 +118,7 @@ class NativeStack:
             {
                 "PATH": f"{self.venv_bin}{os.pathsep}{env.get('PATH', '')}",
                 "MODEL_DIR": str(self.model_dir),
+                "DATASET_DIR": str(self.data_dir / "datasets"),
                 "REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
                 "API_BIND": f"127.0.0.1:{self.api_port}",
                 "PYTHONUNBUFFERED": "1",
@@ -186,7 +189,14 @@ class NativeStack:
         server_conf.write_text(
             render_template(
                 (REPO / NGINX_TEMPLATE).read_text(),
-                {"API_UPSTREAM": f"127.0.0.1:{self.api_port}", "NGINX_LISTEN": f"127.0.0.1:{self.gateway_port}"},
+                {
+                    "API_UPSTREAM": f"127.0.0.1:{self.api_port}",
+                    "NGINX_LISTEN": f"127.0.0.1:{self.gateway_port}",
+                    # The same value the API reads, so both refuse the same bodies.
+                    "MAX_BODY_BYTES": self.service_env().get(
+                        "MAX_BODY_BYTES", str(Settings.model_fields["max_body_bytes"].default)
+                    ),
+                },
             )
         )
         main_conf = nginx_dir / "nginx.conf"
