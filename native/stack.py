@@ -165,17 +165,25 @@ class NativeStack:
             raise ValueError(f"unknown service {name!r}")
 
     def stop_service(self, name: str, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> None:
+        """Signal a service's process group, wait, then kill whatever of its tree is left."""
         proc = self.processes.pop(name, None)
         if proc is None:
             return
+        # RQ's work-horse puts itself in a process group of its own (with TPOT's
+        # Dask processes under it): remember the whole tree before it is orphaned.
+        tree = descendants(proc.popen.pid)
         _signal_group(proc.popen, sig)
         try:
             proc.popen.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             _signal_group(proc.popen, signal.SIGKILL)
             proc.popen.wait(timeout=10)
-        # Work-horses and Dask processes live in the same group: leave none behind.
         _signal_group(proc.popen, signal.SIGKILL)
+        for pid in tree | descendants(proc.popen.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc.pump.join(timeout=5)
 
     def stop(self) -> None:
@@ -277,6 +285,29 @@ class NativeStack:
                 return response.status == 200
         except (urllib.error.URLError, OSError):
             return False
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid``, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command may contain spaces and parentheses: the ppid follows the last ')'.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def _signal_group(popen: subprocess.Popen, sig: int) -> None:

@@ -107,7 +107,13 @@ class LiveStack:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
-    env = {"API_KEY": API_KEY, "API_WORKERS": str(API_WORKERS), "MODEL_POLL_INTERVAL_S": "0.5", **BUDGET}
+    env = {
+        "API_KEY": API_KEY,
+        "API_WORKERS": str(API_WORKERS),
+        "MODEL_POLL_INTERVAL_S": "0.5",
+        "DATASET_MAX_COLUMNS": "50",
+        **BUDGET,
+    }
     native = NativeStack(data_dir=tmp_path_factory.mktemp("stack"), gateway_port=free_port(), env=env)
     try:
         # Everything but the training worker: no model can appear yet.

@@ -11,31 +11,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from native.stack import REPO, free_port
+from native.stack import REPO, descendants, free_port
 
 from .conftest import wait_for
-
-
-def _descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command may contain spaces and parentheses: the ppid follows the last ')'.
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 def _alive(pid: int) -> bool:
@@ -76,7 +54,7 @@ def test_native_run_serves_and_stops_everything_it_started(tmp_path: Path, sig: 
 
         wait_for(ready, timeout_s=120, interval_s=0, what="the launcher's ready line")
         assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
-        started = _descendants(launcher.pid)
+        started = descendants(launcher.pid)
         assert len(started) >= 5, started  # redis, two workers, gunicorn (+ its workers), nginx
         assert (tmp_path / "data" / "logs" / "api.log").exists()
 

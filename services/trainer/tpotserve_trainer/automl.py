@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,25 @@ def _progress_evolver(report: Progress, planned_generations: int) -> type:
     return ProgressEvolver
 
 
+@contextmanager
+def _reporting(report: Progress | None, planned_generations: int) -> Iterator[None]:
+    """Make TPOT's fit() build the reporting evolver.
+
+    fit() reads ``tpot.evolvers.BaseEvolver`` each time it runs, and no
+    parameter selects another class, so swap the module attribute for the
+    duration of the fit. A work-horse runs one job, so nothing else sees it.
+    """
+    if report is None:
+        yield
+        return
+    original = tpot.evolvers.BaseEvolver
+    tpot.evolvers.BaseEvolver = _progress_evolver(report, planned_generations)
+    try:
+        yield
+    finally:
+        tpot.evolvers.BaseEvolver = original
+
+
 def _generation_summary(evolver: Any, planned: int) -> dict[str, Any]:
     frame = evolver.population.evaluated_individuals
     column = evolver.objective_names[0]
@@ -98,16 +118,14 @@ def search(
 ) -> SearchResult:
     """Run TPOT on (X, y) and return the best pipeline, refit to predict y's own labels."""
     estimator = build_estimator(payload)
-    if report is not None:
-        # Not a constructor parameter: TPOT builds its evolver from this class in fit().
-        estimator._evolver = _progress_evolver(report, payload.generations)
     features = X.to_numpy(dtype=float)
     target = y.to_numpy()
     with warnings.catch_warnings():
         # "Both generations and max_time_mins are set" and the label-encoding notice.
         warnings.simplefilter("ignore", UserWarning)
         try:
-            estimator.fit(features, target)
+            with _reporting(report, payload.generations):
+                estimator.fit(features, target)
         except Exception as exc:  # noqa: BLE001 - TPOT raises bare Exceptions for bad data
             raise TrainingFailed(f"TPOT could not fit: {type(exc).__name__}: {exc}") from exc
     fitted = getattr(estimator, "fitted_pipeline_", None)
