@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -44,6 +45,14 @@ REDIS_COMMAND = ["redis-server", "--appendonly", "yes"]
 NGINX_TEMPLATE = "nginx/templates/default.conf.template"
 NGINX_MAIN_TEMPLATE = "nginx/native.conf.template"
 
+# Settings the nginx template reads (compose passes the same names to the nginx image).
+NGINX_SETTINGS = (
+    "MAX_BODY_BYTES",
+    "PREDICT_RATE_LIMIT",
+    "PREDICT_RATE_BURST",
+    "RETRAIN_RATE_LIMIT",
+    "RETRAIN_RATE_BURST",
+)
 _PLACEHOLDER = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
 
 
@@ -111,9 +120,27 @@ class NativeStack:
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
 
+    def signing_key(self) -> str:
+        """MODEL_SIGNING_KEY from the environment, or one generated once per DATA_DIR.
+
+        A native run signs its models like compose does; the generated key is
+        kept (mode 0600) beside the models it signed, so restarts keep serving them.
+        """
+        given = self.env.get("MODEL_SIGNING_KEY") or os.environ.get("MODEL_SIGNING_KEY")
+        if given:
+            return given
+        path = self.data_dir / "signing.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+        return path.read_text().strip()
+
     def service_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.env)
+        env["MODEL_SIGNING_KEY"] = self.signing_key()
         env.update(
             {
                 "PATH": f"{self.venv_bin}{os.pathsep}{env.get('PATH', '')}",
@@ -200,10 +227,8 @@ class NativeStack:
                 {
                     "API_UPSTREAM": f"127.0.0.1:{self.api_port}",
                     "NGINX_LISTEN": f"127.0.0.1:{self.gateway_port}",
-                    # The same value the API reads, so both refuse the same bodies.
-                    "MAX_BODY_BYTES": self.service_env().get(
-                        "MAX_BODY_BYTES", str(Settings.model_fields["max_body_bytes"].default)
-                    ),
+                    # The same values the API reads, e.g. so both refuse the same bodies.
+                    **{name: self._setting(name) for name in NGINX_SETTINGS},
                 },
             )
         )
@@ -220,6 +245,11 @@ class NativeStack:
             )
         )
         return main_conf
+
+    def _setting(self, name: str) -> str:
+        """A setting as the services see it: their environment, else the Settings default."""
+        value = self.service_env().get(name)
+        return value if value else str(Settings.model_fields[name.lower()].default)
 
     def log_text(self, name: str) -> str:
         path = self.log_dir / f"{name}.log"

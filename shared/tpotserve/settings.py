@@ -50,7 +50,16 @@ class Settings(BaseSettings):
 
     # --- security ----------------------------------------------------------
     api_key: SecretStr | None = None
-    """API_KEY: bearer token for every write endpoint. Unset: writes answer 503."""
+    """API_KEY: admin bearer token (retrain, datasets, activate, cancel). Unset: those answer 503."""
+
+    predict_api_key: SecretStr | None = None
+    """PREDICT_API_KEY: when set, /predict requires it (or API_KEY) as a bearer token."""
+
+    model_signing_key: SecretStr | None = None
+    """MODEL_SIGNING_KEY: HMAC key the trainer signs artifacts with and the API verifies."""
+
+    allow_unsigned_models: bool = False
+    """ALLOW_UNSIGNED_MODELS: insecure, development only: run without MODEL_SIGNING_KEY."""
 
     # --- queue -------------------------------------------------------------
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -71,6 +80,18 @@ class Settings(BaseSettings):
 
     api_bind: str = "127.0.0.1:8000"
     """API_BIND: Gunicorn's listen address (``host:port`` or ``unix:/path``)."""
+
+    predict_rate_limit: str = "1000r/s"
+    """PREDICT_RATE_LIMIT: nginx limit_req rate per client address on /predict (429 beyond it)."""
+
+    predict_rate_burst: int = 2000
+    """PREDICT_RATE_BURST: requests above the rate nginx lets through at once on /predict."""
+
+    retrain_rate_limit: str = "30r/m"
+    """RETRAIN_RATE_LIMIT: nginx limit_req rate per client address on /retrain."""
+
+    retrain_rate_burst: int = 10
+    """RETRAIN_RATE_BURST: requests above the rate nginx lets through at once on /retrain."""
 
     api_workers: int = 2
     """API_WORKERS: Gunicorn worker processes."""
@@ -113,7 +134,7 @@ class Settings(BaseSettings):
     bootstrap_on_start: bool = True
     """BOOTSTRAP_ON_START: the worker trains an iris model when none is current."""
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "model_signing_key", "predict_api_key", mode="before")
     @classmethod
     def _empty_key_is_unset(cls, value: object) -> object:
         # Compose passes an unset variable as "", which must not become a valid key.
@@ -123,6 +144,22 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_seed_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+
+def signing_key(settings: Settings) -> bytes | None:
+    """The artifact signing key, or None in the explicit insecure mode.
+
+    Raises RuntimeError when neither is configured: a service must refuse to
+    start rather than load (or write) unverifiable pickles.
+    """
+    if settings.model_signing_key is not None:
+        return settings.model_signing_key.get_secret_value().encode()
+    if settings.allow_unsigned_models:
+        return None
+    raise RuntimeError(
+        "MODEL_SIGNING_KEY is not set. Set it to the same secret in the API and the trainer "
+        "(e.g. `openssl rand -hex 32`), or set ALLOW_UNSIGNED_MODELS=true for insecure local development."
+    )
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -32,6 +32,7 @@ from .atomic import (
     write_new_file,
 )
 from .errors import ArtifactRejected, NotFound
+from .signing import digest_file, same
 
 __all__ = ["ModelStore", "Pointer", "new_version_id", "sha256_file"]
 
@@ -61,8 +62,11 @@ def new_version_id() -> str:
 class ModelStore:
     """Reads and (in the trainer) writes the model volume at ``root``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, signing_key: bytes | None = None) -> None:
+        """``signing_key``: sign what is written, and refuse to verify anything unsigned
+        or signed with another key. None only in the explicit insecure mode."""
         self.root = Path(root)
+        self.signing_key = signing_key
         self.versions_dir = self.root / "versions"
         self.pointer_path = self.root / POINTER_NAME
 
@@ -112,16 +116,24 @@ class ModelStore:
         return metas
 
     def verified_artifact(self, version: str, expected_sha256: str) -> Path:
-        """The artifact's path once its bytes hash to ``expected_sha256``."""
+        """The artifact's path once its bytes hash to ``expected_sha256`` and, with a
+        signing key, carry a valid signature. Call before unpickling, always."""
         path = self.artifact_path(version)
         try:
-            actual = sha256_file(path)
+            digests = digest_file(path, self.signing_key)
         except FileNotFoundError as exc:
             raise ArtifactRejected(f"artifact of {version!r} is missing") from exc
-        if not secrets.compare_digest(actual.encode(), str(expected_sha256).encode()):
+        if not same(digests.sha256, expected_sha256):
             raise ArtifactRejected(
-                f"artifact of {version!r} has sha256 {actual[:12]}…, expected {expected_sha256[:12]}…"
+                f"artifact of {version!r} has sha256 {digests.sha256[:12]}…, expected {str(expected_sha256)[:12]}…"
             )
+        if self.signing_key is not None:
+            signature = self.read_meta(version).get("signature")
+            if not same(digests.signature, signature):
+                raise ArtifactRejected(
+                    f"artifact of {version!r} has no valid signature: it was not written by a trainer "
+                    "holding this MODEL_SIGNING_KEY"
+                )
         return path
 
     # --- writing (trainer only) --------------------------------------------
@@ -138,7 +150,8 @@ class ModelStore:
         final = self._version_dir(version)
         with new_directory(final) as tmp:
             call_with_cleanup(tmp / ARTIFACT_NAME, dump)
-            meta = {**meta, "version": version, "sha256": sha256_file(tmp / ARTIFACT_NAME)}
+            digests = digest_file(tmp / ARTIFACT_NAME, self.signing_key)
+            meta = {**meta, "version": version, "sha256": digests.sha256, "signature": digests.signature}
             write_new_file(tmp / META_NAME, json.dumps(meta, indent=2, sort_keys=True).encode())
         return meta
 

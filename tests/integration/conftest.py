@@ -20,6 +20,7 @@ from redis import Redis
 from native.stack import NativeStack, free_port
 
 API_KEY = "integration-test-key"
+SIGNING_KEY = "integration-signing-key"
 API_WORKERS = 2
 BOOK_REQUEST = {"SepalLength": 5.1, "SepalWidth": 3.5, "PetalLength": 0.2, "PetalWidth": 3.4}
 # Small, real TPOT runs: a generation or two of a handful of pipelines.
@@ -112,6 +113,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         "API_WORKERS": str(API_WORKERS),
         "MODEL_POLL_INTERVAL_S": "0.5",
         "DATASET_MAX_COLUMNS": "50",
+        "MODEL_SIGNING_KEY": SIGNING_KEY,
+        # The suite posts many retrains quickly; a dedicated test checks the 429.
+        "RETRAIN_RATE_LIMIT": "600r/m",
+        "RETRAIN_RATE_BURST": "60",
         **BUDGET,
     }
     native = NativeStack(data_dir=tmp_path_factory.mktemp("stack"), gateway_port=free_port(), env=env)

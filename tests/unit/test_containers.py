@@ -36,7 +36,7 @@ DOCKERFILES = {
     "nginx": REPO / "nginx" / "Dockerfile",
 }
 # The only variable compose requires; everything else has a default.
-TEST_ENV = {"API_KEY": "x"}
+TEST_ENV = {"API_KEY": "x", "MODEL_SIGNING_KEY": "y"}
 PYTHON_SERVICES = sorted(stack.SERVICE_COMMANDS)  # api, worker, worker-control
 ALL_SERVICES = sorted({*stack.SERVICE_COMMANDS, "redis", "nginx"})
 # Image-level variables a Dockerfile may set that are not application settings.
@@ -312,10 +312,12 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
     assert result.returncode == 0, f"docker-compose config -q failed:\n{result.stdout}{result.stderr}"
 
 
-def test_docker_compose_refuses_to_start_without_an_api_key(tmp_path: Path) -> None:
-    result = _docker_compose(tmp_path, {})
-    assert result.returncode != 0 and "API_KEY" in result.stderr, (
-        "compose must require API_KEY (${API_KEY:?...}) rather than start with writes disabled; "
+@pytest.mark.parametrize("secret", ["API_KEY", "MODEL_SIGNING_KEY"])
+def test_docker_compose_refuses_to_start_without_a_secret(tmp_path: Path, secret: str) -> None:
+    env = {name: value for name, value in TEST_ENV.items() if name != secret}
+    result = _docker_compose(tmp_path, env)
+    assert result.returncode != 0 and secret in result.stderr, (
+        f"compose must require {secret} (${{{secret}:?...}}) rather than start without it; "
         f"docker-compose config said rc={result.returncode}:\n{result.stderr}"
     )
 

@@ -10,7 +10,7 @@ from flask_restful import Api
 
 from tpotserve.datasets import DatasetStore
 from tpotserve.offline import disable_tpot_update_check
-from tpotserve.settings import Settings, load_settings
+from tpotserve.settings import Settings, load_settings, signing_key
 from tpotserve.store import ModelStore
 
 from . import resources
@@ -61,7 +61,9 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
 
-    store = ModelStore(settings.model_dir)
+    # Refuses to build the app (so Gunicorn refuses to start) without a signing key,
+    # unless the insecure development flag is set.
+    store = ModelStore(settings.model_dir, signing_key(settings))
     holder = ModelHolder(store, settings.model_poll_interval_s)
     holder.refresh()
     if poll:

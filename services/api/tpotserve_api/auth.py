@@ -1,4 +1,6 @@
-"""Bearer-token check for write endpoints (retrain, activate)."""
+"""Bearer tokens, two scopes: admin (API_KEY: retrain, datasets, activate, cancel)
+and predict (PREDICT_API_KEY, optional). Keys are compared in constant time and
+never logged."""
 
 from __future__ import annotations
 
@@ -10,6 +12,27 @@ from tpotserve.errors import NotConfigured, Unauthorized
 from tpotserve.settings import Settings
 
 
+def _bearer_token() -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _matches(token: str, key) -> bool:  # noqa: ANN001 - a SecretStr or None
+    # Constant-time compare: a timing side channel must not reveal the key.
+    return key is not None and hmac.compare_digest(token.encode(), key.get_secret_value().encode())
+
+
+def require_predict(settings: Settings) -> None:
+    """With PREDICT_API_KEY set, /predict needs it (or the admin key); otherwise it is open."""
+    if settings.predict_api_key is None:
+        return
+    token = _bearer_token()
+    if token is None:
+        raise Unauthorized("send 'Authorization: Bearer <PREDICT_API_KEY>'")
+    if not (_matches(token, settings.predict_api_key) or _matches(token, settings.api_key)):
+        raise Unauthorized("the API key is not valid")
+
+
 def require_admin(settings: Settings) -> None:
     """Raise unless the request carries ``Authorization: Bearer <API_KEY>``.
 
@@ -17,10 +40,9 @@ def require_admin(settings: Settings) -> None:
     """
     if settings.api_key is None:
         raise NotConfigured("write endpoints are disabled: the server has no API_KEY configured")
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    token = _bearer_token()
+    if token is None:
         raise Unauthorized("send 'Authorization: Bearer <API_KEY>'")
-    # Constant-time compare: a timing side channel must not reveal the key.
-    if not hmac.compare_digest(token.strip().encode(), settings.api_key.get_secret_value().encode()):
+    # The predict key is a different scope: it never opens an admin endpoint.
+    if not _matches(token, settings.api_key):
         raise Unauthorized("the API key is not valid")

@@ -13,7 +13,7 @@ from tpotserve.errors import InvalidInput, UnsupportedMedia
 from tpotserve.schema import parse_json, parse_predict, parse_retrain_request, range_warnings
 from tpotserve.training import plan_training
 
-from .auth import require_admin
+from .auth import require_admin, require_predict
 
 ACTIVATE_WAIT_S = 5.0
 
@@ -44,6 +44,7 @@ def _json_body(required: bool = True) -> Any:
 class Predict(Resource):
     def post(self) -> tuple[dict, int, dict]:
         ctx = _ctx()
+        require_predict(ctx.settings)
         body = _json_body()
         model = ctx.holder.current()
         parsed = parse_predict(body, model.feature_names, ctx.settings.max_batch_rows)

@@ -21,7 +21,7 @@ from rq.job import Job
 from tpotserve import jobs
 from tpotserve.datasets import DatasetStore
 from tpotserve.schema import parse_retrain_request
-from tpotserve.settings import Settings, load_settings
+from tpotserve.settings import Settings, load_settings, signing_key
 from tpotserve.store import ModelStore
 from tpotserve.training import plan_training
 
@@ -33,7 +33,7 @@ STALE_TEMP_S = 60.0
 
 def ensure_first_model(settings: Settings) -> str | None:
     """Enqueue the bootstrap training if no model is current; returns the job id, if any."""
-    store = ModelStore(settings.model_dir)
+    store = ModelStore(settings.model_dir, signing_key(settings))
     for name in store.remove_stale_temp(older_than_s=STALE_TEMP_S):
         log.warning("removed temp leftover %s", name)
     if not settings.bootstrap_on_start or store.read_pointer() is not None:
@@ -84,7 +84,11 @@ def _connect(settings: Settings) -> Redis:
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ensure_first_model(load_settings())
+    try:
+        ensure_first_model(load_settings())
+    except RuntimeError as exc:  # a missing signing key: say so plainly, do not start
+        log.error("%s", exc)
+        return 2
     return 0
 
 

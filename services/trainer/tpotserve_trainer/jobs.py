@@ -15,7 +15,7 @@ from rq import get_current_job
 from tpotserve.datasets import DatasetStore
 from tpotserve.errors import TpotServeError
 from tpotserve.schema import TrainingPayload
-from tpotserve.settings import load_settings
+from tpotserve.settings import load_settings, signing_key
 from tpotserve.store import ModelStore, new_version_id
 
 from . import automl, data
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 def retrain(payload: dict[str, Any]) -> dict[str, Any]:
     """Run TPOT for ``payload``, store a new immutable version, publish it if it passes the gate."""
     settings = load_settings()
-    store = ModelStore(settings.model_dir)
+    store = ModelStore(settings.model_dir, signing_key(settings))
     datasets = DatasetStore.from_settings(settings)
     started = time.monotonic()
     report = _Progress(budget_mins=payload.get("max_time_mins"), started=started)
@@ -152,7 +152,8 @@ def _current_comparable(store: ModelStore, run: TrainingPayload, features: list[
 
 def activate(version: str) -> dict[str, Any]:
     """Point current.json at a stored version (rollback), after verifying its hash."""
-    store = ModelStore(load_settings().model_dir)
+    settings = load_settings()
+    store = ModelStore(settings.model_dir, signing_key(settings))
     try:
         pointer = store.set_current(str(version))
     except TpotServeError as exc:
