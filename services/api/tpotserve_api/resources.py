@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 from flask import current_app, request
@@ -171,6 +173,16 @@ class Activate(Resource):
         return {"version": version, "activated": False, "job_id": job.id, "status": view["status"]}, 202, {
             "Location": location
         }
+
+
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+
+
+class OpenApi(Resource):
+    """The API's contract (OpenAPI 3), kept true by tests/unit/test_openapi.py."""
+
+    def get(self) -> dict:
+        return json.loads(OPENAPI_PATH.read_text())
 
 
 class Healthz(Resource):
