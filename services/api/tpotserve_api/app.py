@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 from dataclasses import dataclass
 
-from flask import Flask
+from flask import Flask, Response, g, request
 from flask_restful import Api
 
+from tpotserve import logs
 from tpotserve.datasets import DatasetStore
 from tpotserve.offline import disable_tpot_update_check
 from tpotserve.settings import Settings, load_settings, signing_key
@@ -54,7 +57,7 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
     """Build the API. Loads the current model before returning, so a worker
     that accepts requests already serves what the pointer names."""
     settings = settings or load_settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure("api")
     _preload_tpot()
 
     app = Flask(__name__)
@@ -89,4 +92,34 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
     api.add_resource(resources.OpenApi, "/openapi.json")
     api.add_resource(resources.Readyz, "/readyz")
     app.register_error_handler(Exception, to_response)
+    _log_requests(app)
     return app
+
+
+def _log_requests(app: Flask) -> None:
+    """One JSON line per request: request id, route, status, latency, model version."""
+    access = logging.getLogger("tpotserve_api.access")
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _log(response: Response) -> Response:
+        started = g.get("started")
+        access.info(
+            "request",
+            extra={
+                "fields": {
+                    "request_id": request.headers.get("X-Request-ID"),
+                    "method": request.method,
+                    "route": request.url_rule.rule if request.url_rule else None,
+                    "path": request.path,
+                    "status": response.status_code,
+                    "latency_ms": round((time.perf_counter() - started) * 1000, 2) if started else None,
+                    "model_version": response.headers.get("X-Model-Version"),
+                    "worker_pid": os.getpid(),
+                }
+            },
+        )
+        return response

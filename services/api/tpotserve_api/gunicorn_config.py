@@ -19,6 +19,7 @@ graceful_timeout = 20
 preload_app = False
 # Heartbeat files on tmpfs: a container's overlay filesystem can stall them.
 worker_tmp_dir = "/dev/shm"
-accesslog = "-"
+# The app logs one JSON line per request (tpotserve_api.app); Gunicorn's own
+# access log would only repeat it without the model version.
+accesslog = None
 errorlog = "-"
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%({x-request-id}i)s"'

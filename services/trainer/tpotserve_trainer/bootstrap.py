@@ -18,7 +18,7 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
-from tpotserve import jobs
+from tpotserve import jobs, logs
 from tpotserve.datasets import DatasetStore
 from tpotserve.schema import parse_retrain_request
 from tpotserve.settings import Settings, load_settings, signing_key
@@ -83,7 +83,7 @@ def _connect(settings: Settings) -> Redis:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure("worker")
     try:
         ensure_first_model(load_settings())
     except RuntimeError as exc:  # a missing signing key: say so plainly, do not start

@@ -76,9 +76,32 @@ def retrain(payload: dict[str, Any]) -> dict[str, Any]:
         pruned = store.prune(run.model_keep)
     except TpotServeError as exc:
         report.fail(exc.message)
+        log.error("training failed", extra={"fields": {"event": "job_failed", "job_id": _job_id(),
+                                                       "error": exc.message, "elapsed_s": _since(started)}})
+        raise
+    except Exception as exc:
+        log.error("training failed", extra={"fields": {"event": "job_failed", "job_id": _job_id(),
+                                                       "error": f"{type(exc).__name__}: {exc}",
+                                                       "elapsed_s": _since(started)}})
         raise
     report("done", cv_score=result.cv_score, holdout_score=new_score)
-    log.info("stored model %s (holdout %s %.4f), promoted: %s", version, run.scoring, new_score, gate["promoted"])
+    log.info(
+        "training finished",
+        extra={
+            "fields": {
+                "event": "job_finished",
+                "job_id": _job_id(),
+                "dataset": run.dataset,
+                "task": run.task,
+                "version": version,
+                "cv_score": result.cv_score,
+                "holdout_score": new_score,
+                "scoring": run.scoring,
+                "promoted": gate["promoted"],
+                "elapsed_s": _since(started),
+            }
+        },
+    )
     return {
         "version": version,
         "cv_score": result.cv_score,
@@ -195,6 +218,10 @@ class _Progress:
             return
         self.job.meta["error"] = message
         self.job.save_meta()
+
+
+def _since(started: float) -> float:
+    return round(time.monotonic() - started, 1)
 
 
 def _job_id() -> str | None:
