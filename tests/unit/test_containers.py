@@ -40,7 +40,8 @@ TEST_ENV = {"API_KEY": "x", "MODEL_SIGNING_KEY": "y"}
 PYTHON_SERVICES = sorted(stack.SERVICE_COMMANDS)  # api, worker, worker-control
 ALL_SERVICES = sorted({*stack.SERVICE_COMMANDS, "redis", "nginx"})
 # Image-level variables a Dockerfile may set that are not application settings.
-IMAGE_ENV = {"PATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PIP_DISABLE_PIP_VERSION_CHECK"}
+# Variables for the interpreter and libraries, not for our Settings.
+IMAGE_ENV = {"PATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PIP_DISABLE_PIP_VERSION_CHECK", "MPLCONFIGDIR"}
 SETTINGS_ENV = {name.upper() for name in Settings.model_fields}
 
 
@@ -664,3 +665,19 @@ def test_env_example_documents_what_compose_reads(raw_compose) -> None:
     assert not undocumented, f"docker-compose.yml reads {undocumented}; list them in .env.example"
     unknown = sorted(names - SETTINGS_ENV)
     assert not unknown, f".env.example: {unknown} are not fields of tpotserve.settings.Settings"
+
+
+# --- hardening -------------------------------------------------------------------
+@pytest.mark.parametrize("service", ["redis", "api", "worker", "worker-control", "nginx"])
+def test_every_service_is_hardened(services, service: str) -> None:
+    config = services[service]
+    assert config.get("read_only") is True, f"{service}: read_only: true (tmpfs where it must write)"
+    assert config.get("cap_drop") == ["ALL"], f"{service}: cap_drop: [ALL]"
+    assert "no-new-privileges:true" in config.get("security_opt", []), f"{service}: no-new-privileges"
+
+
+@pytest.mark.parametrize("service", ["worker", "worker-control"])
+def test_forking_workers_have_an_init_and_a_memory_limit(services, service: str) -> None:
+    config = services[service]
+    assert config.get("init") is True, f"{service}: init: true reaps TPOT's Dask processes"
+    assert config.get("mem_limit"), f"{service}: a memory limit keeps a runaway search off the host"
