@@ -100,7 +100,15 @@ def parse_csv(raw: bytes, limits: DataLimits) -> pd.DataFrame:
     if "\x00" in text:
         raise InvalidInput("the file is binary, not CSV", field="file")
     try:
-        header = next(csv.reader(io.StringIO(text)))
+        reader = csv.reader(io.StringIO(text))
+        header = next(reader)
+        # pandas would shift a row with an extra field (or drop the field): refuse it.
+        for line, row in enumerate(reader, start=2):
+            if len(row) > len(header):
+                raise InvalidInput(
+                    f"line {line} has {len(row)} fields but the header names {len(header)} columns",
+                    field="file",
+                )
     except (csv.Error, StopIteration) as exc:
         raise InvalidInput(f"the file is not CSV: {exc}", field="file") from exc
     names = [name.strip() for name in header]
@@ -123,6 +131,8 @@ def parse_csv(raw: bytes, limits: DataLimits) -> pd.DataFrame:
             io.StringIO(text),
             header=0,
             names=names,
+            # A row with an extra field must not turn the first column into an index.
+            index_col=False,
             skipinitialspace=True,
             nrows=limits.max_rows + 1,
             na_values=["", "NA", "NaN", "nan", "null", "NULL", "None"],
@@ -235,6 +245,13 @@ def check_trainable(
             f"the target {target!r} has one class ({counts.index[0]!r}); classification needs two or more",
             field="target",
         )
+    holdout_rows = math.ceil(len(frame) * limits.holdout_fraction)
+    if holdout_rows < len(counts):
+        raise InvalidInput(
+            f"{len(counts)} classes need a holdout of at least {len(counts)} rows; "
+            f"{len(frame)} rows give {holdout_rows} ({limits.holdout_fraction:.0%}): add rows or merge classes",
+            field="target",
+        )
     needed = min_rows_per_class(cv, limits.holdout_fraction)
     rare = counts[counts < needed]
     if len(rare):
@@ -315,7 +332,7 @@ class DatasetStore:
         path = self._dir(dataset_id) / META_NAME
         try:
             return json.loads(path.read_text())
-        except FileNotFoundError as exc:
+        except OSError as exc:  # missing, or a name the filesystem cannot even hold
             raise NotFound(f"no dataset {dataset_id!r}", field="dataset") from exc
 
     def frame(self, dataset_id: str) -> pd.DataFrame:
@@ -329,8 +346,14 @@ class DatasetStore:
         return parse_csv(path.read_bytes(), self.limits)
 
     def _dir(self, dataset_id: str) -> Path:
-        if not dataset_id or "/" in dataset_id or dataset_id.startswith(".") or "\x00" in dataset_id:
-            raise NotFound(f"no dataset {dataset_id!r}", field="dataset")
+        if (
+            not dataset_id
+            or len(dataset_id) > 100
+            or "/" in dataset_id
+            or dataset_id.startswith(".")
+            or "\x00" in dataset_id
+        ):
+            raise NotFound(f"no dataset {dataset_id[:100]!r}", field="dataset")
         return self.root / dataset_id
 
 

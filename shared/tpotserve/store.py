@@ -96,7 +96,7 @@ class ModelStore:
         path = self._version_dir(version) / META_NAME
         try:
             return json.loads(path.read_text())
-        except FileNotFoundError as exc:
+        except OSError as exc:  # missing, or a name the filesystem cannot even hold
             raise NotFound(f"model version {version!r} does not exist", field="version") from exc
         except ValueError as exc:
             raise ArtifactRejected(f"metadata of {version!r} is unreadable: {exc}") from exc
@@ -203,8 +203,8 @@ class ModelStore:
 
     def _version_dir(self, version: str) -> Path:
         # A version id comes from URLs too: refuse anything that is not a plain name.
-        if not version or "/" in version or version.startswith(".") or "\x00" in version:
-            raise NotFound(f"model version {version!r} does not exist", field="version")
+        if not version or len(version) > 100 or "/" in version or version.startswith(".") or "\x00" in version:
+            raise NotFound(f"model version {version[:100]!r} does not exist", field="version")
         return self.versions_dir / version
 
 

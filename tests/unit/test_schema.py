@@ -270,6 +270,9 @@ def test_values_just_outside_the_range_are_not_far_outside() -> None:
     margin = FAR_OUTSIDE * (2.5 - 0.1)
     near = [{**BOOK, "PetalWidth": 2.5 + margin * 0.99}, {**BOOK, "PetalWidth": 0.1 - margin * 0.99}]
     assert range_warnings(_rows(*near), RANGES, single=False) == []
+    # Half a range beyond the end: 3.0 is 0.5 past PetalWidth's 2.5, well within 0.5 * 2.4.
+    assert range_warnings(_rows({**BOOK, "PetalWidth": 3.0}), RANGES, single=True) == []
+    assert len(range_warnings(_rows({**BOOK, "PetalWidth": 3.8}), RANGES, single=True)) == 1
 
 
 def test_a_value_far_outside_is_reported_naming_the_field() -> None:
@@ -310,7 +313,8 @@ def test_an_empty_retrain_body_is_all_defaults(body) -> None:
 
 def test_every_retrain_field_is_parsed() -> None:
     body = {"dataset": "ds-0123456789ab", "target": "label", "task": "regression", "max_time_mins": 0.5,
-            "generations": 2, "population_size": 4, "cv": 3, "scoring": "r2", "promote": "never", "queue": True}
+            "generations": 2, "population_size": 4, "cv": 3, "scoring": "r2", "promote": "never",
+            "queue": True}
     assert parse_retrain_request(body).model_dump() == body
 
 
@@ -559,13 +563,15 @@ def test_plan_for_an_upload_with_an_unknown_target(settings, datasets) -> None:
 
 def test_plan_for_an_upload_infers_the_task_and_pins_the_hash(settings, datasets) -> None:
     labelled, _ = datasets.save(LABELLED)
-    payload = plan_training(parse_retrain_request({"dataset": labelled["id"], "target": "label"}), settings, datasets)
+    body = {"dataset": labelled["id"], "target": "label"}
+    payload = plan_training(parse_retrain_request(body), settings, datasets)
     assert (payload.dataset, payload.target, payload.task) == (labelled["id"], "label", "classification")
     assert payload.dataset_sha256 == labelled["sha256"]
     assert payload.scoring == "accuracy"
 
     measured, _ = datasets.save(MEASURED)
-    payload = plan_training(parse_retrain_request({"dataset": measured["id"], "target": "y"}), settings, datasets)
+    body = {"dataset": measured["id"], "target": "y"}
+    payload = plan_training(parse_retrain_request(body), settings, datasets)
     assert (payload.task, payload.scoring) == ("regression", "r2")
     assert TrainingPayload.model_validate(json.loads(json.dumps(payload.model_dump()))) == payload
 
@@ -573,7 +579,8 @@ def test_plan_for_an_upload_infers_the_task_and_pins_the_hash(settings, datasets
 def test_plan_honours_an_explicit_task(settings, datasets) -> None:
     meta, _ = datasets.save(MEASURED)
     # "a" has 40 distinct integers: regression by inference, but the client may say otherwise...
-    inferred = plan_training(parse_retrain_request({"dataset": meta["id"], "target": "a"}), settings, datasets)
+    body = {"dataset": meta["id"], "target": "a"}
+    inferred = plan_training(parse_retrain_request(body), settings, datasets)
     assert inferred.task == "regression"
     # ... and b (7 values, 5-6 rows each) can be a classification with cv=3.
     body = {"dataset": meta["id"], "target": "b", "task": "classification", "cv": 3}

@@ -128,16 +128,16 @@ def _csv_upload(limit: int) -> tuple[bytes, str | None]:
         upload = request.files.get("file")
         if upload is None:
             raise InvalidInput("send the CSV as the multipart field 'file'", field="file")
-        raw = upload.stream.read(limit + 1)
-        filename = upload.filename or None
+        stream, filename = upload.stream, upload.filename or None
     elif request.mimetype in ("text/csv", "application/csv", "text/plain"):
-        raw = request.stream.read(limit + 1)
-        filename = None
+        stream, filename = request.stream, None
     else:
         raise UnsupportedMedia(
             f"send a CSV as multipart/form-data (field 'file') or as text/csv (got {request.mimetype or 'none'!r})"
         )
-    if len(raw) > limit:
+    raw = stream.read(limit + 1)
+    # A chunked body is capped at the limit by Werkzeug; one more read raises 413 there.
+    if len(raw) > limit or (len(raw) == limit and stream.read(1)):
         raise RequestEntityTooLarge()
     return raw, filename
 

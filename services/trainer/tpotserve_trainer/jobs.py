@@ -168,8 +168,12 @@ def _current_comparable(store: ModelStore, run: TrainingPayload, features: list[
     )
     if not same_schema:
         return None
-    # Verified before unpickling, as in the API.
-    path = store.verified_artifact(pointer.version, pointer.sha256)
+    try:
+        # Verified before unpickling, as in the API. A broken current model must
+        # not block its own replacement: it is simply not comparable.
+        path = store.verified_artifact(pointer.version, pointer.sha256)
+    except TpotServeError:
+        return None
     return pointer.version, meta, joblib.load(path)
 
 
