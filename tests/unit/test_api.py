@@ -29,7 +29,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from werkzeug import exceptions as wz
 
-from tpotserve.errors import ModelNotReady
+from tpotserve.errors import ArtifactRejected, ModelNotReady
 from tpotserve.settings import Settings, load_settings
 from tpotserve.store import ModelStore, Pointer
 from tpotserve_api import model_holder as model_holder_module
@@ -991,3 +991,52 @@ def test_cancel_a_job_without_the_key_is_401(client) -> None:
 
 def test_activate_an_overlong_version_is_404(client) -> None:
     assert_error(client.post("/models/" + "a" * 300 + "/activate", headers=AUTH), 404, "not_found", "version")
+
+
+# --- signatures and scopes -------------------------------------------------------
+def test_a_correctly_hashed_pickle_without_a_valid_signature_never_runs(store, holder, tmp_path) -> None:
+    """The attacker can write the volume: right sha256 in meta.json and current.json, but no key."""
+    marker = tmp_path / "pwned"
+    version = "v-evil"
+    vdir = store.versions_dir / version
+    vdir.mkdir(parents=True)
+    (vdir / "model.joblib").write_bytes(pickle.dumps(_Exploit(marker)))
+    sha = hashlib.sha256((vdir / "model.joblib").read_bytes()).hexdigest()
+    meta = {**store.read_meta("v1"), "version": version, "sha256": sha, "signature": "0" * 64}
+    (vdir / "meta.json").write_text(json.dumps(meta))
+    write_pointer(store, version, sha)
+
+    assert holder.refresh() is False
+    assert not marker.exists()
+    assert holder.current().version == "v1"
+    error = holder.status()["last_load_error"]
+    assert error["version"] == version and "signature" in error["message"]
+    # A store with another key refuses even the trainer's own genuine versions.
+    other = ModelStore(store.root, b"another key")
+    with pytest.raises(ArtifactRejected):
+        other.verified_artifact("v1", store.read_meta("v1")["sha256"])
+
+
+def test_the_api_refuses_to_start_without_a_signing_key(store) -> None:
+    with pytest.raises(RuntimeError, match="MODEL_SIGNING_KEY"):
+        create_app(settings_for(store, model_signing_key=None), poll=False)
+    # The documented insecure development flag lets it start.
+    assert create_app(settings_for(store, model_signing_key=None, allow_unsigned_models=True), poll=False)
+
+
+def test_predict_scope_when_a_predict_key_is_set(v1, make_client) -> None:
+    client = make_client(predict_api_key="predict-key")
+    assert_error(client.post("/predict", json=BOOK), 401, "unauthorized")
+    assert_error(
+        client.post("/predict", json=BOOK, headers={"Authorization": "Bearer wrong"}), 401, "unauthorized"
+    )
+    assert client.post("/predict", json=BOOK, headers={"Authorization": "Bearer predict-key"}).status_code == 200
+    # The admin key covers predict too ...
+    assert client.post("/predict", json=BOOK, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    # ... but the predict key never opens an admin endpoint.
+    resp = client.post("/retrain", json={}, headers={"Authorization": "Bearer predict-key"})
+    assert_error(resp, 401, "unauthorized")
+
+
+def test_predict_is_open_without_a_predict_key(client) -> None:
+    assert client.post("/predict", json=BOOK).status_code == 200
