@@ -17,6 +17,9 @@ unit: setup-dev
 integration: setup-dev
 	$(PY) -m pytest tests/integration
 
+bench: setup-dev  ## the benchmark (minutes; not part of make test): bench/README.md
+	$(PY) -m bench.run
+
 setup:
 	VENV=$(VENV) scripts/setup.sh
 

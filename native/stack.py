@@ -48,6 +48,7 @@ NGINX_MAIN_TEMPLATE = "nginx/native.conf.template"
 # Settings the nginx template reads (compose passes the same names to the nginx image).
 NGINX_SETTINGS = (
     "MAX_BODY_BYTES",
+    "METRICS_ALLOW",
     "PREDICT_RATE_LIMIT",
     "PREDICT_RATE_BURST",
     "RETRAIN_RATE_LIMIT",
@@ -105,9 +106,16 @@ class NativeStack:
         self.data_dir = Path(self.data_dir).resolve()
         self.redis_port = free_port()
         self.api_port = free_port()
+        self.rq_dashboard_port = free_port()
         self.processes: dict[str, Process] = {}
+        self.extra_api_ports: list[int] = []
 
     # --- paths and environment ---------------------------------------------
+    @property
+    def api_ports(self) -> list[int]:
+        """The ports of the API instances nginx balances over (one by default)."""
+        return [self.api_port, *self.extra_api_ports]
+
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
@@ -225,8 +233,12 @@ class NativeStack:
             render_template(
                 (REPO / NGINX_TEMPLATE).read_text(),
                 {
-                    "API_UPSTREAM": f"127.0.0.1:{self.api_port}",
+                    "API_SERVERS": "\n    ".join(f"server 127.0.0.1:{port};" for port in self.api_ports),
                     "NGINX_LISTEN": f"127.0.0.1:{self.gateway_port}",
+                    # Only IP addresses here: nothing to resolve, but the directive must be valid.
+                    "RESOLVER": "127.0.0.1",
+                    "WEB_ROOT": str(REPO / "web"),
+                    "RQ_DASHBOARD_URL": f"http://127.0.0.1:{self.rq_dashboard_port}",
                     # The same values the API reads, e.g. so both refuse the same bodies.
                     **{name: self._setting(name) for name in NGINX_SETTINGS},
                 },

@@ -39,7 +39,7 @@ fi
 # --- Python ------------------------------------------------------------------
 locks=(requirements.lock)
 [ "$dev" = 1 ] && locks+=(requirements-dev.lock)
-stamp="$VENV/.installed-$(cat "${locks[@]}" shared/pyproject.toml services/*/pyproject.toml | sha256sum | cut -c1-16)"
+stamp="$VENV/.installed-$(cat "${locks[@]}" shared/pyproject.toml services/*/pyproject.toml cli/pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ]; then
   exit 0
 fi
@@ -48,8 +48,9 @@ reqs=()
 for lock in "${locks[@]}"; do reqs+=(-r "$lock"); done
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${reqs[@]}"
 # Our own packages, editable, without touching the pinned set.
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
-  -e shared -e services/api -e services/trainer
+packages=(-e shared -e services/api -e services/trainer)
+[ -f cli/pyproject.toml ] && packages+=(-e cli)
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "${packages[@]}"
 rm -f "$VENV"/.installed-*
 touch "$stamp"
 echo "venv ready: $VENV"

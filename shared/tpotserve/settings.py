@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     retrain_rate_burst: int = 10
     """RETRAIN_RATE_BURST: requests above the rate nginx lets through at once on /retrain."""
 
+    metrics_allow: str = "127.0.0.1"
+    """METRICS_ALLOW: address or CIDR nginx lets read /metrics (everyone else: 403)."""
+
     api_workers: int = 2
     """API_WORKERS: Gunicorn worker processes."""
 

@@ -572,10 +572,12 @@ def test_ports_agree_across_images_and_compose(services) -> None:
     nginx_env = {**nginx.env(), **environment(services["nginx"])}
     api_env = {**dockerfile("api")[-1].env(), **environment(services["api"])}
 
-    upstream_host, _, upstream_port = nginx_env["API_UPSTREAM"].rpartition(":")
+    # "server api:8000 resolve;" -> api, 8000
+    upstream = nginx_env["API_SERVERS"].split()[1].rstrip(";")
+    upstream_host, _, upstream_port = upstream.rpartition(":")
     api_port = int(api_env["API_BIND"].rpartition(":")[2])
     assert upstream_host == "api" and int(upstream_port) == api_port, (
-        f"nginx proxies to {nginx_env['API_UPSTREAM']}, but the api service listens on {api_env['API_BIND']}"
+        f"nginx proxies to {upstream}, but the api service listens on {api_env['API_BIND']}"
     )
     assert api_env["API_BIND"].startswith("0.0.0.0:"), "the API must bind 0.0.0.0 in its container"
     assert api_port in dockerfile("api")[-1].exposed_ports(), f"api: EXPOSE {api_port}"

@@ -90,6 +90,7 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
     api.add_resource(resources.Activate, "/models/<string:version>/activate")
     api.add_resource(resources.Healthz, "/healthz")
     api.add_resource(resources.OpenApi, "/openapi.json")
+    api.add_resource(resources.AdminCheck, "/auth/admin")
     api.add_resource(resources.Readyz, "/readyz")
     app.register_error_handler(Exception, to_response)
     _log_requests(app)

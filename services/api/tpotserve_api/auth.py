@@ -13,8 +13,13 @@ from tpotserve.settings import Settings
 
 
 def _bearer_token() -> str | None:
+    """The bearer token, or a Basic password (browsers can only prompt for Basic)."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    if scheme.lower() == "basic" and request.authorization is not None:
+        return request.authorization.password or None
+    return None
 
 
 def _matches(token: str, key) -> bool:  # noqa: ANN001 - a SecretStr or None

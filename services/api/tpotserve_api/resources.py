@@ -185,6 +185,14 @@ class OpenApi(Resource):
         return json.loads(OPENAPI_PATH.read_text())
 
 
+class AdminCheck(Resource):
+    """For nginx's auth_request in front of admin pages (the RQ dashboard): 204 or 401."""
+
+    def get(self) -> tuple[str, int]:
+        require_admin(_ctx().settings)
+        return "", 204
+
+
 class Healthz(Resource):
     def get(self) -> dict:
         return {"status": "ok"}
