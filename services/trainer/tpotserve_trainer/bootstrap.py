@@ -14,7 +14,7 @@ import time
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Queue
+from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
@@ -29,6 +29,7 @@ log = logging.getLogger("tpotserve_trainer.bootstrap")
 
 REDIS_WAIT_S = 30.0
 STALE_TEMP_S = 60.0
+BOOTSTRAP_RETRIES = 2
 
 
 def ensure_first_model(settings: Settings) -> str | None:
@@ -64,6 +65,8 @@ def ensure_first_model(settings: Settings) -> str | None:
         result_ttl=jobs.RESULT_TTL_S,
         failure_ttl=jobs.FAILURE_TTL_S,
         meta={"kind": "bootstrap", "payload": payload.model_dump()},
+        # Without a first model nothing is served: a failed bootstrap is retried.
+        retry=Retry(max=BOOTSTRAP_RETRIES, interval=5),
     )
     log.info("no model yet: enqueued the bootstrap training as job %s", job.id)
     return job.id
