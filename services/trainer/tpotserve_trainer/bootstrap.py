@@ -66,7 +66,8 @@ def ensure_first_model(settings: Settings) -> str | None:
         failure_ttl=jobs.FAILURE_TTL_S,
         meta={"kind": "bootstrap", "payload": payload.model_dump()},
         # Without a first model nothing is served: a failed bootstrap is retried.
-        retry=Retry(max=BOOTSTRAP_RETRIES, interval=5),
+        # (no interval: a delayed retry would need an RQ scheduler)
+        retry=Retry(max=BOOTSTRAP_RETRIES),
     )
     log.info("no model yet: enqueued the bootstrap training as job %s", job.id)
     return job.id
