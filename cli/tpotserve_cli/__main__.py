@@ -1,0 +1,7 @@
+"""``python -m tpotserve_cli``: the same as the ``tpotserve`` script."""
+
+import sys
+
+from .main import main
+
+sys.exit(main())

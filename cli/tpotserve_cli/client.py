@@ -1,0 +1,275 @@
+"""A small typed client for the tpotserve gateway (see the API section of README.md).
+
+    from tpotserve_cli import Client
+
+    client = Client("http://127.0.0.1:8080", api_key="change-me")
+    client.predict([{"SepalLength": 5.1, "SepalWidth": 3.5, "PetalLength": 1.4, "PetalWidth": 0.2}])
+    job = client.retrain(dataset="iris", max_time_mins=0.5, promote="never")
+    final = client.wait(job["job_id"], on_progress=lambda j: print(j["progress"]))
+
+Every answer is returned as the decoded JSON object. An API error
+(``{"error": {"code", "message", "field"}}``) raises :class:`TpotServeAPIError`;
+a gateway that cannot be reached raises :class:`TpotServeConnectionError`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+from urllib.parse import quote
+
+import requests
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+TERMINAL_STATUSES = frozenset({"finished", "failed", "canceled"})
+
+JSON = dict[str, Any]
+Row = Mapping[str, Any]
+Task = Literal["classification", "regression"]
+Promote = Literal["auto", "always", "never"]
+
+
+class TpotServeError(Exception):
+    """Base class of everything this client raises on purpose."""
+
+
+class TpotServeAPIError(TpotServeError):
+    """The API answered with an error status.
+
+    ``code``, ``message`` and ``field`` come from the API's error body; ``details``
+    holds any other keys of it (e.g. ``job_id`` and ``location`` of a 409).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.details = dict(details or {})
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        text = f"{self.status} {self.code}: {self.message}"
+        if self.field:
+            text += f" (field: {self.field})"
+        job_id = self.details.get("job_id")
+        if job_id and str(job_id) not in self.message:
+            text += f" (job: {job_id})"
+        # One line, whatever the server put in the message.
+        return " ".join(text.split())
+
+
+class TpotServeConnectionError(TpotServeError):
+    """The gateway could not be reached (refused, unresolvable, timed out)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"could not reach {url}: {reason}")
+
+
+_ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
+
+
+def _reason(exc: requests.RequestException) -> str:
+    """A short, human reason for a connection failure (requests' own text is a page long)."""
+    if isinstance(exc, (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
+                        requests.exceptions.InvalidURL)):
+        return "not a valid http(s) URL"
+    if isinstance(exc, requests.ConnectTimeout):
+        return "the connection timed out"
+    if isinstance(exc, requests.ReadTimeout):
+        return "no answer before the timeout"
+    match = _ERRNO.search(str(exc))
+    if match:
+        return match.group(1).strip().rstrip(".").lower()
+    return type(exc).__name__
+
+
+def error_from_response(response: requests.Response) -> TpotServeAPIError:
+    """Map an error response to :class:`TpotServeAPIError`, JSON body or not."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        details = {k: v for k, v in error.items() if k not in ("code", "message", "field")}
+        return TpotServeAPIError(
+            response.status_code,
+            str(error.get("code") or "http_error"),
+            str(error.get("message") or response.reason or "error"),
+            error.get("field"),
+            details,
+        )
+    text = " ".join((response.text or "").split())[:200]
+    return TpotServeAPIError(response.status_code, "http_error", text or response.reason or "error")
+
+
+class Client:
+    """The tpotserve API through its gateway.
+
+    ``timeout`` is requests' (connect, read) timeout in seconds for each call;
+    ``api_key`` is sent as ``Authorization: Bearer`` on every request (the admin
+    key opens the write endpoints; a predict key opens /predict when it is closed).
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        timeout: float | tuple[float, float] = (5.0, 60.0),
+        session: requests.Session | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.api_key = api_key or None
+        self.timeout = timeout
+        self.session = session or requests.Session()
+
+    # --- transport -----------------------------------------------------------
+    def request(self, method: str, path: str, **kwargs: Any) -> JSON:
+        """Send one request; the decoded JSON answer, or raise a :class:`TpotServeError`."""
+        headers = dict(kwargs.pop("headers", None) or {})
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        kwargs.setdefault("timeout", self.timeout)
+        try:
+            response = self.session.request(method, self.url + path, headers=headers, **kwargs)
+        except requests.RequestException as exc:
+            raise TpotServeConnectionError(self.url, _reason(exc)) from exc
+        if response.status_code >= 400:
+            raise error_from_response(response)
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise TpotServeAPIError(
+                response.status_code, "invalid_response", f"{method} {path} did not answer JSON"
+            ) from exc
+        return body if isinstance(body, dict) else {"data": body}
+
+    # --- predictions ---------------------------------------------------------
+    def predict(self, rows: Sequence[Row] | Row) -> JSON:
+        """Predict a batch of rows (feature name -> value); one mapping is a batch of one.
+
+        Returns the API's batch answer: ``predictions``, ``probabilities`` (classifiers),
+        ``model_version`` and any ``warnings``.
+        """
+        instances = [dict(rows)] if isinstance(rows, Mapping) else [dict(row) for row in rows]
+        return self.request("POST", "/predict", json={"instances": instances})
+
+    # --- training ------------------------------------------------------------
+    def retrain(
+        self,
+        dataset: str = "iris",
+        *,
+        target: str | None = None,
+        task: Task | None = None,
+        max_time_mins: float | None = None,
+        generations: int | None = None,
+        population_size: int | None = None,
+        cv: int | None = None,
+        scoring: str | None = None,
+        promote: Promote | None = None,
+        queue: bool | None = None,
+    ) -> JSON:
+        """Start a training (admin key). Omitted values take the server's defaults.
+
+        Returns the 202 answer: ``job_id``, ``status``, ``location`` and the full ``request``.
+        """
+        body = {
+            "dataset": dataset,
+            "target": target,
+            "task": task,
+            "max_time_mins": max_time_mins,
+            "generations": generations,
+            "population_size": population_size,
+            "cv": cv,
+            "scoring": scoring,
+            "promote": promote,
+            "queue": queue,
+        }
+        return self.request("POST", "/retrain", json={k: v for k, v in body.items() if v is not None})
+
+    def job(self, job_id: str) -> JSON:
+        """A job's public view: ``status``, ``progress``, ``result`` or ``error``."""
+        return self.request("GET", f"/jobs/{quote(job_id, safe='')}")
+
+    def cancel(self, job_id: str) -> JSON:
+        """Cancel a queued job or stop a running one (admin key); 409 once it has ended."""
+        return self.request("DELETE", f"/jobs/{quote(job_id, safe='')}")
+
+    def wait(
+        self,
+        job_id: str,
+        poll_interval: float = 1.0,
+        timeout: float | None = None,
+        on_progress: Callable[[JSON], None] | None = None,
+    ) -> JSON:
+        """Poll a job until it is finished, failed or canceled; return its last view.
+
+        ``on_progress`` is called with every view polled, the last one included.
+        Raises :class:`TimeoutError` when ``timeout`` seconds pass first (the job
+        keeps running).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            view = self.job(job_id)
+            if on_progress is not None:
+                on_progress(view)
+            if view.get("status") in TERMINAL_STATUSES:
+                return view
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} still {view.get('status')} after {timeout} s")
+            time.sleep(poll_interval)
+
+    # --- models --------------------------------------------------------------
+    def models(self) -> JSON:
+        """Every stored version's metadata: ``{"current": version, "versions": [...]}``."""
+        return self.request("GET", "/models")
+
+    def current_model(self) -> JSON:
+        """The metadata of the model the answering API worker serves."""
+        return self.request("GET", "/models/current")
+
+    def activate(self, version: str) -> JSON:
+        """Make a stored version current (rollback; admin key).
+
+        ``activated`` is False when the activation was queued (202) rather than done.
+        """
+        return self.request("POST", f"/models/{quote(version, safe='')}/activate")
+
+    # --- data sets -----------------------------------------------------------
+    def datasets(self) -> list[JSON]:
+        """The bundled ``iris`` and every uploaded data set."""
+        return list(self.request("GET", "/datasets")["datasets"])
+
+    def dataset(self, dataset_id: str) -> JSON:
+        """One data set's metadata (columns, preview...)."""
+        return self.request("GET", f"/datasets/{quote(dataset_id, safe='')}")
+
+    def upload_dataset(self, data: str | Path | bytes | BinaryIO, filename: str | None = None) -> JSON:
+        """Upload a CSV (a path, bytes or a binary file object; admin key).
+
+        The answer has the data set's ``id`` and ``created`` (False when the same bytes
+        were already stored).
+        """
+        if isinstance(data, (str, Path)):
+            path = Path(data)
+            with path.open("rb") as handle:
+                return self.upload_dataset(handle, filename or path.name)
+        return self.request("POST", "/datasets", files={"file": (filename or "data.csv", data, "text/csv")})
+
+    # --- health --------------------------------------------------------------
+    def ready(self) -> JSON:
+        """``/readyz``: raises :class:`TpotServeAPIError` (503) while no model is loaded."""
+        return self.request("GET", "/readyz")

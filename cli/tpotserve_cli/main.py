@@ -1,0 +1,510 @@
+"""The ``tpotserve`` command line: predict, retrain, follow jobs, list and activate models.
+
+    tpotserve predict rows.csv                  # CSV in, CSV out (rows + prediction + probabilities)
+    echo '{"SepalLength": 5.1, ...}' | tpotserve predict --output-format csv
+    tpotserve retrain --max-time-mins 1 --wait  # live progress on stderr, the job's JSON on stdout
+    tpotserve models | tpotserve activate VERSION | tpotserve jobs JOB_ID | tpotserve cancel JOB_ID
+    tpotserve datasets upload data.csv | tpotserve datasets list
+
+The gateway and key come from --url / --api-key, else TPOTSERVE_URL (default
+http://127.0.0.1:8080) and TPOTSERVE_API_KEY (else API_KEY). Exit codes: 0 ok,
+1 an API error, an unreachable gateway or a failed/canceled job, 2 a usage
+error (bad arguments, unreadable input), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from .client import DEFAULT_URL, JSON, Client, TpotServeError
+
+PROG = "tpotserve"
+MODEL_COLUMNS = ("current", "version", "created", "dataset", "task", "cv_score", "holdout_score")
+ENV_URL = "TPOTSERVE_URL"
+ENV_KEYS = ("TPOTSERVE_API_KEY", "API_KEY")
+FORMATS = ("csv", "json")
+
+
+class UsageError(Exception):
+    """A problem with the command line or the local input: exit code 2."""
+
+
+# --- input: rows from JSON or CSV ----------------------------------------------
+def detect_format(path: str | None, text: str, given: str | None = None) -> str:
+    """``given``, else the file's extension, else a look at the text (``[`` or ``{`` means JSON)."""
+    if given:
+        return given
+    suffix = Path(path).suffix.lower().lstrip(".") if path and path != "-" else ""
+    if suffix in FORMATS:
+        return suffix
+    return "json" if text.lstrip()[:1] in ("[", "{") else "csv"
+
+
+def _reject_constant(name: str) -> Any:
+    raise UsageError(f"the JSON input contains {name}, which is not a JSON number")
+
+
+def parse_json_rows(text: str) -> list[dict[str, Any]]:
+    """Rows from JSON: a list of objects, one object, or ``{"instances": [...]}``."""
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise UsageError(f"the input is not valid JSON: {exc}") from exc
+    if isinstance(data, dict) and isinstance(data.get("instances"), list):
+        data = data["instances"]
+    rows = data if isinstance(data, list) else [data]
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise UsageError(f"JSON row {index} is a {type(row).__name__}, not an object")
+    return rows
+
+
+def _cell(value: str) -> Any:
+    """A CSV cell as JSON: finite numbers become numbers, empty cells None, the rest text."""
+    value = value.strip()
+    if value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    # "nan" and "inf" parse as floats but are not JSON numbers: let the API name the field.
+    return number if number - number == 0 else value
+
+
+def parse_csv_rows(text: str) -> list[dict[str, Any]]:
+    """Rows from CSV with a header row; numeric cells become numbers."""
+    reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise UsageError("the CSV input is empty") from None
+    except csv.Error as exc:
+        raise UsageError(f"the CSV input cannot be read: {exc}") from exc
+    names = [name.strip() for name in header]
+    if not any(names) or "" in names:
+        raise UsageError("the CSV header has an empty column name")
+    rows = []
+    try:
+        for line in reader:
+            if not line or not any(cell.strip() for cell in line):
+                continue
+            if len(line) != len(names):
+                raise UsageError(
+                    f"CSV line {reader.line_num} has {len(line)} values; the header has {len(names)}"
+                )
+            rows.append({name: _cell(cell) for name, cell in zip(names, line)})
+    except csv.Error as exc:
+        raise UsageError(f"the CSV input cannot be read (line {reader.line_num}): {exc}") from exc
+    return rows
+
+
+def parse_rows(text: str, fmt: str) -> list[dict[str, Any]]:
+    """Rows to predict from ``text`` in ``fmt`` (``csv`` or ``json``); at least one."""
+    rows = parse_json_rows(text) if fmt == "json" else parse_csv_rows(text)
+    if not rows:
+        raise UsageError("the input has no rows to predict")
+    return rows
+
+
+# --- output: rows with their predictions -----------------------------------------
+def result_rows(rows: Sequence[dict[str, Any]], answer: JSON, flat: bool) -> list[dict[str, Any]]:
+    """Each input row followed by its ``prediction`` and, for classifiers, its probabilities.
+
+    ``flat`` (for CSV) gives one ``probability_<class>`` column per class; otherwise a
+    ``probabilities`` object.
+    """
+    probabilities = answer.get("probabilities") or [None] * len(rows)
+    out = []
+    for row, prediction, probs in zip(rows, answer["predictions"], probabilities):
+        item = {**row, "prediction": prediction}
+        if probs is not None:
+            if flat:
+                item.update({f"probability_{label}": p for label, p in probs.items()})
+            else:
+                item["probabilities"] = probs
+        out.append(item)
+    return out
+
+
+def format_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """CSV with a header of every key, in order of first appearance."""
+    fields: dict[str, None] = {}
+    for row in rows:
+        fields.update(dict.fromkeys(row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fields), restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    return buffer.getvalue()
+
+
+def format_json(rows: Sequence[dict[str, Any]]) -> str:
+    """A JSON list of objects, one per line."""
+    return "[\n" + ",\n".join("  " + json.dumps(row) for row in rows) + "\n]\n"
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain text table with left-aligned columns."""
+    cells = [[str(h) for h in headers], *[["" if v is None else str(v) for v in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells) + "\n"
+
+
+def _score(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else ""
+
+
+def models_table(models: JSON) -> str:
+    """``GET /models`` as a table, newest first, the current version marked with ``*``."""
+    rows = [
+        (
+            "*" if meta.get("current") else "",
+            meta.get("version"),
+            meta.get("created_at"),
+            meta.get("dataset"),
+            meta.get("task"),
+            _score(meta.get("cv_score")),
+            _score(meta.get("holdout_score")),
+        )
+        for meta in reversed(models.get("versions") or [])
+    ]
+    return format_table(MODEL_COLUMNS, rows)
+
+
+def datasets_table(datasets: Sequence[JSON]) -> str:
+    """``GET /datasets`` as a table."""
+    rows = [
+        (
+            ds.get("id"),
+            ds.get("filename") or ("(bundled)" if ds.get("bundled") else ""),
+            ds.get("rows"),
+            len(ds.get("columns") or []),
+            ds.get("created_at") or "",
+        )
+        for ds in datasets
+    ]
+    return format_table(("id", "filename", "rows", "columns", "created"), rows)
+
+
+# --- job progress ---------------------------------------------------------------
+class JobProgress:
+    """A tqdm bar on stderr, fed with job views by :meth:`Client.wait`.
+
+    The search stops at its generation count or its time budget, whichever comes
+    first, so the bar shows the larger of the two fractions; the text after it
+    says which generation, the best CV score so far, and the time against the budget.
+    """
+
+    def __init__(self, job_id: str, file: TextIO | None = None) -> None:
+        self.job_id = job_id
+        self.bar = tqdm(
+            total=100,
+            file=file or sys.stderr,
+            desc="waiting",
+            bar_format="{percentage:3.0f}%|{bar:20}| {desc}",
+        )
+        self._elapsed: tuple[float, float] | None = None  # (elapsed_s reported, when we saw it)
+
+    def elapsed(self, progress: JSON, running: bool) -> float | None:
+        """The job's elapsed seconds, moved on by our clock between the worker's reports."""
+        reported = progress.get("elapsed_s")
+        if not isinstance(reported, (int, float)):
+            return None
+        if self._elapsed is None or self._elapsed[0] != reported:
+            self._elapsed = (float(reported), time.monotonic())
+        return reported + (time.monotonic() - self._elapsed[1] if running else 0.0)
+
+    def __call__(self, view: JSON) -> None:
+        status = view.get("status") or "?"
+        progress = view.get("progress") or {}
+        running = status == "started" and progress.get("stage") == "searching"
+        fraction = 0.0
+        parts = []
+        generation, planned = progress.get("generation"), progress.get("generations_planned")
+        if isinstance(planned, int) and planned > 0:
+            parts.append(f"gen {generation or 0}/{planned}")
+            fraction = (generation or 0) / planned
+        best = progress.get("best_cv_score")
+        if isinstance(best, (int, float)):
+            parts.append(f"best_cv {best:.4f}")
+        elapsed, budget = self.elapsed(progress, running), progress.get("budget_mins")
+        if elapsed is not None:
+            if isinstance(budget, (int, float)) and budget > 0:
+                parts.append(f"{elapsed:.0f}s/{budget * 60:.0f}s")
+                if running:
+                    fraction = max(fraction, elapsed / (budget * 60))
+            else:
+                parts.append(f"{elapsed:.0f}s")
+        if status == "finished":
+            fraction = 1.0
+        self.bar.n = round(min(fraction, 1.0 if status == "finished" else 0.99) * 100)
+        label = (progress.get("stage") or status) if status == "started" else status
+        self.bar.set_description_str(": ".join([label, ", ".join(parts)]) if parts else label, refresh=True)
+
+    def close(self) -> None:
+        """End the bar's line."""
+        self.bar.close()
+
+
+# --- commands -------------------------------------------------------------------
+def _read_input(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path} is not UTF-8 text") from exc
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def cmd_predict(client: Client, args: argparse.Namespace) -> int:
+    text = _read_input(args.file)
+    fmt = detect_format(args.file, text, args.format)
+    rows = parse_rows(text, fmt)
+    answer = client.predict(rows)
+    out_fmt = args.output_format or fmt
+    results = result_rows(rows, answer, flat=out_fmt == "csv")
+    sys.stdout.write(format_csv(results) if out_fmt == "csv" else format_json(results))
+    plural = "" if len(results) == 1 else "s"
+    print(f"{len(results)} prediction{plural} by model {answer.get('model_version')}", file=sys.stderr)
+    for warning in answer.get("warnings") or []:
+        print(f"warning: {warning.get('field')}: {warning.get('message')}", file=sys.stderr)
+    return 0
+
+
+def follow(client: Client, job_id: str, args: argparse.Namespace) -> int:
+    """Wait for a job with a progress bar; print its JSON; exit 1 unless it finished."""
+    bar = JobProgress(job_id)
+    try:
+        view = client.wait(
+            job_id, poll_interval=args.poll_interval, timeout=args.wait_timeout, on_progress=bar
+        )
+    except TimeoutError as exc:
+        bar.close()
+        print(f"{PROG}: error: {exc}; it keeps running (tpotserve cancel {job_id} stops it)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"stopped waiting; job {job_id} keeps running (tpotserve cancel {job_id} stops it)",
+              file=sys.stderr)
+        return 130
+    bar.close()
+    _print_json(view)
+    status = view.get("status")
+    if status == "finished":
+        result = view.get("result") or {}
+        gate = result.get("gate") or {}
+        print(
+            f"job {job_id} finished: version {result.get('version')}, "
+            f"cv_score {_score(result.get('cv_score'))}, "
+            f"holdout_score {_score(result.get('holdout_score'))}, "
+            f"{'published' if result.get('published') else 'not published'} ({gate.get('reason', '')})",
+            file=sys.stderr,
+        )
+        return 0
+    if view.get("error"):
+        reason = f"{status}: {' '.join(str(view['error']).split())}"
+    else:
+        reason = "was canceled" if status == "canceled" else str(status)
+    print(f"{PROG}: error: job {job_id} {reason}", file=sys.stderr)
+    return 1
+
+
+def cmd_retrain(client: Client, args: argparse.Namespace) -> int:
+    answer = client.retrain(
+        args.dataset,
+        target=args.target,
+        task=args.task,
+        max_time_mins=args.max_time_mins,
+        generations=args.generations,
+        population_size=args.population_size,
+        cv=args.cv,
+        scoring=args.scoring,
+        promote=args.promote,
+        queue=True if args.queue else None,
+    )
+    if not args.wait:
+        _print_json(answer)
+        return 0
+    print(f"job {answer['job_id']} queued", file=sys.stderr)
+    return follow(client, answer["job_id"], args)
+
+
+def cmd_jobs(client: Client, args: argparse.Namespace) -> int:
+    if args.wait:
+        return follow(client, args.job_id, args)
+    _print_json(client.job(args.job_id))
+    return 0
+
+
+def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
+    answer = client.cancel(args.job_id)
+    print(f"job {answer.get('id')} {answer.get('status')}")
+    return 0
+
+
+def cmd_models(client: Client, args: argparse.Namespace) -> int:
+    models = client.models()
+    if args.json:
+        _print_json(models)
+    else:
+        sys.stdout.write(models_table(models))
+    return 0
+
+
+def cmd_activate(client: Client, args: argparse.Namespace) -> int:
+    answer = client.activate(args.version)
+    if answer.get("activated"):
+        print(f"activated {answer.get('version')}")
+    else:
+        job = answer.get("job_id")
+        print(f"activation of {answer.get('version')} queued as job {job} (tpotserve jobs {job})")
+    return 0
+
+
+def cmd_datasets_list(client: Client, args: argparse.Namespace) -> int:
+    datasets = client.datasets()
+    if args.json:
+        _print_json(datasets)
+    else:
+        sys.stdout.write(datasets_table(datasets))
+    return 0
+
+
+def cmd_datasets_upload(client: Client, args: argparse.Namespace) -> int:
+    if args.file == "-":
+        meta = client.upload_dataset(sys.stdin.buffer.read(), args.name or "stdin.csv")
+    else:
+        path = Path(args.file)
+        if not path.is_file():
+            raise UsageError(f"cannot read {args.file}: no such file")
+        meta = client.upload_dataset(path, args.name)
+    if args.json:
+        _print_json(meta)
+    else:
+        state = "uploaded" if meta.get("created") else "already stored"
+        print(f"{meta.get('id')}  {state}: {meta.get('rows')} rows, {len(meta.get('columns') or [])} columns")
+    return 0
+
+
+# --- the parser -------------------------------------------------------------------
+def _connection_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument("--url", default=default, help=f"the gateway (env {ENV_URL}; default {DEFAULT_URL})")
+    parser.add_argument("--api-key", default=default, help="bearer key (env TPOTSERVE_API_KEY, else API_KEY)")
+    parser.add_argument(
+        "--timeout", type=float, default=default, help="seconds to wait for each HTTP answer (default 60)"
+    )
+
+
+def _wait_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wait", action="store_true", help="follow the job with a progress bar to its end")
+    parser.add_argument("--poll-interval", type=float, default=1.0, metavar="S", help="seconds between polls")
+    parser.add_argument("--wait-timeout", type=float, metavar="S", help="give up waiting after S seconds")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser; connection options go before or after the command."""
+    common = argparse.ArgumentParser(add_help=False)
+    _connection_options(common, argparse.SUPPRESS)  # so a value given before the command survives
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Talk to a tpotserve gateway: predictions, training jobs, model versions."
+    )
+    _connection_options(parser, None)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("predict", parents=[common], help="predict rows from a CSV or JSON file or stdin")
+    p.add_argument("file", nargs="?", default="-", help="CSV or JSON file; '-' or omitted: stdin")
+    p.add_argument("--format", choices=FORMATS, help="input format (default: by extension, else sniffed)")
+    p.add_argument("--output-format", choices=FORMATS, help="output format (default: the input's)")
+    p.set_defaults(func=cmd_predict)
+
+    p = commands.add_parser("retrain", parents=[common], help="start a training job (admin key)")
+    p.add_argument("--dataset", default="iris", help="'iris' or an uploaded data set's id (default iris)")
+    p.add_argument("--target", help="the column to predict (required for uploads)")
+    p.add_argument("--task", choices=("classification", "regression"), help="default: inferred")
+    p.add_argument("--max-time-mins", type=float, metavar="M")
+    p.add_argument("--generations", type=int, metavar="N")
+    p.add_argument("--population-size", type=int, metavar="N")
+    p.add_argument("--cv", type=int, metavar="K")
+    p.add_argument("--scoring", help="e.g. accuracy, f1_macro, r2, neg_mean_absolute_error")
+    p.add_argument("--promote", choices=("auto", "always", "never"), help="default: auto (the gate decides)")
+    p.add_argument("--queue", action="store_true", help="queue behind a running training instead of a 409")
+    _wait_options(p)
+    p.set_defaults(func=cmd_retrain)
+
+    p = commands.add_parser("jobs", parents=[common], help="print a job's JSON (status, progress, result)")
+    p.add_argument("job_id")
+    _wait_options(p)
+    p.set_defaults(func=cmd_jobs)
+
+    p = commands.add_parser("cancel", parents=[common], help="cancel a queued or running job (admin key)")
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_cancel)
+
+    p = commands.add_parser("models", parents=[common], help="list stored model versions, current marked *")
+    p.add_argument("--json", action="store_true", help="print GET /models as JSON")
+    p.set_defaults(func=cmd_models)
+
+    p = commands.add_parser("activate", parents=[common], help="make a stored version current (admin key)")
+    p.add_argument("version")
+    p.set_defaults(func=cmd_activate)
+
+    p = commands.add_parser("datasets", help="upload or list training data sets")
+    datasets = p.add_subparsers(dest="datasets_command", required=True, metavar="{upload,list}")
+    d = datasets.add_parser("list", parents=[common], help="the bundled iris and every upload")
+    d.add_argument("--json", action="store_true", help="print GET /datasets as JSON")
+    d.set_defaults(func=cmd_datasets_list)
+    d = datasets.add_parser("upload", parents=[common], help="upload a CSV (admin key)")
+    d.add_argument("file", help="the CSV file; '-': stdin")
+    d.add_argument("--name", help="the file name to record (default: the file's)")
+    d.add_argument("--json", action="store_true", help="print the data set's full JSON")
+    d.set_defaults(func=cmd_datasets_upload)
+    return parser
+
+
+def make_client(args: argparse.Namespace, environ: dict[str, str] | os._Environ = os.environ) -> Client:
+    """The client for the parsed flags, falling back on the environment."""
+    url = args.url or environ.get(ENV_URL) or DEFAULT_URL
+    key = args.api_key or next((environ[name] for name in ENV_KEYS if environ.get(name)), None)
+    timeout = (5.0, args.timeout) if args.timeout else (5.0, 60.0)
+    return Client(url, key, timeout=timeout)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(make_client(args), args)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except TpotServeError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The `tpotserve` command line against the real native stack, run as a subprocess.
+
+The one training here is tiny and uses promote=never, so the served model does
+not change under the other tests.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from native.stack import free_port
+from tpotserve_cli.main import MODEL_COLUMNS
+
+from .conftest import API_KEY, LiveStack
+
+IRIS = ("setosa", "versicolor", "virginica")
+HEADER = ["SepalLength", "SepalWidth", "PetalLength", "PetalWidth"]
+# Typical flowers of each species, far from the class boundaries.
+ROWS = [
+    {"SepalLength": 5.0, "SepalWidth": 3.4, "PetalLength": 1.5, "PetalWidth": 0.2},
+    {"SepalLength": 5.9, "SepalWidth": 2.8, "PetalLength": 4.3, "PetalWidth": 1.3},
+    {"SepalLength": 7.7, "SepalWidth": 3.0, "PetalLength": 6.1, "PetalWidth": 2.3},
+]
+TINY = ["--max-time-mins", "0.25", "--generations", "2", "--population-size", "6", "--cv", "3"]
+
+
+def tpotserve(stack: LiveStack, *args: str, stdin: str | None = None, key: str | None = API_KEY,
+              timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user would, configured through the environment."""
+    env = {k: v for k, v in os.environ.items() if k not in ("API_KEY", "TPOTSERVE_API_KEY", "TPOTSERVE_URL")}
+    env["TPOTSERVE_URL"] = stack.url
+    if key is not None:
+        env["TPOTSERVE_API_KEY"] = key
+    return subprocess.run(
+        [sys.executable, "-m", "tpotserve_cli.main", *args],
+        input=stdin, capture_output=True, text=True, env=env, timeout=timeout_s,
+    )
+
+
+def _api_predictions(stack: LiveStack) -> list[str]:
+    response = stack.post("/predict", json={"instances": ROWS})
+    assert response.status_code == 200, response.text
+    return response.json()["predictions"]
+
+
+def _served(stack: LiveStack) -> str:
+    return stack.get("/readyz").json()["model_version"]
+
+
+def test_predict_a_csv_file_writes_csv_rows_with_classes(stack: LiveStack, tmp_path) -> None:
+    path = tmp_path / "flowers.csv"
+    lines = [",".join(HEADER), *(",".join(str(row[h]) for h in HEADER) for row in ROWS)]
+    path.write_text("\n".join(lines) + "\n")
+    run = tpotserve(stack, "predict", str(path), key=None)  # /predict is open
+    assert run.returncode == 0, run.stderr
+    out = list(csv.DictReader(io.StringIO(run.stdout)))
+    assert [row["prediction"] for row in out] == list(IRIS) == _api_predictions(stack)
+    assert [{h: float(row[h]) for h in HEADER} for row in out] == ROWS
+    for row in out:
+        probabilities = {c: float(row[f"probability_{c}"]) for c in IRIS}
+        assert max(probabilities, key=probabilities.get) == row["prediction"]
+    assert "3 predictions by model " in run.stderr
+
+
+def test_predict_json_on_stdin_in_each_shape(stack: LiveStack) -> None:
+    run = tpotserve(stack, "predict", stdin=json.dumps({"instances": ROWS}))
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)  # JSON in, JSON out
+    assert [row["prediction"] for row in out] == list(IRIS)
+    assert [{h: row[h] for h in HEADER} for row in out] == ROWS
+    assert all(set(row["probabilities"]) == set(IRIS) for row in out)
+
+    one = tpotserve(stack, "predict", "--output-format", "csv", stdin=json.dumps(ROWS[2]))
+    assert one.returncode == 0, one.stderr
+    assert [row["prediction"] for row in csv.DictReader(io.StringIO(one.stdout))] == ["virginica"]
+
+
+def test_models_table_marks_the_current_version(stack: LiveStack) -> None:
+    run = tpotserve(stack, "models")
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].split() == list(MODEL_COLUMNS)
+    current = stack.get("/models").json()["current"]
+    marked = [line.split() for line in lines[1:] if line.startswith("*")]
+    assert len(marked) == 1 and marked[0][1] == current
+    assert marked[0][3:5] == ["iris", "classification"]
+
+
+def test_retrain_wait_shows_progress_and_keeps_the_served_model(stack: LiveStack) -> None:
+    served = _served(stack)
+    run = tpotserve(stack, "retrain", *TINY, "--promote", "never", "--queue", "--wait",
+                    "--poll-interval", "0.5", timeout_s=300)
+    assert run.returncode == 0, run.stderr
+    job = json.loads(run.stdout)
+    assert job["status"] == "finished"
+    assert job["result"]["published"] is False
+    assert "searching" in run.stderr and "100%|" in run.stderr  # the tqdm bar, driven by progress
+    assert "gen " in run.stderr and "best_cv " in run.stderr and "s/15s" in run.stderr
+    assert f"job {job['id']} finished: version {job['result']['version']}" in run.stderr
+    assert _served(stack) == served
+
+    shown = tpotserve(stack, "jobs", job["id"])
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["result"]["version"] == job["result"]["version"]
+
+    listed = tpotserve(stack, "models")
+    new_line = next(line for line in listed.stdout.splitlines() if job["result"]["version"] in line)
+    assert not new_line.startswith("*")  # stored, not served
+
+    ended = tpotserve(stack, "cancel", job["id"])
+    assert ended.returncode == 1
+    assert ended.stderr.startswith("tpotserve: error: 409 conflict: ") and ended.stderr.count("\n") == 1
+
+    again = tpotserve(stack, "activate", served)  # the served one: a no-op activation
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == f"activated {served}\n"
+
+
+def test_datasets_upload_and_list(stack: LiveStack, tmp_path) -> None:
+    path = tmp_path / "flowers-for-cli.csv"
+    path.write_text(",".join([*HEADER, "species"]) + "\n" + "".join(
+        ",".join([*(str(r[h]) for h in HEADER), species]) + "\n" for r, species in zip(ROWS, IRIS)
+    ))
+    run = tpotserve(stack, "datasets", "upload", str(path))
+    assert run.returncode == 0, run.stderr
+    dataset_id = run.stdout.split()[0]
+    assert dataset_id.startswith("ds-")
+    assert run.stdout == f"{dataset_id}  uploaded: 3 rows, 5 columns\n"
+    listed = tpotserve(stack, "datasets", "list")
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}
+    assert rows[dataset_id][1:4] == ["flowers-for-cli.csv", "3", "5"]
+    assert "iris" in rows
+
+
+@pytest.mark.parametrize(
+    ("args", "key", "expected"),
+    [
+        (["retrain", "--dataset", "no-such-dataset", *TINY], API_KEY,
+         "tpotserve: error: 422 invalid_input: unknown dataset 'no-such-dataset'"),
+        (["retrain", *TINY], "wrong-key", "tpotserve: error: 401 unauthorized: the API key is not valid"),
+        (["activate", "19990101T000000Z-000000"], API_KEY, "tpotserve: error: 404 not_found: "),
+        (["jobs", "no-such-job"], API_KEY, "tpotserve: error: 404 not_found: no job 'no-such-job'"),
+    ],
+)
+def test_api_errors_are_one_line_and_exit_1(
+    stack: LiveStack, args: list[str], key: str, expected: str
+) -> None:
+    run = tpotserve(stack, *args, key=key)
+    assert run.returncode == 1
+    assert run.stdout == ""
+    assert run.stderr.startswith(expected) and run.stderr.count("\n") == 1, run.stderr
+    if "--dataset" in args:
+        assert run.stderr.endswith("(field: dataset)\n")
+
+
+def test_usage_errors_exit_2_and_unreachable_gateways_are_named(stack: LiveStack) -> None:
+    bad_flag = tpotserve(stack, "retrain", "--promote", "sometimes")
+    assert bad_flag.returncode == 2 and "invalid choice" in bad_flag.stderr
+    bad_input = tpotserve(stack, "predict", "--format", "json", stdin="not json")
+    assert bad_input.returncode == 2 and "not valid JSON" in bad_input.stderr
+
+    url = f"http://127.0.0.1:{free_port()}"
+    down = tpotserve(stack, "--url", url, "models")
+    assert down.returncode == 1
+    assert down.stderr == f"tpotserve: error: could not reach {url}: connection refused\n"

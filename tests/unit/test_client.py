@@ -1,0 +1,292 @@
+"""The CLI's client against a real local HTTP server, and the CLI's pure functions.
+
+The server (http.server in a thread) plays the gateway with canned answers, so
+these tests pin the wire format the client sends, the error mapping, the
+exit codes and the CSV/JSON handling without the real stack.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from tpotserve_cli import Client, TpotServeAPIError, TpotServeConnectionError
+from tpotserve_cli.main import (
+    MODEL_COLUMNS,
+    UsageError,
+    detect_format,
+    format_csv,
+    main,
+    models_table,
+    parse_csv_rows,
+    parse_json_rows,
+    parse_rows,
+    result_rows,
+)
+
+ROW = {"SepalLength": 5.1, "SepalWidth": 3.5, "PetalLength": 1.4, "PetalWidth": 0.2}
+PREDICTED = {
+    "predictions": ["setosa"],
+    "probabilities": [{"setosa": 0.98, "versicolor": 0.02, "virginica": 0.0}],
+    "model_version": "v1",
+}
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class FakeGateway:
+    """Answers (method, path) from a script: a list of (status, body) used in turn, the last one repeating."""
+
+    url: str
+    script: dict[tuple[str, str], list[tuple[int, Any]]] = field(default_factory=dict)
+    seen: list[Seen] = field(default_factory=list)
+
+    def answer(self, method: str, path: str, *answers: tuple[int, Any]) -> None:
+        self.script[(method, path)] = list(answers)
+
+    def json_sent(self, index: int = -1) -> Any:
+        return json.loads(self.seen[index].body)
+
+
+@pytest.fixture
+def gateway() -> Iterator[FakeGateway]:
+    state = FakeGateway(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            state.seen.append(Seen(self.command, self.path, dict(self.headers), body))
+            answers = state.script.get((self.command, self.path)) or [
+                (404, {"error": {"code": "not_found", "message": f"no route {self.path}", "field": None}})
+            ]
+            status, payload = answers.pop(0) if len(answers) > 1 else answers[0]
+            raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            self.send_response(status)
+            kind = "text/html" if isinstance(payload, bytes) else "application/json"
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        do_GET = do_POST = do_DELETE = _serve
+
+        def log_message(self, *args: Any) -> None:  # keep pytest's output clean
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _error(code: str, message: str, field: str | None = None, **details: Any) -> dict:
+    return {"error": {"code": code, "message": message, "field": field, **details}}
+
+
+# --- the client on the wire ---------------------------------------------------------
+def test_predict_sends_instances_and_the_bearer_key(gateway: FakeGateway) -> None:
+    gateway.answer("POST", "/predict", (200, PREDICTED))
+    answer = Client(gateway.url + "/", api_key="k").predict([ROW])
+    assert answer == PREDICTED
+    assert gateway.json_sent() == {"instances": [ROW]}
+    assert gateway.seen[-1].headers["Authorization"] == "Bearer k"
+    Client(gateway.url).predict(ROW)  # one mapping is a batch of one; no key, no header
+    assert gateway.json_sent() == {"instances": [ROW]}
+    assert "Authorization" not in gateway.seen[-1].headers
+
+
+def test_retrain_sends_only_the_values_given(gateway: FakeGateway) -> None:
+    gateway.answer("POST", "/retrain", (202, {"job_id": "j1", "status": "queued"}))
+    Client(gateway.url, "k").retrain(max_time_mins=0.25, cv=3, promote="never")
+    assert gateway.json_sent() == {"dataset": "iris", "max_time_mins": 0.25, "cv": 3, "promote": "never"}
+
+
+def test_api_errors_carry_status_code_message_field_and_details(gateway: FakeGateway) -> None:
+    gateway.answer("POST", "/retrain", (422, _error("invalid_input", "no dataset 'nope'", "dataset")))
+    with pytest.raises(TpotServeAPIError) as caught:
+        Client(gateway.url, "k").retrain("nope")
+    error = caught.value
+    assert (error.status, error.code, error.field) == (422, "invalid_input", "dataset")
+    assert error.message == "no dataset 'nope'"
+    assert str(error) == "422 invalid_input: no dataset 'nope' (field: dataset)"
+
+    conflict = _error("conflict", "a training is\nalready running", job_id="j0")
+    gateway.answer("POST", "/retrain", (409, conflict))
+    with pytest.raises(TpotServeAPIError) as caught:
+        Client(gateway.url, "k").retrain()
+    assert caught.value.details == {"job_id": "j0"}
+    assert str(caught.value) == "409 conflict: a training is already running (job: j0)"  # one line
+
+
+def test_a_non_json_error_still_maps(gateway: FakeGateway) -> None:
+    gateway.answer("GET", "/models", (502, b"<html><body>Bad Gateway</body></html>"))
+    with pytest.raises(TpotServeAPIError) as caught:
+        Client(gateway.url).models()
+    assert (caught.value.status, caught.value.code) == (502, "http_error")
+    assert "Bad Gateway" in caught.value.message
+
+
+def test_an_unreachable_gateway_names_the_url() -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with pytest.raises(TpotServeConnectionError) as caught:
+        Client(url).models()
+    assert str(caught.value) == f"could not reach {url}: connection refused"
+
+
+def test_wait_polls_until_the_job_ends_and_reports_each_view(gateway: FakeGateway) -> None:
+    gateway.answer(
+        "GET",
+        "/jobs/j1",
+        (200, {"id": "j1", "status": "queued", "progress": None}),
+        (200, {"id": "j1", "status": "started", "progress": {"stage": "searching", "generation": 1}}),
+        (200, {"id": "j1", "status": "finished", "result": {"version": "v2"}}),
+    )
+    views: list[dict] = []
+    final = Client(gateway.url).wait("j1", poll_interval=0.01, on_progress=views.append)
+    assert final["result"] == {"version": "v2"}
+    assert [v["status"] for v in views] == ["queued", "started", "finished"]
+
+    gateway.answer("GET", "/jobs/j2", (200, {"id": "j2", "status": "started"}))
+    with pytest.raises(TimeoutError, match="j2 still started"):
+        Client(gateway.url).wait("j2", poll_interval=0.01, timeout=0.05)
+
+
+# --- the CLI's pure functions -----------------------------------------------------------
+def test_json_rows_in_all_three_shapes() -> None:
+    assert parse_json_rows(json.dumps([ROW, ROW])) == [ROW, ROW]
+    assert parse_json_rows(json.dumps(ROW)) == [ROW]
+    assert parse_json_rows(json.dumps({"instances": [ROW]})) == [ROW]
+    with pytest.raises(UsageError, match="row 1 is a int"):
+        parse_json_rows("[{}, 3]")
+    with pytest.raises(UsageError, match="not valid JSON"):
+        parse_json_rows("{nope")
+    with pytest.raises(UsageError, match="NaN"):
+        parse_json_rows('{"a": NaN}')
+
+
+def test_csv_rows_become_numbers_where_they_are_numbers() -> None:
+    text = "\ufeffSepalLength, SepalWidth ,name,empty,odd\n5.1,3,setosa,,nan\n\n6.7,3.0,x, ,inf\n"
+    assert parse_csv_rows(text) == [
+        {"SepalLength": 5.1, "SepalWidth": 3, "name": "setosa", "empty": None, "odd": "nan"},
+        {"SepalLength": 6.7, "SepalWidth": 3.0, "name": "x", "empty": None, "odd": "inf"},
+    ]
+    with pytest.raises(UsageError, match="line 2 has 3 values; the header has 2"):
+        parse_csv_rows("a,b\n1,2,3\n")
+    with pytest.raises(UsageError, match="empty"):
+        parse_csv_rows("")
+    with pytest.raises(UsageError, match="no rows"):
+        parse_rows("a,b\n", "csv")
+
+
+def test_the_format_comes_from_the_flag_the_extension_or_the_text() -> None:
+    assert detect_format("rows.csv", "[1]", "json") == "json"
+    assert detect_format("rows.JSON", "a,b") == "json"
+    assert detect_format("rows.csv", "{}") == "csv"
+    assert detect_format("-", '  [{"a": 1}]') == "json"
+    assert detect_format(None, "a,b\n1,2") == "csv"
+
+
+def test_results_keep_the_input_and_add_prediction_and_probabilities() -> None:
+    nested = result_rows([ROW], PREDICTED, flat=False)
+    assert nested == [{**ROW, "prediction": "setosa", "probabilities": PREDICTED["probabilities"][0]}]
+    flat = result_rows([ROW], PREDICTED, flat=True)
+    assert format_csv(flat).splitlines() == [
+        "SepalLength,SepalWidth,PetalLength,PetalWidth,prediction,"
+        "probability_setosa,probability_versicolor,probability_virginica",
+        "5.1,3.5,1.4,0.2,setosa,0.98,0.02,0.0",
+    ]
+    regression = result_rows([{"a": 1}, {"a": 2, "b": None}], {"predictions": [1.5, 2.5]}, flat=True)
+    assert format_csv(regression).splitlines() == ["a,prediction,b", "1,1.5,", "2,2.5,"]
+
+
+def test_the_models_table_marks_the_current_version_newest_first() -> None:
+    table = models_table(
+        {
+            "current": "v1",
+            "versions": [
+                {"version": "v1", "created_at": "2026-01-01T00:00:00Z", "dataset": "iris",
+                 "task": "classification", "cv_score": 0.95, "holdout_score": 1.0, "current": True},
+                {"version": "v2", "created_at": "2026-01-02T00:00:00Z", "dataset": "ds-1",
+                 "task": "regression", "cv_score": 0.41234, "holdout_score": None, "current": False},
+            ],
+        }
+    ).splitlines()
+    assert table[0].split() == list(MODEL_COLUMNS)
+    assert table[1].split() == ["v2", "2026-01-02T00:00:00Z", "ds-1", "regression", "0.4123"]
+    assert table[2].split() == ["*", "v1", "2026-01-01T00:00:00Z", "iris", "classification", "0.9500",
+                                "1.0000"]
+
+
+# --- the CLI end to end against the fake gateway ----------------------------------------
+def test_cli_predicts_csv_from_stdin_and_writes_csv(gateway, monkeypatch, capsys) -> None:
+    gateway.answer("POST", "/predict", (200, PREDICTED))
+    csv_text = "SepalLength,SepalWidth,PetalLength,PetalWidth\n5.1,3.5,1.4,0.2\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(csv_text))
+    assert main(["--url", gateway.url, "predict"]) == 0
+    assert gateway.json_sent() == {"instances": [ROW]}
+    out, err = capsys.readouterr()
+    assert out.splitlines()[1] == "5.1,3.5,1.4,0.2,setosa,0.98,0.02,0.0"
+    assert "1 prediction by model v1" in err
+
+
+def test_cli_exit_codes_and_one_line_errors(gateway, monkeypatch, capsys, tmp_path) -> None:
+    monkeypatch.delenv("TPOTSERVE_API_KEY", raising=False)
+    monkeypatch.setenv("API_KEY", "from-env")  # the fallback
+    monkeypatch.setenv("TPOTSERVE_URL", gateway.url)
+    gateway.answer("DELETE", "/jobs/j9", (409, _error("conflict", "job j9 has already ended (finished)")))
+    assert main(["cancel", "j9"]) == 1
+    assert gateway.seen[-1].headers["Authorization"] == "Bearer from-env"
+    assert capsys.readouterr().err == "tpotserve: error: 409 conflict: job j9 has already ended (finished)\n"
+
+    with pytest.raises(SystemExit) as usage:  # argparse: exit 2
+        main(["retrain", "--promote", "sometimes"])
+    assert usage.value.code == 2
+    capsys.readouterr()
+
+    assert main(["predict", str(tmp_path / "missing.csv")]) == 2
+    assert capsys.readouterr().err.startswith("tpotserve: error: cannot read ")
+    assert gateway.seen[-1].method == "DELETE"  # nothing was sent for bad input
+
+
+def test_cli_retrain_wait_exits_1_with_the_jobs_error(gateway, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("TPOTSERVE_API_KEY", "k")
+    gateway.answer("POST", "/retrain", (202, {"job_id": "j5", "status": "queued"}))
+    gateway.answer(
+        "GET",
+        "/jobs/j5",
+        (200, {"id": "j5", "status": "started", "progress": {
+            "stage": "searching", "generation": 1, "generations_planned": 2, "best_cv_score": 0.9,
+            "elapsed_s": 3.0, "budget_mins": 0.25}}),
+        (200, {"id": "j5", "status": "failed", "error": "TPOT could not fit:\nno pipeline"}),
+    )
+    assert main(["--url", gateway.url, "retrain", "--wait", "--poll-interval", "0.01"]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)["status"] == "failed"
+    assert "searching: gen 1/2, best_cv 0.9000, 3s/15s" in err  # the progress bar
+    assert err.splitlines()[-1] == "tpotserve: error: job j5 failed: TPOT could not fit: no pipeline"
+
+    gateway.answer("GET", "/jobs/j6", (200, {"id": "j6", "status": "canceled", "error": None}))
+    assert main(["--url", gateway.url, "jobs", "j6", "--wait"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == "tpotserve: error: job j6 was canceled"
