@@ -19,6 +19,8 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 if [ "$dev" = 1 ]; then
   command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+  # The web page's end-to-end tests drive Debian's Chromium through Playwright.
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
 fi
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -1,0 +1,250 @@
+"""The web page at /, end to end in headless Chromium against the real stack.
+
+Debian's ``chromium`` driven by Playwright for Python (Playwright's own browser
+download is not used: these machines are offline). The page is static files
+served by nginx; everything it shows comes from the same JSON API.
+
+The tests also write the screenshots in docs/images/ (docs/web.md shows them).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from rq.registry import StartedJobRegistry
+
+from tpotserve import jobs
+
+from .conftest import API_KEY, LiveStack, wait_for
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+IRIS_FEATURES = ["SepalLength", "SepalWidth", "PetalLength", "PetalWidth"]
+SPECIES = ("setosa", "versicolor", "virginica")
+SETOSA = {"SepalLength": 5.1, "SepalWidth": 3.5, "PetalLength": 1.4, "PetalWidth": 0.2}
+# A tiny, real TPOT run (as tests/integration/test_retraining.py's SMALL).
+TINY = {"max_time_mins": "0.25", "generations": "2", "population_size": "6", "cv": "3"}
+TRAINING_TIMEOUT_MS = 240_000
+VIEWPORT = {"width": 1280, "height": 900}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, stack: LiveStack) -> Iterator[Page]:
+    """A fresh browser context per test (so a fresh sessionStorage), failing on page errors."""
+    context = browser.new_context(viewport=VIEWPORT, base_url=stack.url)
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+    # An API error the test provokes on purpose is logged by Chromium as "Failed to load resource".
+    page.on(
+        "console",
+        lambda msg: errors.append(msg.text)
+        if msg.type == "error" and not msg.text.startswith("Failed to load resource: the server responded with a status of 4")
+        else None,
+    )
+    yield page
+    context.close()
+    assert not errors, errors
+
+
+@pytest.fixture
+def restore_current(stack: LiveStack) -> Iterator[str]:
+    """The version served before the test; served again afterwards, so later tests see an iris model."""
+    before = stack.get("/readyz").json()["model_version"]
+    yield before
+    response = stack.post(f"/models/{before}/activate", headers=stack.admin())
+    assert response.status_code == 200, response.text
+    stack.wait_all_workers_serve(before, timeout_s=10)
+
+
+def _open(page: Page) -> None:
+    page.goto("/")
+    expect(page.locator("#feature-fields input")).not_to_have_count(0)
+
+
+def _field_error(page: Page, form: str, field: str):
+    return page.locator(f"{form} [data-error-for='{field}']")
+
+
+def _no_training_active(stack: LiveStack) -> None:
+    """An earlier test's run would make the page's POST /retrain a 409: wait it out."""
+    redis = stack.redis()
+
+    def idle() -> bool:
+        started = StartedJobRegistry(jobs.TRAINING_QUEUE, connection=redis).get_job_ids()
+        return not started and redis.llen(f"rq:queue:{jobs.TRAINING_QUEUE}") == 0
+
+    wait_for(idle, 240, interval_s=0.5, what="no training queued or running")
+
+
+def test_the_page_is_static_and_served_by_nginx(stack: LiveStack) -> None:
+    page = stack.get("/")
+    assert page.status_code == 200
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert page.headers.get("X-Request-ID")
+    for asset, media_type in (("/assets/app.js", "javascript"), ("/assets/charts.js", "javascript"),
+                              ("/assets/style.css", "text/css")):
+        response = stack.get(asset)
+        assert response.status_code == 200, asset
+        # A module script served as application/octet-stream is refused by the browser.
+        assert media_type in response.headers["Content-Type"], (asset, response.headers["Content-Type"])
+    # No CDN: every script and stylesheet the page loads comes from this server.
+    assert not re.search(r"(src|href)=\"(https?:)?//", page.text)
+
+
+def test_prediction_form_from_the_model_schema(page: Page, stack: LiveStack) -> None:
+    _open(page)
+    inputs = page.locator("#feature-fields input")
+    expect(inputs).to_have_count(len(IRIS_FEATURES))
+    for name in IRIS_FEATURES:
+        expect(page.get_by_label(name, exact=True)).to_be_visible()
+
+    # An empty field: the API's error is shown next to the field it names.
+    for name, value in SETOSA.items():
+        if name != "PetalWidth":
+            page.get_by_label(name, exact=True).fill(str(value))
+    page.get_by_role("button", name="Predict", exact=True).click()
+    expect(_field_error(page, "#predict-form", "PetalWidth")).to_contain_text("missing feature")
+    expect(page.get_by_label("PetalWidth", exact=True)).to_have_attribute("aria-invalid", "true")
+
+    page.get_by_label("PetalWidth", exact=True).fill(str(SETOSA["PetalWidth"]))
+    page.get_by_role("button", name="Predict", exact=True).click()
+    predicted = page.locator("#predicted-value")
+    expect(predicted).to_have_text(re.compile("|".join(SPECIES)))
+    expect(_field_error(page, "#predict-form", "PetalWidth")).to_be_empty()
+    bars = page.locator("#proba-chart rect.bar")
+    expect(bars).to_have_count(3)
+    shown = {bars.nth(i).get_attribute("data-class"): float(bars.nth(i).get_attribute("data-probability"))
+             for i in range(3)}
+    assert set(shown) == set(SPECIES)
+    assert math.isclose(sum(shown.values()), 1.0, abs_tol=0.01)
+    # The page shows what the API answers for the same measurements.
+    api = stack.post("/predict", json=SETOSA).json()
+    assert predicted.inner_text() == api["Prediction"]
+    assert page.locator("#proba-chart rect.bar.top").get_attribute("data-class") == api["Prediction"]
+    expect(page.locator("#prediction-meta")).to_contain_text(api["model_version"])
+    page.locator("#predict-panel").screenshot(path=IMAGES / "prediction.png")
+
+
+def test_retrain_panel_trains_and_serves_a_new_version(
+    page: Page, stack: LiveStack, restore_current: str
+) -> None:
+    _no_training_active(stack)
+    _open(page)
+    panel = page.locator("#retrain-panel")
+    expect(page.locator("#rt-dataset option[value='iris']")).to_have_count(1)
+
+    # A header-only CSV: refused, and the error sits next to the file field. This is the
+    # first admin action: the page asks for the key once, and keeps it in sessionStorage.
+    page.locator("#upload-file").set_input_files(
+        files=[{"name": "empty.csv", "mimeType": "text/csv", "buffer": b"a,b,species\n"}]
+    )
+    panel.get_by_role("button", name="Upload", exact=True).click()
+    expect(page.locator("#key-dialog")).to_be_visible()
+    page.locator("#key-input").fill(API_KEY)
+    page.get_by_role("button", name="Use this key").click()
+    expect(_field_error(page, "#upload-form", "file")).not_to_be_empty()
+    assert page.evaluate("sessionStorage.getItem('tpotserve.adminKey')") == API_KEY
+    assert page.evaluate("localStorage.length") == 0
+
+    page.select_option("#rt-dataset", "iris")
+    expect(page.locator("#rt-target")).to_have_value("species")
+    for name, value in TINY.items():
+        page.locator(f"#retrain-form [name='{name}']").fill(value)
+    page.select_option("#rt-promote", "always")
+    started = time.monotonic()
+    page.get_by_role("button", name="Start training").click()
+    expect(page.locator("#key-dialog")).to_be_hidden()  # asked once: not again
+    expect(page.locator("#job")).to_be_visible()
+    job_id = page.locator("#job-id").inner_text()
+    assert job_id
+
+    # Live progress: record what the panel says while the run goes on.
+    seen: list[str] = []
+    outcome = page.locator("#job-outcome")
+    deadline = time.monotonic() + TRAINING_TIMEOUT_MS / 1000
+    while "Now serving" not in outcome.inner_text():
+        assert time.monotonic() < deadline, f"no new version after {TRAINING_TIMEOUT_MS} ms; saw {seen}"
+        assert "failed" not in outcome.inner_text() and "canceled" not in outcome.inner_text(), outcome.inner_text()
+        text = " | ".join(page.locator(s).inner_text() for s in ("#job-status", "#job-generation-text", "#job-progress"))
+        if not seen or seen[-1] != text:
+            seen.append(text)
+        page.wait_for_timeout(250)
+    training_s = time.monotonic() - started
+
+    job = stack.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "finished", job
+    new_version = job["result"]["version"]
+    assert new_version != restore_current
+    assert job["result"]["published"] is True
+    assert len(seen) >= 3, seen  # the text changed as the run went on
+    assert any("stage searching" in text for text in seen), seen
+    assert re.search(r"generation \d+ of 2", seen[-1]), seen
+    expect(outcome).to_contain_text(new_version)
+    expect(page.locator("#job-status")).to_have_text("finished")
+    # The page shows the new version as served, as the API does.
+    assert stack.get("/models/current").json()["version"] == new_version
+    expect(page.locator("#serving")).to_contain_text(new_version)
+    expect(page.locator(f"#versions tr[data-version='{new_version}']")).to_have_class("current")
+    print(f"web retrain: {training_s:.1f} s from click to the new version served; progress seen: {seen}")
+    panel.screenshot(path=IMAGES / "retrain.png")
+
+
+def test_model_panel_history_chart_and_rollback(page: Page, stack: LiveStack, restore_current: str) -> None:
+    listing = stack.get("/models").json()
+    current = stack.get("/models/current").json()
+    _open(page)
+    panel = page.locator("#models-panel")
+    expect(panel.locator("#current-model")).to_contain_text(current["version"])
+    expect(panel.locator("#current-pipeline")).to_have_text(current["pipeline"])
+    points = panel.locator("#score-chart circle.point.cv")
+    expect(points).to_have_count(len(listing["versions"]))
+    assert len(listing["versions"]) >= 1
+    expect(panel.locator("#score-chart circle.point.cv.current")).to_have_count(1)
+    expect(panel.locator("#versions tbody tr")).to_have_count(len(listing["versions"]))
+
+    # Roll back to another iris version with the button; the page asks for the key (a new session).
+    others = [
+        v["version"] for v in listing["versions"]
+        if not v["current"] and v.get("dataset") == "iris" and [f["name"] for f in v["features"]] == IRIS_FEATURES
+    ]
+    if not others:
+        pytest.fail(f"no other iris version to roll back to in {[v['version'] for v in listing['versions']]}")
+    target = others[-1]
+    row = panel.locator(f"#versions tr[data-version='{target}']")
+    row.get_by_role("button", name="Activate").click()
+    expect(page.locator("#key-dialog")).to_be_visible()
+    page.locator("#key-input").fill(API_KEY)
+    page.locator("#key-input").press("Enter")
+    expect(row).to_have_class("current", timeout=30_000)
+    expect(panel.locator("#current-model")).to_contain_text(target)
+    expect(row).to_contain_text("serving")
+    assert stack.get("/models").json()["current"] == target
+    panel.screenshot(path=IMAGES / "models.png")
+

@@ -1,0 +1,701 @@
+// tpotserve's page. It talks to the same JSON API as every other client (README, "The API"):
+//   GET /models/current, GET /models, POST /models/<v>/activate     -> the model panel
+//   POST /predict                                                    -> the prediction form
+//   GET|POST /datasets, POST /retrain, GET|DELETE /jobs/<id>         -> the retrain panel
+// Admin actions ask for the API key once and keep it in sessionStorage (this tab only).
+
+import { barChart, lineChart } from "./charts.js";
+
+const ADMIN_KEY = "tpotserve.adminKey";
+const PREDICT_KEY = "tpotserve.predictKey";
+const JOB_KEY = "tpotserve.job";
+const JOB_POLL_MS = 1000;
+const SERVE_WAIT_MS = 60000;
+const REFRESH_MS = 15000;
+
+const $ = (selector, root = document) => root.querySelector(selector);
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+const state = {
+  current: null, // GET /models/current of the served model
+  featureSignature: null, // the feature names the form was built for
+  datasets: [],
+  jobToken: null, // the job being followed; a new one stops the old loop
+};
+
+// --- formatting ---------------------------------------------------------------
+
+function fmtScore(value) {
+  return Number.isFinite(value) ? value.toFixed(3) : "–";
+}
+
+function fmtNumber(value) {
+  if (!Number.isFinite(value)) return "–";
+  return Math.abs(value) >= 1000 || Number.isInteger(value) ? String(value) : String(Number(value.toPrecision(4)));
+}
+
+function plural(count, noun) {
+  return `${count} ${noun}${count === 1 ? "" : "s"}`;
+}
+
+function fmtTime(iso) {
+  const ms = Date.parse(iso);
+  return Number.isFinite(ms) ? new Date(ms).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "medium" }) : "–";
+}
+
+function versionTime(meta) {
+  // created_at, or else the time in the version id (20261127T123713Z-76617c).
+  const ms = Date.parse(meta.created_at);
+  if (Number.isFinite(ms)) return ms;
+  const m = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z/.exec(meta.version || "");
+  return m ? Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +m[6]) : 0;
+}
+
+function code(text) {
+  const node = document.createElement("code");
+  node.textContent = text;
+  return node;
+}
+
+// --- HTTP -----------------------------------------------------------------------
+
+/** One API call. Never throws: {ok, status, headers, body, error} with error = the API's {code, message, field}. */
+async function api(method, path, { json, body, key } = {}) {
+  const headers = { Accept: "application/json" };
+  let payload = body;
+  if (json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    payload = JSON.stringify(json);
+  }
+  if (key) headers.Authorization = `Bearer ${key}`;
+  let response;
+  try {
+    response = await fetch(path, { method, headers, body: payload, cache: "no-store" });
+  } catch (err) {
+    return {
+      ok: false, status: 0, headers: new Headers(), body: null,
+      error: { code: "network", message: `the server could not be reached (${err.message})`, field: null },
+    };
+  }
+  const text = await response.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  let error = null;
+  if (!response.ok) {
+    error = (data && data.error) || { code: `http_${response.status}`, message: `${response.status} ${response.statusText}`, field: null };
+    const retry = response.headers.get("Retry-After");
+    if (retry) error = { ...error, retryAfter: Number(retry) };
+  }
+  return { ok: response.ok, status: response.status, headers: response.headers, body: data, error };
+}
+
+/** Ask for a key in the page's dialog; resolves to the key, or null when canceled. */
+function askKey(storage, message) {
+  const dialog = $("#key-dialog");
+  const input = $("#key-input");
+  $("#key-title").textContent = storage === ADMIN_KEY ? "Admin key" : "API key";
+  $("#key-message").textContent = message || "";
+  input.value = "";
+  dialog.returnValue = "";
+  return new Promise((resolve) => {
+    dialog.addEventListener(
+      "close",
+      () => {
+        const key = input.value.trim();
+        input.value = "";
+        if (dialog.returnValue === "ok" && key) {
+          sessionStorage.setItem(storage, key);
+          updateKeyButton();
+          resolve(key);
+        } else {
+          resolve(null);
+        }
+      },
+      { once: true },
+    );
+    dialog.showModal();
+    input.focus();
+  });
+}
+
+/** An API call that needs a key: asks once, keeps it for the session, asks again if it is refused. */
+async function authorized(storage, method, path, options = {}, firstMessage = null) {
+  let message = null;
+  for (let attempt = 0; attempt < 3; attempt += 1) {
+    let key = sessionStorage.getItem(storage) || (storage === PREDICT_KEY ? sessionStorage.getItem(ADMIN_KEY) : null);
+    if (!key || message) {
+      key = await askKey(storage, message || firstMessage);
+      if (key === null) {
+        return { ok: false, status: 0, cancelled: true, error: { code: "cancelled", message: "no key given: nothing was sent", field: null } };
+      }
+    }
+    const result = await api(method, path, { ...options, key });
+    if (result.status !== 401) return result;
+    sessionStorage.removeItem(storage);
+    updateKeyButton();
+    message = `The server refused that key (${result.error.message}). Try again.`;
+  }
+  return { ok: false, status: 401, error: { code: "unauthorized", message: "the key was refused", field: null } };
+}
+
+const adminApi = (method, path, options) => authorized(ADMIN_KEY, method, path, options);
+
+function updateKeyButton() {
+  $("#forget-key").hidden = !(sessionStorage.getItem(ADMIN_KEY) || sessionStorage.getItem(PREDICT_KEY));
+}
+
+// --- errors next to the fields they name ------------------------------------------
+
+function clearErrors(form) {
+  form.querySelectorAll("[data-error-for]").forEach((node) => { node.textContent = ""; });
+  form.querySelectorAll("[data-warning-for]").forEach((node) => { node.textContent = ""; });
+  form.querySelectorAll("[aria-invalid]").forEach((node) => node.removeAttribute("aria-invalid"));
+}
+
+function fieldName(field) {
+  // Batch errors say instances[0].PetalWidth; this page sends one instance.
+  return field === null || field === undefined ? null : String(field).replace(/^instances\[\d+\]\./, "");
+}
+
+function slotFor(form, attribute, field) {
+  if (field === null) return null;
+  return [...form.querySelectorAll(`[${attribute}]`)].find((node) => node.getAttribute(attribute) === field) || null;
+}
+
+/** Show an API error beside the field it names, or under the form when it names none we show. */
+function showError(form, error, extra = null) {
+  const field = fieldName(error.field);
+  const slot = field ? slotFor(form, "data-error-for", field) : null;
+  let text = error.message;
+  if (error.retryAfter) text += ` (retry in ${error.retryAfter} s)`;
+  if (slot && field) {
+    slot.textContent = text;
+    const input = slot.closest(".field, form")?.querySelector("input, select");
+    if (input) input.setAttribute("aria-invalid", "true");
+  } else {
+    const general = form.querySelector('.form-error[data-error-for=""]');
+    general.textContent = field ? `${field}: ${text}` : text;
+    if (extra) general.append(" ", extra);
+  }
+}
+
+// --- header ---------------------------------------------------------------------------
+
+function setServing(model, error = null) {
+  const node = $("#serving");
+  if (model) {
+    node.replaceChildren("serving ", code(model.version), ` · ${model.task || ""} of ${model.target || "?"} · CV ${model.scoring || ""} ${fmtScore(model.cv_score)}`);
+  } else {
+    node.textContent = error ? `no model served: ${error.message}` : "no model served";
+  }
+}
+
+// --- predict panel ----------------------------------------------------------------------
+
+function renderPredictForm(model) {
+  const classes = Array.isArray(model.classes) && model.classes.length ? ` into ${model.classes.join(", ")}` : "";
+  $("#predict-about").textContent =
+    `${model.task === "regression" ? "Predicts" : "Classifies"} ${model.target || "the target"}${classes} ` +
+    `from ${model.features.length} features (data set ${model.dataset || "?"}). Enter the measurements:`;
+  const signature = JSON.stringify(model.features.map((f) => f.name));
+  if (signature === state.featureSignature) return; // same features: keep what was typed
+  state.featureSignature = signature;
+  const fields = $("#feature-fields");
+  fields.replaceChildren(
+    ...model.features.map((feature, index) => {
+      const wrap = document.createElement("div");
+      wrap.className = "field";
+      const id = `feature-${index}`;
+      const label = document.createElement("label");
+      label.htmlFor = id;
+      label.textContent = feature.name;
+      const input = document.createElement("input");
+      input.id = id;
+      input.type = "number";
+      input.step = "any";
+      input.dataset.feature = feature.name;
+      input.setAttribute("inputmode", "decimal");
+      const hasRange = Number.isFinite(feature.min) && Number.isFinite(feature.max);
+      if (hasRange) input.placeholder = `e.g. ${fmtNumber((feature.min + feature.max) / 2)}`;
+      const range = document.createElement("span");
+      range.className = "range";
+      range.textContent = hasRange ? `trained on ${fmtNumber(feature.min)} – ${fmtNumber(feature.max)}` : "";
+      const error = document.createElement("span");
+      error.className = "field-error";
+      error.setAttribute("data-error-for", feature.name);
+      error.setAttribute("role", "alert");
+      const warning = document.createElement("span");
+      warning.className = "field-warning";
+      warning.setAttribute("data-warning-for", feature.name);
+      wrap.append(label, input, range, error, warning);
+      return wrap;
+    }),
+  );
+  $("#prediction").hidden = true; // an answer of another model's features
+}
+
+function fillExample() {
+  for (const feature of state.current?.features || []) {
+    const input = [...document.querySelectorAll("#feature-fields input")].find((node) => node.dataset.feature === feature.name);
+    if (input && Number.isFinite(feature.min) && Number.isFinite(feature.max)) {
+      input.value = fmtNumber((feature.min + feature.max) / 2);
+    }
+  }
+}
+
+async function predict(event) {
+  event.preventDefault();
+  const form = $("#predict-form");
+  clearErrors(form);
+  const instance = {};
+  for (const input of form.querySelectorAll("#feature-fields input")) {
+    // An empty field is left out: the API answers "missing feature" and names it.
+    if (input.value.trim() !== "") instance[input.dataset.feature] = Number(input.value);
+  }
+  const button = $("#predict-submit");
+  button.disabled = true;
+  try {
+    const stored = sessionStorage.getItem(PREDICT_KEY);
+    let result = await api("POST", "/predict", { json: instance, key: stored });
+    if (result.status === 401) {
+      // This server protects /predict with PREDICT_API_KEY (the admin key works too).
+      result = await authorized(PREDICT_KEY, "POST", "/predict", { json: instance }, "This server needs a key for predictions.");
+    }
+    if (!result.ok) {
+      showError(form, result.error);
+      if (result.status === 503) refreshModels();
+      return;
+    }
+    renderPrediction(result);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function renderPrediction(result) {
+  const body = result.body;
+  const version = result.headers.get("X-Model-Version") || body.model_version;
+  const regression = !body.probabilities;
+  $("#prediction").hidden = false;
+  $("#prediction-label").textContent = regression ? "Predicted value" : "Predicted class";
+  $("#predicted-value").textContent = regression && Number.isFinite(body.Prediction) ? fmtNumber(body.Prediction) : String(body.Prediction);
+  $("#proba-figure").hidden = regression;
+  if (!regression) barChart($("#proba-chart"), body.probabilities, body.Prediction);
+  const form = $("#predict-form");
+  const list = $("#prediction-warnings");
+  list.replaceChildren();
+  for (const warning of body.warnings || []) {
+    const field = fieldName(warning.field);
+    const slot = slotFor(form, "data-warning-for", field);
+    if (slot) slot.textContent = warning.message;
+    const item = document.createElement("li");
+    item.textContent = field ? `${field}: ${warning.message}` : warning.message;
+    list.append(item);
+  }
+  $("#prediction-meta").replaceChildren("answered by model ", code(version), ` at ${new Date().toLocaleTimeString()}`);
+  if (state.current && version && version !== state.current.version) refreshModels(); // the served model changed
+}
+
+// --- model panel ----------------------------------------------------------------------------
+
+function fact(list, term, ...value) {
+  const dt = document.createElement("dt");
+  dt.textContent = term;
+  const dd = document.createElement("dd");
+  dd.append(...value);
+  list.append(dt, dd);
+}
+
+function renderCurrent(model) {
+  const list = $("#current-model");
+  list.replaceChildren();
+  fact(list, "version", code(model.version));
+  fact(list, "task", `${model.task || "?"}: ${model.target || "?"} from data set ${model.dataset || "?"}`);
+  fact(list, "CV score", `${fmtScore(model.cv_score)} ${model.scoring || ""}`);
+  fact(list, "holdout score", `${fmtScore(model.holdout_score)} on ${model.holdout_rows ?? "?"} rows kept out of the search`);
+  fact(list, "trained", `${fmtTime(model.created_at)}, ${model.training_rows ?? "?"} rows, ${model.training_seconds ?? "?"} s`);
+  if (model.gate && model.gate.reason) fact(list, "gate", model.gate.reason);
+  $("#current-pipeline").textContent = model.pipeline || "(not recorded)";
+}
+
+function renderVersions(listing) {
+  const versions = [...(listing.versions || [])].sort((a, b) => versionTime(a) - versionTime(b));
+  const scorings = [...new Set(versions.map((v) => v.scoring).filter(Boolean))];
+  lineChart(
+    $("#score-chart"),
+    versions.map((v) => ({ t: versionTime(v), cv: v.cv_score, holdout: v.holdout_score, label: v.version, current: v.current })),
+    { yLabel: scorings.length === 1 ? scorings[0] : "score" },
+  );
+  $("#score-caption").textContent =
+    `${versions.length} stored version${versions.length === 1 ? "" : "s"} over time` +
+    (scorings.length > 1 ? ` (scorings differ: ${scorings.join(", ")})` : "");
+  const rows = versions.reverse().map((v) => {
+    const tr = document.createElement("tr");
+    tr.dataset.version = v.version;
+    if (v.current) tr.className = "current";
+    const cells = [
+      code(v.version),
+      new Date(versionTime(v)).toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" }),
+      `${v.dataset || "?"} → ${v.target || "?"}`,
+      `${v.task || "?"}, ${v.scoring || "?"}`,
+      fmtScore(v.cv_score),
+      fmtScore(v.holdout_score),
+      v.gate ? (v.gate.promoted ? "promoted" : "held back") : "–",
+    ];
+    cells.forEach((content, index) => {
+      const td = document.createElement("td");
+      td.append(content);
+      if (index === 4 || index === 5) td.className = "num";
+      if (index === 6 && v.gate && v.gate.reason) td.title = v.gate.reason;
+      tr.append(td);
+    });
+    const action = document.createElement("td");
+    if (v.current) {
+      action.textContent = "serving";
+    } else {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "secondary small activate";
+      button.textContent = "Activate";
+      button.title = `serve ${v.version} (rollback)`;
+      button.addEventListener("click", () => activate(v.version, button));
+      action.append(button);
+    }
+    tr.append(action);
+    return tr;
+  });
+  $("#versions tbody").replaceChildren(...rows);
+}
+
+let refreshChain = Promise.resolve();
+let retryTimer = null;
+
+/** Re-read what is served and every stored version; rebuild the form if the features changed. */
+function refreshModels() {
+  // One refresh at a time, each reading after the one before: the last call always sees fresh data.
+  refreshChain = refreshChain.then(readModels, readModels);
+  return refreshChain;
+}
+
+async function readModels() {
+  const [current, listing] = await Promise.all([api("GET", "/models/current"), api("GET", "/models")]);
+  $("#predict-form").hidden = !current.ok;
+  $("#pipeline-details").hidden = !current.ok;
+  if (current.ok) {
+    state.current = current.body;
+    setServing(current.body);
+    renderCurrent(current.body);
+    renderPredictForm(current.body);
+  } else {
+    setServing(null, current.error);
+    $("#predict-about").textContent = `No model to predict with yet: ${current.error.message}`;
+    if (current.status === 503 && retryTimer === null) {
+      // No model yet (the first training may be running): look again when the API says.
+      retryTimer = setTimeout(() => { retryTimer = null; refreshModels(); }, 1000 * (current.error.retryAfter || 5));
+    }
+  }
+  if (listing.ok) {
+    renderVersions(listing.body);
+    $("#models-error").textContent = "";
+  } else {
+    $("#models-error").textContent = listing.error.message;
+  }
+}
+
+/** Poll GET /models/current until it names ``version``; true when it did in time. */
+async function waitServed(version, timeoutMs = SERVE_WAIT_MS) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const result = await api("GET", "/models/current");
+    if (result.ok && result.body.version === version) {
+      // Each API worker loads a new version on its own: done once the panels' own read agrees.
+      await refreshModels();
+      if (state.current?.version === version) return true;
+    }
+    await sleep(500);
+  }
+  await refreshModels();
+  return false;
+}
+
+async function activate(version, button) {
+  const message = $("#models-error");
+  message.textContent = "";
+  button.disabled = true;
+  try {
+    const result = await adminApi("POST", `/models/${encodeURIComponent(version)}/activate`);
+    if (!result.ok) {
+      message.textContent = result.error.message;
+      return;
+    }
+    button.textContent = "activating…";
+    if (!(await waitServed(version))) {
+      message.textContent = `${version} is activated (job ${result.body.job_id}) but not served yet; refresh in a moment.`;
+    }
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// --- retrain panel ----------------------------------------------------------------------------
+
+function datasetLabel(meta) {
+  const name = meta.bundled ? meta.id : `${meta.filename || "upload"} (${meta.id})`;
+  return `${name} · ${meta.rows} rows`;
+}
+
+function renderDatasets(selectId = null) {
+  const select = $("#rt-dataset");
+  const keep = selectId || select.value;
+  select.replaceChildren(
+    ...state.datasets.map((meta) => {
+      const option = document.createElement("option");
+      option.value = meta.id;
+      option.textContent = datasetLabel(meta);
+      return option;
+    }),
+  );
+  if (state.datasets.some((meta) => meta.id === keep)) select.value = keep;
+  renderTargets();
+}
+
+function renderTargets() {
+  const meta = state.datasets.find((d) => d.id === $("#rt-dataset").value);
+  const select = $("#rt-target");
+  const columns = (meta?.columns || []).map((c) => c.name);
+  select.replaceChildren(
+    ...columns.map((name) => {
+      const option = document.createElement("option");
+      option.value = name;
+      option.textContent = name;
+      return option;
+    }),
+  );
+  // The bundled data set knows its target; an upload defaults to its last column.
+  if (meta) select.value = meta.target || columns[columns.length - 1] || "";
+}
+
+async function loadDatasets(selectId = null) {
+  const result = await api("GET", "/datasets");
+  if (result.ok) {
+    state.datasets = result.body.datasets || [];
+    renderDatasets(selectId);
+  } else {
+    showError($("#retrain-form"), result.error);
+  }
+}
+
+async function upload(event) {
+  event.preventDefault();
+  const form = $("#upload-form");
+  clearErrors(form);
+  $("#upload-result").textContent = "";
+  const file = $("#upload-file").files[0];
+  if (!file) {
+    showError(form, { message: "choose a CSV file first", field: "file" });
+    return;
+  }
+  const data = new FormData();
+  data.append("file", file, file.name);
+  const button = form.querySelector("button[type=submit]");
+  button.disabled = true;
+  try {
+    const result = await adminApi("POST", "/datasets", { body: data });
+    if (!result.ok) {
+      showError(form, result.error);
+      return;
+    }
+    const meta = result.body;
+    $("#upload-result").replaceChildren(
+      code(meta.id),
+      `: ${meta.rows} rows, ${meta.columns.length} columns${meta.created ? "" : " (already uploaded)"}. Choose the target column below.`,
+    );
+    await loadDatasets(meta.id);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function retrainBody() {
+  const form = $("#retrain-form");
+  const body = { dataset: form.elements.dataset.value || "iris" };
+  for (const name of ["target", "task", "scoring", "promote"]) {
+    if (form.elements[name].value) body[name] = form.elements[name].value;
+  }
+  for (const name of ["max_time_mins", "generations", "population_size", "cv"]) {
+    const raw = form.elements[name].value.trim();
+    if (raw !== "") body[name] = Number(raw); // the API checks ranges and integers, and names the field
+  }
+  return body;
+}
+
+async function startRetrain(event) {
+  event.preventDefault();
+  const form = $("#retrain-form");
+  clearErrors(form);
+  const button = $("#retrain-submit");
+  button.disabled = true;
+  let following = false;
+  try {
+    const result = await adminApi("POST", "/retrain", { json: retrainBody() });
+    if (result.ok) {
+      following = true;
+      followJob(result.body.job_id);
+      return;
+    }
+    let extra = null;
+    if (result.status === 409 && result.error.job_id) {
+      extra = document.createElement("button");
+      extra.type = "button";
+      extra.className = "secondary small";
+      extra.textContent = "Follow that job";
+      extra.addEventListener("click", () => { clearErrors(form); followJob(result.error.job_id); });
+    }
+    showError(form, result.error, extra);
+  } finally {
+    if (!following) button.disabled = false;
+  }
+}
+
+// Elapsed time as the trainer last reported it, advanced locally between reports.
+const clock = { reported: null, at: 0 };
+
+function renderJob(view) {
+  const status = $("#job-status");
+  status.textContent = view.status;
+  status.className = `badge ${view.status}`;
+  $("#job-cancel").hidden = !["queued", "started"].includes(view.status);
+  const p = view.progress || {};
+  const request = view.request || {};
+  const planned = p.generations_planned ?? request.generations;
+  const generation = p.generation ?? 0;
+  $("#job-generation-text").textContent = `generation ${generation} of ${planned ?? "?"}`;
+  $("#job-generation-bar").max = planned || 1;
+  $("#job-generation-bar").value = Math.min(generation, planned || 1);
+
+  if (p.elapsed_s !== undefined && p.elapsed_s !== clock.reported) {
+    clock.reported = p.elapsed_s;
+    clock.at = performance.now();
+  }
+  let elapsed = clock.reported ?? 0;
+  if (view.status === "started" && clock.reported !== null) elapsed += (performance.now() - clock.at) / 1000;
+  const budgetMins = p.budget_mins ?? request.max_time_mins;
+  const budgetS = Number.isFinite(budgetMins) ? budgetMins * 60 : null;
+  $("#job-time-text").textContent = `elapsed ${elapsed.toFixed(0)} s of ${budgetS !== null ? `${fmtNumber(budgetS)} s budget` : "?"}`;
+  $("#job-time-bar").max = budgetS || 1;
+  $("#job-time-bar").value = Math.min(elapsed, budgetS || 1);
+
+  const parts = [];
+  if (view.status === "queued") parts.push("waiting for the training worker");
+  if (p.stage) parts.push(`stage ${p.stage}`);
+  if (Number.isFinite(p.best_cv_score)) parts.push(`best CV ${request.scoring || "score"} ${fmtScore(p.best_cv_score)}`);
+  if (p.pipelines_evaluated !== undefined) {
+    parts.push(`${plural(p.pipelines_evaluated, "pipeline")} evaluated, ${p.pipelines_failed ?? 0} failed`);
+  }
+  if (p.training_rows !== undefined) parts.push(`${p.training_rows} search rows + ${p.holdout_rows} holdout rows, ${p.features} features`);
+  if (request.dataset) parts.unshift(`${request.dataset} → ${request.target} (${request.task})`);
+  $("#job-progress").textContent = parts.join(" · ");
+}
+
+function setOutcome(text, tone = "", ...nodes) {
+  const node = $("#job-outcome");
+  node.className = `outcome ${tone}`;
+  node.replaceChildren(text, ...nodes);
+}
+
+async function followJob(jobId) {
+  const token = {};
+  state.jobToken = token;
+  sessionStorage.setItem(JOB_KEY, jobId);
+  clock.reported = null;
+  $("#job").hidden = false;
+  $("#job-id").textContent = jobId;
+  setOutcome("");
+  $("#retrain-submit").disabled = true;
+  let view = null;
+  try {
+    while (state.jobToken === token) {
+      const result = await api("GET", `/jobs/${encodeURIComponent(jobId)}`);
+      if (result.ok) {
+        view = result.body;
+        renderJob(view);
+        if (["finished", "failed", "canceled"].includes(view.status)) break;
+      } else if (result.status === 404) {
+        setOutcome(result.error.message, "bad");
+        sessionStorage.removeItem(JOB_KEY);
+        return;
+      } else {
+        setOutcome(`could not read the job: ${result.error.message}; retrying`, "bad");
+      }
+      await sleep(JOB_POLL_MS);
+    }
+    if (state.jobToken !== token || !view) return;
+    sessionStorage.removeItem(JOB_KEY);
+    await finishJob(view);
+  } finally {
+    if (state.jobToken === token) $("#retrain-submit").disabled = false;
+  }
+}
+
+async function finishJob(view) {
+  if (view.status === "failed") {
+    setOutcome(`The training failed: ${view.error || "no reason recorded"}. The served model is unchanged.`, "bad");
+    return;
+  }
+  if (view.status === "canceled") {
+    setOutcome("The training was canceled. The served model is unchanged.", "bad");
+    return;
+  }
+  const r = view.result || {};
+  const scores = ` (CV ${r.scoring || ""} ${fmtScore(r.cv_score)}, holdout ${fmtScore(r.holdout_score)})`;
+  if (!r.published) {
+    setOutcome("Stored version ", "", code(r.version), `${scores}, not promoted: ${r.gate?.reason || "promote was never"}. Activate it from the model panel if you want it.`);
+    await refreshModels();
+    return;
+  }
+  setOutcome("Trained version ", "", code(r.version), `${scores}; waiting for the API to serve it…`);
+  if (await waitServed(r.version)) {
+    setOutcome("Now serving the new version ", "good", code(r.version), scores);
+  } else {
+    setOutcome("Version ", "bad", code(r.version), " was published but the API has not loaded it yet; see GET /readyz (last_load_error).");
+  }
+}
+
+async function cancelJob() {
+  const jobId = $("#job-id").textContent;
+  const result = await adminApi("DELETE", `/jobs/${encodeURIComponent(jobId)}`);
+  if (!result.ok) setOutcome(result.error.message, "bad");
+}
+
+// --- start -----------------------------------------------------------------------------------
+
+function start() {
+  $("#predict-form").addEventListener("submit", predict);
+  $("#predict-example").addEventListener("click", fillExample);
+  $("#upload-form").addEventListener("submit", upload);
+  $("#retrain-form").addEventListener("submit", startRetrain);
+  $("#rt-dataset").addEventListener("change", renderTargets);
+  $("#job-cancel").addEventListener("click", cancelJob);
+  $("#forget-key").addEventListener("click", () => {
+    sessionStorage.removeItem(ADMIN_KEY);
+    sessionStorage.removeItem(PREDICT_KEY);
+    updateKeyButton();
+  });
+  updateKeyButton();
+  refreshModels();
+  loadDatasets();
+  const job = sessionStorage.getItem(JOB_KEY);
+  if (job) followJob(job); // a reload keeps following the run
+  // Someone else may retrain or roll back: notice it now and then.
+  setInterval(async () => {
+    if (document.hidden) return;
+    const result = await api("GET", "/models/current");
+    if (result.ok && result.body.version !== state.current?.version) refreshModels();
+  }, REFRESH_MS);
+}
+
+start();
