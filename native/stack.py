@@ -42,6 +42,19 @@ SERVICE_COMMANDS: dict[str, list[str]] = {
     "worker-control": ["services/trainer/entrypoint.sh", "control"],
 }
 REDIS_COMMAND = ["redis-server", "--appendonly", "yes"]
+# The optional queue dashboard (not started by default), served by nginx at /rq/ behind the
+# admin key; compose's `dashboard` profile runs the same command. --disable-delete: a page
+# a browser opens with the admin's Basic credentials cached must not be able to delete jobs.
+RQ_DASHBOARD_COMMAND = ["rq-dashboard", "--url-prefix", "/rq", "--disable-delete"]
+# The optional Dask cluster (compose's `dask` profile runs the same commands, from the
+# trainer's image): searches run on it when the training workers have DASK_SCHEDULER_ADDRESS.
+# Each worker one process with one thread (TPOT's pipelines are GIL-bound); scale by count.
+# `dask worker` reads DASK_SCHEDULER_ADDRESS itself (Dask's config), so it takes no address.
+DASK_SCHEDULER_COMMAND = ["dask", "scheduler"]
+DASK_WORKER_COMMAND = ["dask", "worker", "--nworkers", "1", "--nthreads", "1"]
+# Services that run as several numbered instances natively: "api", "api-2", "worker-2", ...
+_SCALABLE = ("api", "worker", "dask-worker")
+_INSTANCE = re.compile(r"(?P<kind>.+)-(?P<index>[0-9]+)")
 NGINX_TEMPLATE = "nginx/templates/default.conf.template"
 NGINX_MAIN_TEMPLATE = "nginx/native.conf.template"
 
@@ -101,20 +114,68 @@ class NativeStack:
     echo: bool = False
     """Copy every service's log lines to our stdout (foreground `make run`)."""
     venv_bin: Path = field(default_factory=lambda: Path(sys.executable).parent)
+    api_instances: int = 1
+    """Gunicorn instances ("api", "api-2", ...), each on its own port behind nginx
+    (compose: --scale api=N)."""
+    training_workers: int = 1
+    """RQ workers on the training queue ("worker", "worker-2", ...; compose: --scale worker=N)."""
+    dask_workers: int = 0
+    """Above 0: start a Dask scheduler and this many Dask workers ("dask-worker", "dask-worker-2", ...),
+    and point the training workers at it unless ``env`` sets DASK_SCHEDULER_ADDRESS."""
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
         self.redis_port = free_port()
         self.api_port = free_port()
         self.rq_dashboard_port = free_port()
+        self.dask_port = free_port()
         self.processes: dict[str, Process] = {}
-        self.extra_api_ports: list[int] = []
+        self.extra_api_ports: list[int] = [free_port() for _ in range(self.api_instances - 1)]
+        self._log_offsets: dict[str, int] = {}
 
     # --- paths and environment ---------------------------------------------
     @property
     def api_ports(self) -> list[int]:
         """The ports of the API instances nginx balances over (one by default)."""
         return [self.api_port, *self.extra_api_ports]
+
+    @staticmethod
+    def instance_name(kind: str, index: int) -> str:
+        """The n-th (1-based) instance of a service: "api", "api-2", "api-3"..."""
+        return kind if index == 1 else f"{kind}-{index}"
+
+    @staticmethod
+    def service_kind(name: str) -> str:
+        """"api-2" -> "api"; names that are not numbered instances stay as they are."""
+        match = _INSTANCE.fullmatch(name)
+        return match["kind"] if match and match["kind"] in _SCALABLE else name
+
+    def api_port_of(self, name: str) -> int:
+        """The port of the API instance ``name`` ("api" -> api_port, "api-2" -> extra_api_ports[0])."""
+        if name == "api":
+            return self.api_port
+        index = int(name.rpartition("-")[2])
+        while len(self.extra_api_ports) < index - 1:
+            self.extra_api_ports.append(free_port())
+        return self.extra_api_ports[index - 2]
+
+    @property
+    def dask_scheduler_address(self) -> str:
+        """Where this stack's own Dask scheduler listens (when it starts one)."""
+        return f"tcp://127.0.0.1:{self.dask_port}"
+
+    def default_services(self) -> tuple[str, ...]:
+        """What start() starts: the compose default, scaled, plus the Dask cluster if asked for."""
+        dask_workers = (self.instance_name("dask-worker", i + 1) for i in range(self.dask_workers))
+        dask = ("dask-scheduler", *dask_workers)
+        return (
+            "redis",
+            *(dask if self.dask_workers else ()),
+            "worker-control",
+            *(self.instance_name("worker", i + 1) for i in range(self.training_workers)),
+            *(self.instance_name("api", i + 1) for i in range(self.api_instances)),
+            "nginx",
+        )
 
     @property
     def gateway_url(self) -> str:
@@ -145,7 +206,7 @@ class NativeStack:
                 handle.write(secrets.token_hex(32))
         return path.read_text().strip()
 
-    def service_env(self) -> dict[str, str]:
+    def service_env(self, name: str | None = None) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.env)
         env["MODEL_SIGNING_KEY"] = self.signing_key()
@@ -159,15 +220,29 @@ class NativeStack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        # Only Gunicorn shares metric files, one directory per API instance (each empties its own
+        # at start); TPOT's Dask in the workers imports prometheus-client too: not into these.
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        if name is not None and name.startswith("api"):
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(self.data_dir / "metrics" / name)
+        if self.dask_workers and not env.get("DASK_SCHEDULER_ADDRESS"):
+            env["DASK_SCHEDULER_ADDRESS"] = self.dask_scheduler_address
+        if name is not None and self.service_kind(name) == "api":
+            env["API_BIND"] = f"127.0.0.1:{self.api_port_of(name)}"
+        if name is not None and name.startswith("dask-"):
+            # Dask runs whatever its clients submit: it gets none of the stack's secrets.
+            for secret in ("MODEL_SIGNING_KEY", "API_KEY", "PREDICT_API_KEY"):
+                env.pop(secret, None)
         return env
 
     # --- lifecycle ---------------------------------------------------------
-    def start(self, services: tuple[str, ...] = ("redis", "worker-control", "worker", "api", "nginx")) -> None:
-        """Start the named services in order, each healthy before the next."""
+    def start(self, services: tuple[str, ...] | None = None) -> None:
+        """Start the named services (default: :meth:`default_services`) in order, each healthy
+        before the next."""
         for path in (self.model_dir, self.log_dir, self.data_dir / "redis", self.data_dir / "nginx"):
             path.mkdir(parents=True, exist_ok=True)
         try:
-            for name in services:
+            for name in services if services is not None else self.default_services():
                 self.start_service(name)
         except BaseException:
             self.stop()
@@ -189,11 +264,46 @@ class NativeStack:
             argv = [require_binary("nginx"), "-c", str(self.render_nginx()), "-e", "stderr"]
             self._spawn(name, argv)
             self._wait(name, lambda: self._http_ok(f"{self.gateway_url}/healthz"), timeout_s)
-        elif name in SERVICE_COMMANDS:
-            command = SERVICE_COMMANDS[name]
+        elif name == "rq-dashboard":
+            argv = [
+                str(self.venv_bin / RQ_DASHBOARD_COMMAND[0]),
+                *RQ_DASHBOARD_COMMAND[1:],
+                "--bind", "127.0.0.1",
+                "--port", str(self.rq_dashboard_port),
+                "--redis-url", f"redis://127.0.0.1:{self.redis_port}/0",
+            ]
+            self._spawn(name, argv)
+            dashboard = f"http://127.0.0.1:{self.rq_dashboard_port}/rq/"
+            self._wait(name, lambda: self._http_ok(dashboard), timeout_s)
+        elif name == "dask-scheduler":
+            argv = [
+                str(self.venv_bin / DASK_SCHEDULER_COMMAND[0]),
+                *DASK_SCHEDULER_COMMAND[1:],
+                "--host", "127.0.0.1",
+                "--port", str(self.dask_port),
+                "--dashboard-address", "127.0.0.1:0",
+            ]
+            self._spawn(name, argv)
+            self._wait(name, lambda: self._port_open(self.dask_port), timeout_s)
+        elif self.service_kind(name) == "dask-worker":
+            scratch = self.data_dir / "dask" / name
+            scratch.mkdir(parents=True, exist_ok=True)
+            argv = [
+                str(self.venv_bin / DASK_WORKER_COMMAND[0]),
+                *DASK_WORKER_COMMAND[1:],
+                "--host", "127.0.0.1",
+                "--dashboard-address", "127.0.0.1:0",
+                "--local-directory", str(scratch),
+            ]
+            self._spawn(name, argv)
+            self._wait(name, lambda: "Registered to:" in self._log_since_start(name), timeout_s)
+        elif self.service_kind(name) in SERVICE_COMMANDS:
+            kind = self.service_kind(name)
+            command = SERVICE_COMMANDS[kind]
             self._spawn(name, [str(REPO / command[0]), *command[1:]])
-            if name == "api":
-                self._wait(name, lambda: self._http_ok(f"http://127.0.0.1:{self.api_port}/healthz"), timeout_s)
+            if kind == "api":
+                port = self.api_port_of(name)
+                self._wait(name, lambda: self._http_ok(f"http://127.0.0.1:{port}/healthz"), timeout_s)
             else:
                 self._wait(name, lambda: self._worker_listening(name), timeout_s)
         else:
@@ -270,10 +380,12 @@ class NativeStack:
     # --- internals ---------------------------------------------------------
     def _spawn(self, name: str, argv: list[str]) -> None:
         log_path = self.log_dir / f"{name}.log"
+        # A restarted service appends to its old log: readiness only reads what this run wrote.
+        self._log_offsets[name] = log_path.stat().st_size if log_path.exists() else 0
         popen = subprocess.Popen(
             argv,
             cwd=REPO,
-            env=self.service_env(),
+            env=self.service_env(name),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -318,7 +430,23 @@ class NativeStack:
 
     def _worker_listening(self, name: str) -> bool:
         # RQ logs this once it has registered and is waiting on its queues.
-        return "Listening on" in self.log_text(name)
+        return "Listening on" in self._log_since_start(name)
+
+    def _log_since_start(self, name: str) -> str:
+        path = self.log_dir / f"{name}.log"
+        if not path.exists():
+            return ""
+        with open(path, "rb") as handle:
+            handle.seek(self._log_offsets.get(name, 0))
+            return handle.read().decode(errors="replace")
+
+    @staticmethod
+    def _port_open(port: int) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            return False
 
     @staticmethod
     def _http_ok(url: str) -> bool:
@@ -363,8 +491,23 @@ def main() -> int:
     """Foreground run for `make run`: start, print where things are, stop on a signal."""
     from tpotserve.settings import load_settings  # validates the environment early
 
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m native.stack", description="the stack, natively")
+    parser.add_argument("--api-instances", type=int, default=1, help="Gunicorn instances behind nginx")
+    parser.add_argument("--workers", type=int, default=1, help="RQ workers on the training queue")
+    parser.add_argument("--dask-workers", type=int, default=0, help="start a Dask cluster of N workers")
+    parser.add_argument("--dashboard", action="store_true", help="also the RQ dashboard at /rq/ (admin key)")
+    args = parser.parse_args()
     settings = load_settings()
-    stack = NativeStack(data_dir=settings.data_dir, gateway_port=settings.gateway_port, echo=True)
+    stack = NativeStack(
+        data_dir=settings.data_dir,
+        gateway_port=settings.gateway_port,
+        echo=True,
+        api_instances=args.api_instances,
+        training_workers=args.workers,
+        dask_workers=args.dask_workers,
+    )
 
     stopping = threading.Event()
 
@@ -376,6 +519,8 @@ def main() -> int:
     print(f"starting tpotserve natively; data in {stack.data_dir}", flush=True)
     try:
         stack.start()
+        if args.dashboard:
+            stack.start_service("rq-dashboard")
         if settings.api_key is None:
             print("API_KEY is not set: /retrain and activate answer 503 until you set it.", flush=True)
         print(

@@ -21,6 +21,8 @@ if [ "$dev" = 1 ]; then
   command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
   # The web page's end-to-end tests drive Debian's Chromium through Playwright.
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  # A real Prometheus scrapes /metrics in the monitoring smoke test.
+  command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 fi
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
@@ -35,6 +37,7 @@ if [ "${#need[@]}" -gt 0 ]; then
   if command -v service >/dev/null 2>&1; then
     service redis-server stop >/dev/null 2>&1 || true
     service nginx stop >/dev/null 2>&1 || true
+    service prometheus stop >/dev/null 2>&1 || true
   fi
 fi
 

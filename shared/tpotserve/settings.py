@@ -8,6 +8,7 @@ the project calls ``os.environ``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -97,7 +98,24 @@ class Settings(BaseSettings):
     """METRICS_ALLOW: address or CIDR nginx lets read /metrics (everyone else: 403)."""
 
     api_workers: int = 2
-    """API_WORKERS: Gunicorn worker processes."""
+    """API_WORKERS: Gunicorn worker processes (docs/performance.md: how many, measured)."""
+
+    api_worker_class: Literal["sync", "gthread"] = "sync"
+    """API_WORKER_CLASS: Gunicorn worker type. ``sync``: one request at a time per worker,
+    a new upstream connection per request (measured best here, docs/performance.md);
+    ``gthread``: API_THREADS threads per worker and keep-alive to nginx."""
+
+    api_threads: int = Field(default=1, ge=1)
+    """API_THREADS: threads per Gunicorn worker (more than 1 means the gthread worker)."""
+
+    api_blas_threads: int = Field(default=1, ge=1)
+    """API_BLAS_THREADS: BLAS/OpenMP threads per API worker (OMP_NUM_THREADS,
+    OPENBLAS_NUM_THREADS, MKL_NUM_THREADS); with 1, workers do not fight over the cores.
+    The API also runs every model's ``n_jobs`` at 1."""
+
+    prometheus_multiproc_dir: Path | None = None
+    """PROMETHEUS_MULTIPROC_DIR: the API only: where its Gunicorn workers keep their metric files
+    (prometheus-client's multiprocess mode), emptied when Gunicorn starts. Unset: a new temp directory."""
 
     # --- training budget (defaults for bootstrap and for retrains) ----------
     tpot_max_time_mins: float = 1.0
@@ -117,6 +135,26 @@ class Settings(BaseSettings):
 
     tpot_random_state: int | None = None
     """TPOT_RANDOM_STATE: seed for reproducible searches (unset: random)."""
+
+    # --- where searches run -------------------------------------------------
+    dask_scheduler_address: str | None = None
+    """DASK_SCHEDULER_ADDRESS: a Dask scheduler (``tcp://host:8786``) every search runs on.
+    Unset: TPOT's own local cluster of TPOT_N_JOBS processes per search. Dask's
+    own CLI reads the same variable, so ``dask worker`` needs no argument."""
+
+    dask_connect_timeout_s: float = Field(default=5.0, gt=0)
+    """DASK_CONNECT_TIMEOUT_S: a job whose scheduler does not answer within this fails at once."""
+
+    dask_worker_wait_s: float = Field(default=30.0, gt=0)
+    """DASK_WORKER_WAIT_S: how long a job waits for a first Dask worker before failing."""
+
+    # --- one training at a time ---------------------------------------------
+    training_lock_ttl_s: int = Field(default=30, ge=3)
+    """TRAINING_LOCK_TTL_S: the Redis training lock expires this long after its holder stops
+    renewing it (renewed every third of it while a training runs; a killed one frees it by then)."""
+
+    training_lock_wait_s: float = Field(default=600.0, gt=0)
+    """TRAINING_LOCK_WAIT_S: how long a training job waits for another one to finish before failing."""
 
     # --- caps a retrain request may not exceed -----------------------------
     max_time_mins_cap: float = 60.0
@@ -143,9 +181,15 @@ class Settings(BaseSettings):
         # Compose passes an unset variable as "", which must not become a valid key.
         return None if value in ("", None) else value
 
-    @field_validator("tpot_random_state", mode="before")
+    @field_validator("tpot_random_state", "dask_scheduler_address", mode="before")
     @classmethod
     def _empty_seed_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("prometheus_multiproc_dir", mode="before")
+    @classmethod
+    def _empty_dir_is_unset(cls, value: object) -> object:
+        # "" would become Path("."): Gunicorn would then empty the working directory of *.db files.
         return None if value == "" else value
 
 

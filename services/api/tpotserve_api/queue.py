@@ -16,8 +16,8 @@ from redis.exceptions import RedisError
 from rq import Queue
 from rq.command import send_stop_job_command
 from rq.exceptions import NoSuchJobError
-from rq.job import Job
-from rq.registry import StartedJobRegistry
+from rq.job import Dependency, Job
+from rq.registry import DeferredJobRegistry, StartedJobRegistry
 
 from tpotserve import jobs
 from tpotserve.errors import Conflict, NotFound, QueueUnavailable
@@ -26,6 +26,8 @@ from tpotserve.settings import Settings
 
 
 ENQUEUE_LOCK = "tpotserve:lock:enqueue-training"
+# Statuses of a training that has not ended yet (RQ's names).
+_PENDING = ("queued", "deferred", "scheduled", "started")
 
 
 @contextmanager
@@ -69,6 +71,12 @@ class JobQueue:
                         job_id=active["id"],
                         location=f"/jobs/{active['id']}",
                     )
+                # With several training workers a queued training would start at once and
+                # only wait on the trainer's Redis lock. Make it wait for the last training in
+                # line instead (an RQ dependency that holds however that one ends), so trainings
+                # start in order, each after the previous one has ended. The trainer's lock
+                # remains what guarantees one at a time (tpotserve_trainer.jobs).
+                tail = self._training_tail() if active is not None else None
                 return self.training.enqueue(
                     jobs.RETRAIN_FUNC,
                     kwargs={"payload": payload.model_dump()},
@@ -76,7 +84,22 @@ class JobQueue:
                     result_ttl=jobs.RESULT_TTL_S,
                     failure_ttl=jobs.FAILURE_TTL_S,
                     meta={"kind": payload.reason, "payload": payload.model_dump()},
+                    depends_on=Dependency(jobs=[tail], allow_failure=True) if tail else None,
                 )
+
+    def _training_tail(self) -> str | None:
+        """The most recently created training that has not ended (running, queued or deferred)."""
+        ids = [
+            *StartedJobRegistry(queue=self.training).get_job_ids(),
+            *self.training.get_job_ids(),
+            *DeferredJobRegistry(queue=self.training).get_job_ids(),
+        ]
+        pending = [
+            job
+            for job in Job.fetch_many(list(dict.fromkeys(ids)), connection=self.redis)
+            if job is not None and _status(job) in _PENDING
+        ]
+        return max(pending, key=lambda job: job.created_at).id if pending else None
 
     def active_training(self) -> dict[str, str] | None:
         """The running (or else the oldest queued) training job, if any."""
@@ -89,6 +112,11 @@ class JobQueue:
             queued = self.training.get_job_ids(0, 0)
             if queued:
                 return {"id": queued[0], "status": "queued"}
+            # Waiting behind another training (queue=true): it has not run yet.
+            deferred = DeferredJobRegistry(queue=self.training).get_job_ids()
+            for job in Job.fetch_many(deferred, connection=self.redis):
+                if job is not None and _status(job) == "deferred":
+                    return {"id": job.id, "status": "queued"}
             return None
 
     def cancel(self, job: Job) -> str:
@@ -96,12 +124,17 @@ class JobQueue:
         with _redis_errors():
             status = str(getattr(job.get_status(refresh=True), "value", job.get_status()))
             if status in ("queued", "deferred", "scheduled"):
-                job.cancel()
+                # A training queued behind this one takes its place in line.
+                job.cancel(enqueue_dependents=True)
                 return "canceled"
             if status == "started":
                 # The worker kills the work-horse's process group (TPOT's Dask processes too);
                 # RQ then records the job as stopped, which /jobs reports as canceled.
                 send_stop_job_command(self.redis, job.id)
+                # RQ never releases the dependents of a stopped job: release them now. The next
+                # one waits on the trainer's lock until the stopped horse's lock is gone.
+                if job.origin == jobs.TRAINING_QUEUE:
+                    self.training.enqueue_dependents(job, exclude_job_id=job.id)
                 return "canceling"
             raise Conflict(f"job {job.id} has already ended ({jobs.STATUS_MAP.get(status, status)})", field=None)
 
@@ -127,8 +160,8 @@ class JobQueue:
         with _redis_errors():
             try:
                 return Job.fetch(job_id, connection=self.redis)
-            except NoSuchJobError as exc:
-                raise NotFound(f"no job {job_id!r} (unknown, or expired)", field="job_id") from exc
+            except (NoSuchJobError, ValueError) as exc:  # ValueError: not even a valid RQ job id
+                raise NotFound(f"no job {job_id[:100]!r} (unknown, or expired)", field="job_id") from exc
 
     def describe(self, job: Job) -> dict[str, Any]:
         """The public JSON view of a job."""
@@ -157,6 +190,11 @@ class JobQueue:
             elif status == "failed":
                 view["error"] = job.meta.get("error") or _last_line(job)
             return view
+
+
+def _status(job: Job) -> str:
+    raw = job.get_status(refresh=False)
+    return str(getattr(raw, "value", raw))
 
 
 def _last_line(job: Job) -> str:

@@ -7,14 +7,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flask import current_app, request
+import orjson
+from flask import Response, current_app, request
 from flask_restful import Resource
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from tpotserve.errors import InvalidInput, UnsupportedMedia
+from tpotserve.errors import InvalidInput, NotConfigured, Unauthorized, UnsupportedMedia
 from tpotserve.schema import parse_json, parse_predict, parse_retrain_request, range_warnings
 from tpotserve.training import plan_training
 
+from . import metrics
 from .auth import require_admin, require_predict
 
 ACTIVATE_WAIT_S = 5.0
@@ -44,13 +46,14 @@ def _json_body(required: bool = True) -> Any:
 
 
 class Predict(Resource):
-    def post(self) -> tuple[dict, int, dict]:
+    def post(self) -> Response:
         ctx = _ctx()
         require_predict(ctx.settings)
         body = _json_body()
         model = ctx.holder.current()
         parsed = parse_predict(body, model.feature_names, ctx.settings.max_batch_rows)
         predictions, probabilities = model.predict(parsed.rows)
+        metrics.record_predictions(model.version, predictions, model.is_classifier)
         warnings = range_warnings(parsed.rows, model.meta["features"], single=parsed.single)
         headers = {"X-Model-Version": model.version}
         if parsed.single:
@@ -63,13 +66,27 @@ class Predict(Resource):
             answer["model_version"] = model.version
             if warnings:
                 answer["warnings"] = warnings
-            return answer, 200, headers
+            return self.json_answer(answer, headers)
         answer = {"predictions": predictions, "model_version": model.version}
         if probabilities is not None:
             answer["probabilities"] = probabilities
         if warnings:
             answer["warnings"] = warnings
-        return answer, 200, headers
+        return self.json_answer(answer, headers)
+
+    @staticmethod
+    def json_answer(answer: dict[str, Any], headers: dict[str, str]) -> Response:
+        """The answer as JSON, serialized by orjson (a 10,000-row answer in ~5 ms, not ~40).
+
+        Flask-RESTful passes a Response through untouched. The body is the same JSON as
+        its own ``json.dumps`` (compact, keys in the same order, trailing newline); what
+        orjson refuses (an echoed integer beyond 64 bits) goes through json.dumps.
+        """
+        try:
+            body = orjson.dumps(answer, option=orjson.OPT_APPEND_NEWLINE)
+        except orjson.JSONEncodeError:
+            body = (json.dumps(answer) + "\n").encode()
+        return Response(body, status=200, headers=headers, mimetype="application/json")
 
 
 class Retrain(Resource):
@@ -189,7 +206,11 @@ class AdminCheck(Resource):
     """For nginx's auth_request in front of admin pages (the RQ dashboard): 204 or 401."""
 
     def get(self) -> tuple[str, int]:
-        require_admin(_ctx().settings)
+        try:
+            require_admin(_ctx().settings)
+        except NotConfigured as exc:
+            # auth_request only understands 2xx, 401 and 403: no key configured means closed.
+            raise Unauthorized(exc.message) from exc
         return "", 204
 
 
