@@ -8,6 +8,7 @@ waits for each to be healthy, and on SIGINT/SIGTERM stops every process it
 started, by process group, and nothing else.
 
     python -m native.stack            # foreground, logs to the console and DATA_DIR/logs
+    python -m native.stack --api-instances 2 --workers 2 --dask-workers 2   # scaled out (docs/scaling.md)
 """
 
 from __future__ import annotations

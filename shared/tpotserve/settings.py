@@ -153,8 +153,9 @@ class Settings(BaseSettings):
     """TRAINING_LOCK_TTL_S: the Redis training lock expires this long after its holder stops
     renewing it (renewed every third of it while a training runs; a killed one frees it by then)."""
 
-    training_lock_wait_s: float = Field(default=600.0, gt=0)
-    """TRAINING_LOCK_WAIT_S: how long a training job waits for another one to finish before failing."""
+    training_lock_wait_s: float = Field(default=240.0, gt=0)
+    """TRAINING_LOCK_WAIT_S: how long a training job waits for another one to finish before failing;
+    the wait counts against its RQ timeout, so keep it below JOB_TIMEOUT_MARGIN_S."""
 
     # --- caps a retrain request may not exceed -----------------------------
     max_time_mins_cap: float = 60.0

@@ -6,7 +6,7 @@ import logging
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ from sklearn.metrics import get_scorer
 from tpotserve.errors import TrainingFailed
 from tpotserve.offline import disable_tpot_update_check
 from tpotserve.schema import TrainingPayload
+from tpotserve.settings import Settings
 
 disable_tpot_update_check()
 import tpot  # noqa: E402 - the update check must be disabled first
@@ -38,6 +39,110 @@ class SearchResult:
 
 
 Progress = Callable[[dict[str, Any]], None]
+
+
+# --- where a search runs: TPOT's own local cluster, or an existing Dask cluster ----
+@dataclass
+class Compute:
+    """Where a search runs. ``client`` None: TPOT starts its own LocalCluster of ``n_jobs`` processes."""
+
+    client: Any = None
+    n_jobs: int = 1
+    info: dict[str, Any] = field(default_factory=dict)
+    """Recorded in the job's progress, its result and the version's meta.json (``compute``)."""
+
+    def workers_now(self) -> int | None:
+        """The cluster's current worker count (None when local, or the scheduler cannot say)."""
+        if self.client is None:
+            return None
+        try:
+            return len(self.client.scheduler_info(n_workers=-1)["workers"])
+        except Exception:  # noqa: BLE001 - only for reporting
+            return None
+
+
+class _SchedulerCluster:
+    """The little of ``client.cluster`` that TPOT 1.1.0 reads, for a Client made from an address.
+
+    TPOT 1.1.0 sizes its queue of in-flight pipelines with
+    ``len(client.cluster.workers)`` (tpot/utils/eval_utils.py and the
+    evolvers). A Client connected to a scheduler's address has
+    ``cluster = None``, so TPOT crashes before evaluating anything. This view
+    answers with the scheduler's *current* workers, read again each time
+    (TPOT reads it once per generation), so workers that join or leave are
+    counted. distributed's Client itself reads ``cluster.status`` (heartbeat,
+    reconnect): always running; ``close`` is a no-op, the cluster is not ours.
+    Our single-threaded workers make "workers" equal to "threads".
+    Remove this once TPOT reads the worker count from the client itself.
+    """
+
+    def __init__(self, client: Any) -> None:
+        from distributed.core import Status
+
+        self._client = client
+        self.status = Status.running
+
+    @property
+    def workers(self) -> dict[str, Any]:
+        try:
+            return dict(self._client.scheduler_info(n_workers=-1)["workers"])
+        except Exception:  # noqa: BLE001 - a lost scheduler: nothing to submit to
+            return {}
+
+    def close(self) -> None:
+        return None
+
+
+@contextmanager
+def compute_for(settings: Settings, payload: TrainingPayload) -> Iterator[Compute]:
+    """The compute a search uses: the Dask cluster at DASK_SCHEDULER_ADDRESS, else TPOT's local default.
+
+    With a cluster: connect (failing after DASK_CONNECT_TIMEOUT_S with a clear
+    TrainingFailed, before anything is trained), wait up to DASK_WORKER_WAIT_S
+    for a first worker (TPOT stops with a bare StopIteration on zero workers),
+    and set n_jobs to the cluster's thread count: with a client TPOT still uses
+    n_jobs for its per-generation timeout and pruning. The client is created
+    here, inside the work-horse, and always closed here (TPOT never closes a
+    client it was given); the cluster itself is left running.
+    """
+    address = settings.dask_scheduler_address
+    if not address:
+        yield Compute(None, payload.n_jobs, {"mode": "local", "n_jobs": payload.n_jobs})
+        return
+    from distributed import Client
+
+    try:
+        # The default client too: TPOT's distributed.as_completed() looks it up.
+        client = Client(address, timeout=f"{settings.dask_connect_timeout_s}s")
+    except (OSError, TimeoutError) as exc:
+        raise TrainingFailed(
+            f"the Dask scheduler at {address} is unreachable ({type(exc).__name__}: {exc}); "
+            "nothing was trained and the served model is unchanged"
+        ) from exc
+    try:
+        try:
+            client.wait_for_workers(1, timeout=settings.dask_worker_wait_s)
+        except (OSError, TimeoutError) as exc:
+            raise TrainingFailed(
+                f"the Dask scheduler at {address} has no workers (waited {settings.dask_worker_wait_s:g} s); "
+                "nothing was trained and the served model is unchanged"
+            ) from exc
+        _check_workers(client, address)
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        threads = sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1
+        client.cluster = _SchedulerCluster(client)
+        yield Compute(
+            client,
+            threads,
+            {"mode": "dask", "scheduler": address, "workers": len(workers), "threads": threads,
+             "n_jobs": threads},
+        )
+    finally:
+        client.cluster = None  # the view is not a cluster distributed may close
+        try:
+            client.close(timeout=5)
+        except Exception:  # noqa: BLE001 - a dead scheduler must not turn a result into a failure
+            log.warning("closing the Dask client failed", exc_info=True)
 
 
 def _progress_evolver(report: Progress, planned_generations: int) -> type:
@@ -95,29 +200,84 @@ def _generation_summary(evolver: Any, planned: int) -> dict[str, Any]:
     }
 
 
-def build_estimator(payload: TrainingPayload) -> Any:
+def _worker_versions() -> dict[str, str]:
+    """Runs on each Dask worker: import TPOT now and say which versions it has."""
+    import sklearn
+
+    disable_tpot_update_check()
+    import tpot as worker_tpot
+
+    return {"tpot": worker_tpot.__version__, "scikit-learn": sklearn.__version__}
+
+
+def _check_workers(client: Any, address: str) -> None:
+    """Import TPOT on every worker before the search, and insist on the trainer's versions.
+
+    A fresh worker's first task would otherwise spend seconds importing TPOT
+    against its pipeline's max_eval_time_mins; and pipelines pickled by one
+    scikit-learn and run by another fail in ways TPOT only counts as invalid.
+    """
+    import sklearn
+
+    ours = {"tpot": tpot.__version__, "scikit-learn": sklearn.__version__}
+    try:
+        theirs = client.run(_worker_versions)
+    except Exception as exc:  # noqa: BLE001 - e.g. tpot missing on the workers
+        raise TrainingFailed(
+            f"the Dask workers at {address} cannot run TPOT ({type(exc).__name__}: {exc}); "
+            "build them from the trainer's image"
+        ) from exc
+    different = {worker: found for worker, found in theirs.items() if found != ours}
+    if different:
+        raise TrainingFailed(
+            f"the Dask workers at {address} run other versions than this trainer ({ours}): {different}; "
+            "build them from the trainer's image"
+        )
+
+
+def build_estimator(payload: TrainingPayload, compute: Compute | None = None) -> Any:
     """The TPOT estimator for a payload; the only place TPOT's options are set."""
     cls = tpot.TPOTClassifier if payload.task == "classification" else tpot.TPOTRegressor
+    compute = compute or Compute(None, payload.n_jobs)
+    cluster_options: dict[str, Any] = {}
+    if compute.client is not None:
+        cluster_options = {
+            "client": compute.client,
+            # TPOT scatters X and y to one worker by default: kill that worker and
+            # every later pipeline fails silently. Sent with each task instead, a
+            # task whose worker died is simply rescheduled (see docs/scaling.md).
+            "scatter": False,
+            # TPOT 1.1's memory="auto" is broken; no caching across the cluster.
+            "memory": None,
+        }
     return cls(
         scorers=[payload.scoring],
         scorers_weights=[1],
         cv=payload.cv,
         max_time_mins=payload.max_time_mins,
-        # One pipeline may use at most the whole budget; TPOT's default is 10 minutes.
-        max_eval_time_mins=max(payload.max_time_mins / 2, 0.1),
+        # One pipeline may use half the budget (TPOT's default is 10 minutes), but
+        # at least 30 s: on a busy machine a tiny budget must not time out every
+        # pipeline of the first generation ("No individuals could be evaluated").
+        max_eval_time_mins=max(payload.max_time_mins / 2, 0.5),
         generations=payload.generations,
         population_size=payload.population_size,
-        n_jobs=payload.n_jobs,
+        n_jobs=compute.n_jobs,
         random_state=payload.random_state,
         verbose=0,
+        **cluster_options,
     )
 
 
 def search(
-    payload: TrainingPayload, X: pd.DataFrame, y: pd.Series, report: Progress | None = None
+    payload: TrainingPayload,
+    X: pd.DataFrame,
+    y: pd.Series,
+    report: Progress | None = None,
+    compute: Compute | None = None,
 ) -> SearchResult:
     """Run TPOT on (X, y) and return the best pipeline, refit to predict y's own labels."""
-    estimator = build_estimator(payload)
+    compute = compute or Compute(None, payload.n_jobs)
+    estimator = build_estimator(payload, compute)
     features = X.to_numpy(dtype=float)
     target = y.to_numpy()
     with warnings.catch_warnings():
@@ -127,10 +287,14 @@ def search(
             with _reporting(report, payload.generations):
                 estimator.fit(features, target)
         except Exception as exc:  # noqa: BLE001 - TPOT raises bare Exceptions for bad data
-            raise TrainingFailed(f"TPOT could not fit: {type(exc).__name__}: {exc}") from exc
+            raise TrainingFailed(
+                f"TPOT could not fit: {type(exc).__name__}: {exc}{_cluster_note(compute)}"
+            ) from exc
     fitted = getattr(estimator, "fitted_pipeline_", None)
     if fitted is None:
-        raise TrainingFailed("TPOT finished without a pipeline (every candidate failed or timed out)")
+        raise TrainingFailed(
+            "TPOT finished without a pipeline (every candidate failed or timed out)" + _cluster_note(compute)
+        )
 
     pipeline, classes, encoded = fitted, None, False
     if payload.task == "classification":
@@ -149,6 +313,18 @@ def search(
         evaluated_pipelines=int(pd.to_numeric(evaluated[score_column], errors="coerce").notna().sum()),
         label_encoded=encoded,
     )
+
+
+def _cluster_note(compute: Compute) -> str:
+    """Why a search on a cluster may have failed: its workers went away."""
+    if compute.client is None:
+        return ""
+    now = compute.workers_now()
+    if now == 0:
+        return f"; the Dask cluster at {compute.info.get('scheduler')} has no workers left"
+    if now is None:
+        return f"; the Dask scheduler at {compute.info.get('scheduler')} is no longer reachable"
+    return ""
 
 
 def holdout_score(
