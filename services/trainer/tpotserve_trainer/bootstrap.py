@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
+from rq.registry import StartedJobRegistry
 
 from tpotserve import jobs, logs
 from tpotserve.datasets import DatasetStore
@@ -48,12 +49,15 @@ def ensure_first_model(settings: Settings) -> str | None:
         existing = None
     if existing is not None:
         status = str(getattr(existing.get_status(), "value", existing.get_status()))
-        if status == "queued":
-            log.info("bootstrap training already queued")
+        if status == "started":
+            # A dead worker's job is failed (and, with retries left, requeued) by
+            # RQ's cleanup once its heartbeat expired; a live one is left alone.
+            StartedJobRegistry(queue=queue).cleanup()
+            status = str(getattr(existing.get_status(), "value", existing.get_status()))
+        if status in ("queued", "started", "scheduled", "deferred"):
+            log.info("bootstrap training already %s", status)
             return existing.id
-        # Only the training worker runs this job and it is starting now, so a
-        # 'started' bootstrap belongs to a worker that died: run it again.
-        existing.delete()
+        existing.delete()  # ended without a model: run it again
     payload = plan_training(
         parse_retrain_request({"dataset": "iris"}), settings, DatasetStore.from_settings(settings), reason="bootstrap"
     )
