@@ -12,4 +12,5 @@ case "$role" in
 esac
 # --job-monitoring-interval 5: the horse's heartbeat; a job whose worker was
 # killed shows as failed at most ~65 s later (RQ adds 60 s to the interval).
-exec rq worker --config tpotserve_trainer.rq_config --job-monitoring-interval 5 "$role"
+# --maintenance-interval 30: how often a worker fails (or retries) jobs of dead workers.
+exec rq worker --config tpotserve_trainer.rq_config --job-monitoring-interval 5 --maintenance-interval 30 "$role"
