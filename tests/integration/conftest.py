@@ -113,6 +113,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         "API_WORKERS": str(API_WORKERS),
         "MODEL_POLL_INTERVAL_S": "0.5",
         "DATASET_MAX_COLUMNS": "50",
+        # Tests refer back to earlier versions; retention itself is unit-tested.
+        "MODEL_KEEP": "100",
         "MODEL_SIGNING_KEY": SIGNING_KEY,
         # The suite posts many retrains quickly; a dedicated test checks the 429.
         "RETRAIN_RATE_LIMIT": "600r/m",
