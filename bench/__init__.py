@@ -1,0 +1,1 @@
+"""The tpotserve benchmark: ``python -m bench.run`` (``make bench``); see bench/README.md."""
