@@ -152,6 +152,12 @@ def range_warnings(rows: list[list[float]], features: list[dict[str, Any]], *, s
     return warnings
 
 
+MAX_MAGNITUDE = 3.4028234663852886e38
+"""Largest |value| a feature may have: float32's range. Tree ensembles compute in
+float32 and others overflow to NaN on values near float64's limit, so a larger
+value is refused (422) rather than turned into a 500 or a meaningless answer."""
+
+
 def _all_within_range(rows: list[list[float]], features: list[dict[str, Any]]) -> bool:
     """True when range_warnings has nothing to report, found column by column with min/max
     (C loops) instead of one Python comparison per value. False means: look value by value."""
@@ -202,8 +208,8 @@ def _plain_rows(items: list[Any], feature_names: list[str]) -> list[list[float]]
         except OverflowError:  # a JSON integer with hundreds of digits
             return None
         picked = [values[start : start + width] for start in range(0, len(values), width)]
-    if not math.isfinite(sum(values)):
-        return None  # NaN or infinity somewhere (or finite values summing past 1e308: _row accepts those)
+    if not math.isfinite(sum(values)) or max(map(abs, values)) > MAX_MAGNITUDE:
+        return None  # NaN, infinity or a huge value somewhere: _row names it
     return list(map(list, picked))
 
 
@@ -232,6 +238,10 @@ def _row(item: Any, feature_names: list[str], prefix: str) -> list[float]:
             value = math.inf
         if not math.isfinite(value):
             raise InvalidInput(f"feature {name!r} must be a finite number", field=prefix + name)
+        if abs(value) > MAX_MAGNITUDE:
+            raise InvalidInput(
+                f"feature {name!r} is {value:g}; values must lie within ±{MAX_MAGNITUDE:g}", field=prefix + name
+            )
         row.append(value)
     return row
 

@@ -229,9 +229,13 @@ def test_parse_predict_matches_row_by_row_checking() -> None:
             ), body
 
 
-def test_huge_finite_values_summing_past_float_max_are_still_accepted() -> None:
-    parsed = schema.parse_predict({"instances": [{n: 1.7e308 for n in FEATURES}] * 2}, FEATURES, 10)
-    assert parsed.rows == [[1.7e308] * 4] * 2
+def test_values_beyond_float32_are_refused_naming_the_field() -> None:
+    # Within float32: accepted, even where the values' sum would overflow a float32.
+    parsed = schema.parse_predict({"instances": [{n: 3e38 for n in FEATURES}] * 2}, FEATURES, 10)
+    assert parsed.rows == [[3e38] * 4] * 2
+    with pytest.raises(schema.InvalidInput) as info:
+        schema.parse_predict({"instances": [{n: 1.7e308 for n in FEATURES}] * 2}, FEATURES, 10)
+    assert info.value.field == f"instances[0].{FEATURES[0]}"
 
 
 # --- range_warnings: the column check agrees with the value-by-value loop --------------

@@ -1,6 +1,8 @@
 """The OpenAPI document (services/api/tpotserve_api/openapi.json) is the API's contract:
 every route the Flask app has is in it with each of its methods, it names no route the
 app does not have, it is a valid OpenAPI 3 document, and /openapi.json serves it verbatim.
+The app's /predict answers on fixed models are checked against it with Schemathesis's checks
+(over WSGI), including the extreme inputs whose answer depends on the model.
 
 The live stack is fuzzed against it by tests/integration/test_contract.py.
 """
@@ -15,9 +17,18 @@ from typing import Any
 
 import joblib
 import pytest
+import schemathesis
 from flask import Flask
 from openapi_spec_validator import validate
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from sklearn.datasets import load_iris
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
 from tpotserve.settings import Settings, load_settings
@@ -28,6 +39,8 @@ from tpotserve_api.app import create_app
 KEY = "test-key"
 SIGNING_KEY = "test-signing-key"
 DEAD_REDIS = "redis://127.0.0.1:1/0"
+FEATURES = ["SepalLength", "SepalWidth", "PetalLength", "PetalWidth"]
+BOOK = {"SepalLength": 5.1, "SepalWidth": 3.5, "PetalLength": 1.4, "PetalWidth": 0.2}
 DOCUMENT = Path(resources.__file__).with_name("openapi.json")
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -48,22 +61,24 @@ def document() -> dict[str, Any]:
     return json.loads(DOCUMENT.read_text())
 
 
-@pytest.fixture
-def app(tmp_path: Path) -> Flask:
+def make_app(tmp_path: Path, estimator: Any = None, task: str = "classification") -> Flask:
     """The real app over a store with one signed model, as tests/unit/test_api.py builds it."""
     bunch = load_iris()
-    model = LogisticRegression(max_iter=1000).fit(bunch.data, [str(bunch.target_names[i]) for i in bunch.target])
+    if task == "classification":
+        y = [str(bunch.target_names[i]) for i in bunch.target]
+    else:
+        y = bunch.target.astype(float)
+    model = (estimator if estimator is not None else LogisticRegression(max_iter=1000)).fit(bunch.data, y)
     store = ModelStore(tmp_path / "models", SIGNING_KEY.encode())
-    names = ["SepalLength", "SepalWidth", "PetalLength", "PetalWidth"]
     meta = {
-        "task": "classification",
+        "task": task,
         "dataset": "iris",
         "target": "species",
         "features": [
             {"name": n, "type": "number", "min": float(bunch.data[:, i].min()), "max": float(bunch.data[:, i].max())}
-            for i, n in enumerate(names)
+            for i, n in enumerate(FEATURES)
         ],
-        "classes": [str(c) for c in model.classes_],
+        "classes": [str(c) for c in model.classes_] if task == "classification" else None,
     }
     store.write_version("v1", lambda path: joblib.dump(model, path), meta)
     store.set_current("v1")
@@ -76,6 +91,11 @@ def app(tmp_path: Path) -> Flask:
         redis_timeout_s=0.2,
     )
     return create_app(settings, poll=False)
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Flask:
+    return make_app(tmp_path)
 
 
 def app_routes(app: Flask) -> dict[str, set[str]]:
@@ -167,3 +187,57 @@ def test_openapi_json_serves_the_document(app: Flask, document: dict[str, Any]) 
     assert response.status_code == 200
     assert response.mimetype == "application/json"
     assert response.get_json() == document
+
+
+# --- the app's answers against the document, on fixed models ---------------------------
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+
+
+def _strict_json(text: str) -> Any:
+    """JSON as RFC 8259 has it: NaN and Infinity are not JSON."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _predict(app: Flask, body: Any) -> Any:
+    schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
+    case = schema["/predict"]["POST"].Case(body=body, media_type="application/json")
+    response = case.call()
+    case.validate_response(response, checks=CHECKS)
+    _strict_json(response.text)
+    return response
+
+
+@pytest.mark.parametrize(
+    "body",
+    [BOOK, {"instances": [BOOK, BOOK]}, {**BOOK, "PetalWidth": 1e6}, {**BOOK, "PetalWidth": 10**400}, {"x": 1}],
+    ids=["book", "batch", "far-outside", "beyond-float", "unknown-feature"],
+)
+@pytest.mark.parametrize("estimator", [LogisticRegression(max_iter=1000), RandomForestClassifier(n_estimators=5, random_state=0)], ids=["logistic", "forest"])
+def test_predict_answers_as_documented(tmp_path: Path, estimator: Any, body: dict) -> None:
+    response = _predict(make_app(tmp_path, estimator), body)
+    assert response.status_code in (200, 422)
+
+
+EXTREME = 1.7976931348623157e308  # the largest finite double: a valid JSON number
+
+
+def test_predict_beyond_float32_on_a_forest_is_not_a_server_error(tmp_path: Path) -> None:
+    app = make_app(tmp_path, RandomForestClassifier(n_estimators=5, random_state=0))
+    response = _predict(app, {name: 1e39 for name in FEATURES})
+    assert response.status_code in (200, 422)
+
+
+def test_predict_extreme_values_on_a_linear_model_answer_numbers(tmp_path: Path) -> None:
+    app = make_app(tmp_path, LogisticRegression(max_iter=1000))
+    response = _predict(app, {name: EXTREME for name in FEATURES})
+    assert response.status_code in (200, 422)

@@ -27,7 +27,7 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from sklearn.tree import DecisionTreeClassifier, ExtraTreeClassifier
 
-from tpotserve.errors import ArtifactRejected, ModelNotReady, NotFound
+from tpotserve.errors import InvalidInput, ArtifactRejected, ModelNotReady, NotFound
 from tpotserve.store import ModelStore, Pointer
 
 from . import metrics
@@ -68,11 +68,15 @@ class LoadedModel:
         X = np.asarray(rows, dtype=float)
         if not self.is_classifier:
             values = _checked_once(self.model.predict, X)
+            if not np.isfinite(values).all():
+                raise InvalidInput("the model cannot compute a prediction for these values", field=None)
             return [float(v) for v in values], None
         classes = self.meta["classes"]
         if hasattr(self.model, "predict_proba"):
             # One call gives both answers; predict() would run predict_proba again.
             proba = self.predict_proba(X)
+            if not np.isfinite(proba).all():
+                raise InvalidInput("the model cannot compute probabilities for these values", field=None)
             predictions = [classes[i] for i in proba.argmax(axis=1).tolist()]
             names = self._class_names
             # tolist(): plain floats in one C loop, not one numpy scalar per value.
