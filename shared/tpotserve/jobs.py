@@ -37,6 +37,13 @@ STATUS_MAP = {
 }
 
 
+CANCEL_KEY = "tpotserve:canceled:{job_id}"
+"""Set by DELETE /jobs/<id>. A worker may already have taken a job RQ still calls
+queued; the trainer checks this key when it starts, so a cancel is never lost."""
+
+CANCEL_KEY_TTL_S = 7 * 24 * 3600
+
+
 def job_timeout(payload: TrainingPayload, margin_s: int) -> int:
     """RQ's job_timeout for a run: its budget plus a margin (RQ's default 180 s kills TPOT)."""
     return int(payload.max_time_mins * 60) + margin_s

@@ -22,7 +22,10 @@ SWAP_DEADLINE_S = 2.0
 def retrained(stack: LiveStack) -> dict:
     """One real retrain through nginx; later tests use its version as the second one."""
     started = time.monotonic()
-    response = stack.post("/retrain", json={"dataset": "iris", "generations": 2, "cv": 3}, headers=stack.admin())
+    # promote "always": this test is about publishing, not the gate (tested in test_retraining.py).
+    response = stack.post(
+        "/retrain", json={"dataset": "iris", "generations": 2, "cv": 3, "promote": "always"}, headers=stack.admin()
+    )
     assert response.status_code == 202, response.text
     body = response.json()
     assert response.headers["Location"] == f"/jobs/{body['job_id']}"

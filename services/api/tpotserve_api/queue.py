@@ -123,6 +123,10 @@ class JobQueue:
         """Cancel a queued job or stop a running one; returns the status to report."""
         with _redis_errors():
             status = str(getattr(job.get_status(refresh=True), "value", job.get_status()))
+            if status in ("queued", "deferred", "scheduled", "started"):
+                # First the marker the trainer checks when it starts: a worker may
+                # have dequeued the job a moment ago, while RQ still says queued.
+                self.redis.set(jobs.CANCEL_KEY.format(job_id=job.id), 1, ex=jobs.CANCEL_KEY_TTL_S)
             if status in ("queued", "deferred", "scheduled"):
                 # A training queued behind this one takes its place in line.
                 job.cancel(enqueue_dependents=True)
@@ -173,6 +177,8 @@ class JobQueue:
                 StartedJobRegistry(job.origin, connection=self.redis).cleanup()
                 raw_status = job.get_status(refresh=True)
             status = jobs.STATUS_MAP.get(str(getattr(raw_status, "value", raw_status)), "queued")
+            if status == "failed" and self.redis.exists(jobs.CANCEL_KEY.format(job_id=job.id)):
+                status = "canceled"  # the trainer found the cancel marker and stopped
             view: dict[str, Any] = {
                 "id": job.id,
                 "kind": job.meta.get("kind"),

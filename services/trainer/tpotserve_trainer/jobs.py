@@ -21,6 +21,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
 from tpotserve.datasets import DatasetStore
+from tpotserve.jobs import CANCEL_KEY
 from tpotserve.errors import TpotServeError, TrainingFailed
 from tpotserve.schema import TrainingPayload
 from tpotserve.settings import Settings, load_settings, signing_key
@@ -48,6 +49,7 @@ def retrain(payload: dict[str, Any]) -> dict[str, Any]:
     try:
         run = TrainingPayload.model_validate(payload)
         redis = _redis(settings)
+        _stop_if_canceled(redis)
         # One training at a time across every RQ worker (--scale worker=N): wait for the lock.
         lock = resources.enter_context(_training_lock(redis, settings, report))
         if run.reason == "bootstrap" and store.read_pointer_quietly() is not None:
@@ -356,6 +358,14 @@ def _training_lock(redis: Redis, settings: Settings, report: _Progress) -> Itera
     finally:
         lock.release()
         report.note(lock_released_at=time.time())
+
+
+def _stop_if_canceled(redis: Redis) -> None:
+    """DELETE /jobs/<id> may land after a worker took the job but before RQ marked it
+    started; the API leaves a marker, and the job ends here, before any work."""
+    job_id = _job_id()
+    if job_id and redis.exists(CANCEL_KEY.format(job_id=job_id)):
+        raise TrainingFailed("canceled by request (DELETE /jobs) before it started")
 
 
 @contextmanager
