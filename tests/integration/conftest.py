@@ -25,7 +25,7 @@ API_WORKERS = 2
 BOOK_REQUEST = {"SepalLength": 5.1, "SepalWidth": 3.5, "PetalLength": 0.2, "PetalWidth": 3.4}
 # Small, real TPOT runs: a generation or two of a handful of pipelines.
 BUDGET = {
-    "TPOT_MAX_TIME_MINS": "0.3",
+    "TPOT_MAX_TIME_MINS": "0.5",
     "TPOT_GENERATIONS": "2",
     "TPOT_POPULATION_SIZE": "6",
     "TPOT_CV": "3",

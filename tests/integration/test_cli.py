@@ -28,7 +28,7 @@ ROWS = [
     {"SepalLength": 5.9, "SepalWidth": 2.8, "PetalLength": 4.3, "PetalWidth": 1.3},
     {"SepalLength": 7.7, "SepalWidth": 3.0, "PetalLength": 6.1, "PetalWidth": 2.3},
 ]
-TINY = ["--max-time-mins", "0.25", "--generations", "2", "--population-size", "6", "--cv", "3"]
+TINY = ["--max-time-mins", "0.5", "--generations", "2", "--population-size", "6", "--cv", "3"]
 
 
 def tpotserve(stack: LiveStack, *args: str, stdin: str | None = None, key: str | None = API_KEY,
@@ -102,7 +102,7 @@ def test_retrain_wait_shows_progress_and_keeps_the_served_model(stack: LiveStack
     assert job["status"] == "finished"
     assert job["result"]["published"] is False
     assert "searching" in run.stderr and "100%|" in run.stderr  # the tqdm bar, driven by progress
-    assert "gen " in run.stderr and "best_cv " in run.stderr and "s/15s" in run.stderr
+    assert "gen " in run.stderr and "best_cv " in run.stderr and "s/30s" in run.stderr
     assert f"job {job['id']} finished: version {job['result']['version']}" in run.stderr
     assert _served(stack) == served
 

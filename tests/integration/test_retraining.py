@@ -19,7 +19,7 @@ from tpotserve_trainer.data import holdout_split
 
 from .conftest import LiveStack, wait_for
 
-SMALL = {"max_time_mins": 0.25, "generations": 2, "population_size": 6, "cv": 3}
+SMALL = {"max_time_mins": 0.5, "generations": 2, "population_size": 6, "cv": 3}
 LONG = {"max_time_mins": 3, "generations": 100, "population_size": 6, "cv": 3}
 
 

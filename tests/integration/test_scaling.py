@@ -34,7 +34,7 @@ from .conftest import BOOK_REQUEST, wait_for
 API_KEY = "scaling-test-key"
 ADMIN = {"Authorization": f"Bearer {API_KEY}"}
 # A small search: about 15 s of TPOT on iris.
-SMALL = {"max_time_mins": 0.25, "generations": 2, "population_size": 6, "cv": 3}
+SMALL = {"max_time_mins": 0.5, "generations": 2, "population_size": 6, "cv": 3}
 INSTANCES = ("api", "api-2")
 DASK = ("dask-scheduler", "dask-worker", "dask-worker-2")
 PUBLISH_TO_SERVE_S = 2.0

@@ -38,7 +38,7 @@ IRIS_FEATURES = ["SepalLength", "SepalWidth", "PetalLength", "PetalWidth"]
 SPECIES = ("setosa", "versicolor", "virginica")
 SETOSA = {"SepalLength": 5.1, "SepalWidth": 3.5, "PetalLength": 1.4, "PetalWidth": 0.2}
 # A tiny, real TPOT run (as tests/integration/test_retraining.py's SMALL).
-TINY = {"max_time_mins": "0.25", "generations": "2", "population_size": "6", "cv": "3"}
+TINY = {"max_time_mins": "0.5", "generations": "2", "population_size": "6", "cv": "3"}
 TRAINING_TIMEOUT_MS = 240_000
 VIEWPORT = {"width": 1280, "height": 900}
 
