@@ -178,6 +178,51 @@ def test_holdout_score_maps_labels_through_classes_when_label_encoded(split) -> 
         automl.holdout_score(encoded, X_hold, y_hold, "accuracy", classes, label_encoded=False)
 
 
+class _FakeTpot:
+    """What _with_own_labels reads from a fitted TPOTEstimator: its label encoder."""
+
+    def __init__(self, y: pd.Series) -> None:
+        from sklearn.preprocessing import LabelEncoder
+
+        self.label_encoder_ = LabelEncoder().fit(y)
+
+
+def test_an_encoded_pipeline_that_accepts_labels_is_refit_on_them(split) -> None:
+    X_train, X_hold, y_train, _ = split
+    tpot_like = _FakeTpot(y_train)
+    fitted = Pipeline([("scale", StandardScaler()), ("model", LogisticRegression(max_iter=1000))])
+    fitted.fit(X_train.to_numpy(), tpot_like.label_encoder_.transform(y_train))
+    relabeled, classes = automl._with_own_labels(fitted, tpot_like, X_train.to_numpy(), y_train.to_numpy())
+    assert classes == ["setosa", "versicolor", "virginica"]
+    assert set(relabeled.predict(X_hold.to_numpy())) <= set(classes)
+
+
+def test_an_xgboost_pipeline_predicts_class_names_and_unpickles_with_sklearn_alone(split, tmp_path) -> None:
+    """XGBoost refuses string labels; the artifact must still predict names (README promise)."""
+    from xgboost import XGBClassifier
+
+    X_train, X_hold, y_train, _ = split
+    tpot_like = _FakeTpot(y_train)
+    fitted = Pipeline([("model", XGBClassifier(n_estimators=20, max_depth=2, n_jobs=1))])
+    codes = tpot_like.label_encoder_.transform(y_train)
+    fitted.fit(X_train.to_numpy(), codes)
+    with pytest.raises(ValueError):  # the premise: a clone cannot be fit on the names
+        Pipeline([("model", XGBClassifier(n_estimators=2))]).fit(X_train.to_numpy(), y_train.to_numpy())
+
+    relabeled, classes = automl._with_own_labels(fitted, tpot_like, X_train.to_numpy(), y_train.to_numpy())
+    assert classes == ["setosa", "versicolor", "virginica"]
+    names = relabeled.predict(X_hold.to_numpy())
+    expected = tpot_like.label_encoder_.inverse_transform(fitted.predict(X_hold.to_numpy()))
+    assert list(names) == list(expected)  # the same model, decoded
+    np.testing.assert_allclose(
+        relabeled.predict_proba(X_hold.to_numpy()), fitted.predict_proba(X_hold.to_numpy()), rtol=1e-6
+    )
+    assert type(relabeled).__module__.startswith("sklearn.")  # no class of ours inside the pickle
+    path = tmp_path / "model.joblib"
+    joblib.dump(relabeled, path)
+    assert list(joblib.load(path).predict(X_hold.to_numpy())) == list(names)
+
+
 def test_holdout_score_uses_the_order_of_classes(split) -> None:
     X_train, X_hold, y_train, y_hold = split
     classes = ["virginica", "setosa", "versicolor"]  # the order the encoder used, not alphabetical

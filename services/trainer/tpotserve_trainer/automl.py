@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.base import clone
+from sklearn.ensemble import VotingClassifier
 from sklearn.metrics import get_scorer
 
 from tpotserve.errors import TrainingFailed
@@ -35,7 +36,10 @@ class SearchResult:
     pipeline_text: str
     evaluated_pipelines: int
     label_encoded: bool = False
-    """True when the pipeline predicts 0..n-1 and ``classes`` maps them to labels."""
+    """True when the pipeline predicts 0..n-1 and ``classes`` maps them to labels.
+
+    New searches never produce one (see _with_own_labels); artifacts published
+    before that carry it in their metadata, and the API and the gate honour it."""
 
 
 Progress = Callable[[dict[str, Any]], None]
@@ -296,10 +300,9 @@ def search(
             "TPOT finished without a pipeline (every candidate failed or timed out)" + _cluster_note(compute)
         )
 
-    pipeline, classes, encoded = fitted, None, False
+    pipeline, classes = fitted, None
     if payload.task == "classification":
         pipeline, classes = _with_own_labels(fitted, estimator, features, target)
-        encoded = pipeline is fitted and getattr(estimator, "label_encoder_", None) is not None
 
     best = estimator.selected_best_score
     score_column = estimator.objective_names_for_selection[0]
@@ -311,7 +314,6 @@ def search(
         cv_score=cv_score,
         pipeline_text=str(fitted),
         evaluated_pipelines=int(pd.to_numeric(evaluated[score_column], errors="coerce").notna().sum()),
-        label_encoded=encoded,
     )
 
 
@@ -344,22 +346,26 @@ def _with_own_labels(fitted: Any, estimator: Any, X: np.ndarray, y: np.ndarray) 
 
     TPOT label-encodes string targets (XGBoost needs 0..n-1) and its
     fitted_pipeline_ then predicts integers. Refit a clone on the real labels
-    so that ``joblib.load(path).predict(X)`` gives class names; estimators that
-    insist on encoded labels keep the encoded pipeline and the metadata maps
-    columns to names.
+    so that ``joblib.load(path).predict(X)`` gives class names. A pipeline that
+    insists on encoded labels is refit inside scikit-learn's own
+    VotingClassifier with that pipeline as its only voter: it encodes the labels
+    itself, decodes its predictions, and predicts exactly what the lone voter
+    predicts (its probabilities are the voter's, averaged over one). It is a
+    plain scikit-learn class, so the artifact still unpickles without this
+    package.
     """
     encoder = getattr(estimator, "label_encoder_", None)
     if encoder is None:
         return fitted, [_plain(c) for c in fitted.classes_]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
             relabeled = clone(fitted).fit(X, y)
-        return relabeled, [_plain(c) for c in relabeled.classes_]
-    except Exception as exc:  # noqa: BLE001 - e.g. XGBoost refuses string labels
-        log.info("keeping label-encoded pipeline (%s)", exc)
-        names = encoder.inverse_transform(np.asarray(fitted.classes_, dtype=int))
-        return fitted, [_plain(c) for c in names]
+        except Exception as exc:  # noqa: BLE001 - e.g. XGBoost refuses string labels
+            log.info("refitting inside a VotingClassifier that decodes labels (%s)", exc)
+            voting = "soft" if hasattr(fitted, "predict_proba") else "hard"
+            relabeled = VotingClassifier([("tpot", clone(fitted))], voting=voting).fit(X, y)
+    return relabeled, [_plain(c) for c in relabeled.classes_]
 
 
 def _plain(value: Any) -> Any:
