@@ -56,8 +56,11 @@ DASK_WORKER_COMMAND = ["dask", "worker", "--nworkers", "1", "--nthreads", "1"]
 # Services that run as several numbered instances natively: "api", "api-2", "worker-2", ...
 _SCALABLE = ("api", "worker", "dask-worker")
 _INSTANCE = re.compile(r"(?P<kind>.+)-(?P<index>[0-9]+)")
+NGINX_TEMPLATE_DIR = "nginx/templates"
 NGINX_TEMPLATE = "nginx/templates/default.conf.template"
 NGINX_MAIN_TEMPLATE = "nginx/native.conf.template"
+# Sourced by the nginx image's entrypoint and by render_nginx(): sets GATEWAY_TLS.
+NGINX_TLS_SCRIPT = "nginx/entrypoint.d/15-tpotserve-tls.envsh"
 
 # Settings the nginx template reads (compose passes the same names to the nginx image).
 NGINX_SETTINGS = (
@@ -123,6 +126,8 @@ class NativeStack:
     dask_workers: int = 0
     """Above 0: start a Dask scheduler and this many Dask workers ("dask-worker", "dask-worker-2", ...),
     and point the training workers at it unless ``env`` sets DASK_SCHEDULER_ADDRESS."""
+    gateway_tls_port: int = 8443
+    """Where nginx serves HTTPS when TLS_CERT_FILE and TLS_KEY_FILE are set (in ``env`` or ours)."""
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
@@ -181,6 +186,10 @@ class NativeStack:
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def gateway_tls_url(self) -> str:
+        return f"https://127.0.0.1:{self.gateway_tls_port}"
 
     @property
     def model_dir(self) -> Path:
@@ -337,31 +346,64 @@ class NativeStack:
         for name in reversed(list(self.processes)):
             self.stop_service(name)
 
-    def render_nginx(self) -> Path:
-        nginx_dir = self.data_dir / "nginx"
-        server_conf = nginx_dir / "default.conf"
-        server_conf.write_text(
-            render_template(
-                (REPO / NGINX_TEMPLATE).read_text(),
-                {
-                    "API_SERVERS": "\n    ".join(f"server 127.0.0.1:{port};" for port in self.api_ports),
-                    "NGINX_LISTEN": f"127.0.0.1:{self.gateway_port}",
-                    # Only IP addresses here: nothing to resolve, but the directive must be valid.
-                    "RESOLVER": "127.0.0.1",
-                    "WEB_ROOT": str(REPO / "web"),
-                    "RQ_DASHBOARD_URL": f"http://127.0.0.1:{self.rq_dashboard_port}",
-                    # The same values the API reads, e.g. so both refuse the same bodies.
-                    **{name: self._setting(name) for name in NGINX_SETTINGS},
-                },
-            )
+    def gateway_tls(self) -> str:
+        """"on" or "off", decided by the same script the nginx image sources at start."""
+        result = subprocess.run(
+            ["sh", "-c", '. "$0" && printf %s "$GATEWAY_TLS"', str(REPO / NGINX_TLS_SCRIPT)],
+            env={**self.service_env("nginx"), **self._tls_files()},
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
         )
+        if result.returncode != 0 or result.stdout not in ("on", "off"):
+            raise RuntimeError(f"nginx TLS settings: {result.stderr.strip() or result.stdout!r}")
+        return result.stdout
+
+    def _tls_files(self) -> dict[str, str]:
+        """TLS_CERT_FILE / TLS_KEY_FILE as absolute paths ("" when unset): nginx would
+        resolve a relative one against its own prefix, not the directory they were given in."""
+        env = self.service_env("nginx")
+        return {
+            name: str(Path(env[name]).resolve()) if env.get(name) else ""
+            for name in ("TLS_CERT_FILE", "TLS_KEY_FILE")
+        }
+
+    def render_nginx(self) -> Path:
+        """Render every template under nginx/templates into DATA_DIR/nginx/conf.d, as the image's
+        envsubst step does into /etc/nginx/conf.d, and the main config that includes them."""
+        nginx_dir = self.data_dir / "nginx"
+        conf_dir = nginx_dir / "conf.d"
+        acme_root = self.data_dir / "acme"
+        acme_root.mkdir(parents=True, exist_ok=True)
+        values = {
+            "API_SERVERS": "\n    ".join(f"server 127.0.0.1:{port};" for port in self.api_ports),
+            "NGINX_LISTEN": f"127.0.0.1:{self.gateway_port}",
+            "NGINX_TLS_LISTEN": f"127.0.0.1:{self.gateway_tls_port}",
+            "GATEWAY_TLS_PORT": str(self.gateway_tls_port),
+            "GATEWAY_TLS": self.gateway_tls(),
+            **self._tls_files(),
+            "NGINX_CONF_DIR": str(conf_dir),
+            "ACME_ROOT": str(acme_root),
+            # Only IP addresses here: nothing to resolve, but the directive must be valid.
+            "RESOLVER": "127.0.0.1",
+            "WEB_ROOT": str(REPO / "web"),
+            "RQ_DASHBOARD_URL": f"http://127.0.0.1:{self.rq_dashboard_port}",
+            # The same values the API reads, e.g. so both refuse the same bodies.
+            **{name: self._setting(name) for name in NGINX_SETTINGS},
+        }
+        templates = REPO / NGINX_TEMPLATE_DIR
+        for template in sorted(templates.rglob("*.template")):
+            out = conf_dir / template.relative_to(templates).with_suffix("")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(render_template(template.read_text(), values))
         main_conf = nginx_dir / "nginx.conf"
         main_conf.write_text(
             render_template(
                 (REPO / NGINX_MAIN_TEMPLATE).read_text(),
                 {
                     "DATA_DIR_NGINX": str(nginx_dir),
-                    "SERVER_CONF": str(server_conf),
+                    "SERVER_CONF": str(conf_dir / "default.conf"),
                     # `user` is only allowed (and only needed) when the master runs as root.
                     "NGINX_USER": f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else "",
                 },
@@ -504,6 +546,7 @@ def main() -> int:
     stack = NativeStack(
         data_dir=settings.data_dir,
         gateway_port=settings.gateway_port,
+        gateway_tls_port=settings.gateway_tls_port,
         echo=True,
         api_instances=args.api_instances,
         training_workers=args.workers,
@@ -524,6 +567,10 @@ def main() -> int:
             stack.start_service("rq-dashboard")
         if settings.api_key is None:
             print("API_KEY is not set: /retrain and activate answer 503 until you set it.", flush=True)
+        if stack.gateway_tls() == "on":
+            print(f"TLS on: {stack.gateway_tls_url} (plain HTTP redirects there)", flush=True)
+        else:
+            print("TLS off: plain HTTP, for local use (docs/deploy.md turns TLS on)", flush=True)
         print(
             f"\nready: {stack.gateway_url}  (POST /predict, POST /retrain, GET /models, GET /readyz)\n"
             f"logs:  {stack.log_dir}/\nstop:  Ctrl-C\n",

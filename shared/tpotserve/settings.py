@@ -24,7 +24,19 @@ class Settings(BaseSettings):
     """DATA_DIR: native run only: model volume, redis data, logs, rendered configs."""
 
     gateway_port: int = 8080
-    """GATEWAY_PORT: the port nginx listens on (the only one users talk to)."""
+    """GATEWAY_PORT: the port nginx listens on for plain HTTP (with TLS on, it only redirects)."""
+
+    gateway_tls_port: int = 8443
+    """GATEWAY_TLS_PORT: the HTTPS port clients reach when TLS is on (443 on a VM);
+    plain HTTP redirects there."""
+
+    # --- TLS at the gateway (only nginx reads these) -------------------------
+    tls_cert_file: Path | None = None
+    """TLS_CERT_FILE: certificate chain (PEM) for HTTPS, as nginx sees the path. With
+    TLS_KEY_FILE: HTTPS only, HTTP redirected, HSTS. Neither: plain HTTP, for local use."""
+
+    tls_key_file: Path | None = None
+    """TLS_KEY_FILE: the certificate's private key (PEM), as nginx sees the path."""
 
     # --- storage -----------------------------------------------------------
     model_dir: Path = Field(default=Path("./.data/models"))

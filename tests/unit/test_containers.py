@@ -16,7 +16,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -131,6 +131,7 @@ class Copy:
     dest: str
     from_stage: str | None
     line: int
+    flags: dict[str, str] = field(default_factory=dict)
 
 
 def copies(stage: Stage) -> list[Copy]:
@@ -145,7 +146,7 @@ def copies(stage: Stage) -> list[Copy]:
         if tokens and tokens[0].startswith("["):  # flags followed by the JSON form
             tokens = json.loads(" ".join(tokens))
         assert len(tokens) >= 2, f"line {instruction.line}: {instruction.keyword} needs a source and a dest"
-        result.append(Copy(tokens[:-1], tokens[-1], flags.get("from"), instruction.line))
+        result.append(Copy(tokens[:-1], tokens[-1], flags.get("from"), instruction.line, flags))
     return result
 
 
@@ -560,10 +561,53 @@ def test_nginx_image_renders_the_native_template() -> None:
     )
 
 
+def _nginx_templates() -> list[Path]:
+    return sorted((REPO / stack.NGINX_TEMPLATE_DIR).rglob("*.template"))
+
+
+def test_nginx_image_copies_every_template_with_its_subdirectory() -> None:
+    """The image renders templates/<sub>/x.template to conf.d/<sub>/x; the includes name those paths."""
+    final = dockerfile("nginx")[-1]
+    copies = {
+        (PurePosixPath(source.rstrip("/")), copy.dest.rstrip("/"))
+        for copy in context_copies(final)
+        for source in copy.sources
+    }
+    assert (PurePosixPath(stack.NGINX_TEMPLATE_DIR), "/etc/nginx/templates") in copies, (
+        f"nginx/Dockerfile must COPY {stack.NGINX_TEMPLATE_DIR}/ to /etc/nginx/templates/ whole"
+    )
+    rendered = {str(t.relative_to(REPO / stack.NGINX_TEMPLATE_DIR).with_suffix("")) for t in _nginx_templates()}
+    included = set()
+    for template in _nginx_templates():
+        for target in re.findall(r"include \$\{NGINX_CONF_DIR\}/([^;]+);", template.read_text()):
+            included.update({target.replace("${GATEWAY_TLS}", mode) for mode in ("on", "off")})
+    assert included and included <= rendered, f"includes without a template: {sorted(included - rendered)}"
+
+
+def test_nginx_image_sources_the_tls_script_the_native_run_sources() -> None:
+    final = dockerfile("nginx")[-1]
+    script = PurePosixPath(stack.NGINX_TLS_SCRIPT)
+    placed = [
+        copy for copy in context_copies(final) for source in copy.sources if PurePosixPath(source) == script
+    ]
+    assert placed, f"nginx/Dockerfile must COPY {script} into /docker-entrypoint.d/"
+    assert all(c.dest.rstrip("/") == "/docker-entrypoint.d" for c in placed)
+    # The entrypoint sources *.envsh only when executable, and skips it silently otherwise.
+    assert all(c.flags.get("chmod") == "0755" for c in placed), "COPY --chmod=0755 (git modes are not kept)"
+    assert script.suffix == ".envsh", "only *.envsh files are sourced (and so can export GATEWAY_TLS)"
+    # Sorted before the image's 20-envsubst-on-templates.sh, which renders the templates.
+    assert script.name < "20-envsubst-on-templates.sh"
+
+
 def test_nginx_template_variables_are_all_set(services) -> None:
     """The image's envsubst only replaces variables that are set; any other `${X}` reaches nginx as is."""
-    placeholders = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)\}", (REPO / stack.NGINX_TEMPLATE).read_text()))
-    defined = set(dockerfile("nginx")[-1].env()) | set(environment(services["nginx"]))
+    placeholders = {
+        name
+        for template in _nginx_templates()
+        for name in re.findall(r"\$\{([A-Z_][A-Z0-9_]*)\}", template.read_text())
+    }
+    exported = set(re.findall(r"export ([A-Z_][A-Z0-9_]*)=", (REPO / stack.NGINX_TLS_SCRIPT).read_text()))
+    defined = set(dockerfile("nginx")[-1].env()) | set(environment(services["nginx"])) | exported
     assert placeholders <= defined, f"nginx: set {sorted(placeholders - defined)} (ENV in nginx/Dockerfile)"
 
 
@@ -585,9 +629,17 @@ def test_ports_agree_across_images_and_compose(services) -> None:
     assert f":{api_port}/" in health, f"api: healthcheck port {api_port} (API_BIND), not: {health}"
 
     listen = int(nginx_env["NGINX_LISTEN"].rpartition(":")[2])
-    assert listen in nginx.exposed_ports(), f"nginx: EXPOSE {listen}"
-    assert [target for _, target in published_ports(services["nginx"])] == [listen], (
-        f"nginx must publish exactly its listen port {listen}, got {services['nginx'].get('ports')}"
+    tls_listen = int(nginx_env["NGINX_TLS_LISTEN"].rpartition(":")[2])
+    for port in (listen, tls_listen):
+        assert port in nginx.exposed_ports(), f"nginx: EXPOSE {port}"
+    assert [target for _, target in published_ports(services["nginx"])] == [listen, tls_listen], (
+        f"nginx must publish exactly its ports {listen} (HTTP) and {tls_listen} (HTTPS), "
+        f"got {services['nginx'].get('ports')}"
+    )
+    # The redirect names the HTTPS port clients reach: the host side of the mapping.
+    (tls_host,) = [h for h, t in published_ports(services["nginx"]) if t == tls_listen]
+    assert str(tls_host) == str(environment(services["nginx"])["GATEWAY_TLS_PORT"]), (
+        "nginx's GATEWAY_TLS_PORT (the redirect target) must be the published HTTPS port"
     )
 
 
