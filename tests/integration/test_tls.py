@@ -9,6 +9,7 @@ ciphers are refused at the handshake.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import ssl
@@ -24,7 +25,7 @@ import requests
 
 from native.stack import NativeStack, free_port
 
-from .conftest import BOOK_REQUEST, LiveStack
+from .conftest import BOOK_REQUEST, LiveStack, wait_for
 
 HSTS = "max-age=63072000"
 
@@ -208,3 +209,90 @@ def test_without_a_certificate_the_gateway_serves_plain_http(stack: LiveStack) -
     response = requests.post(stack.url + "/predict", json=BOOK_REQUEST, allow_redirects=False, timeout=10)
     assert response.status_code == 200
     assert "Strict-Transport-Security" not in response.headers
+
+
+def _served_certificate(port: int) -> bytes:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw) as tls:
+            return tls.getpeercert(binary_form=True) or b""
+
+
+def _der(pem: Path) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(pem.read_text())
+
+
+def test_a_renewal_through_the_certbot_hook_is_served_without_a_failed_request(
+    stack: LiveStack, certs: Certs, tmp_path: Path
+) -> None:
+    """deploy/certbot-deploy-hook.sh as certbot runs it: the first certificate, then a renewal
+    and an nginx reload while a client keeps predicting over HTTPS."""
+    hook = Path(__file__).resolve().parents[2] / "deploy" / "certbot-deploy-hook.sh"
+    tls_dir, lineage = tmp_path / "tls", tmp_path / "live"
+    lineage.mkdir()
+    owner = {"TLS_DIR": str(tls_dir), "TLS_OWNER": f"{os.getuid()}:{os.getgid()}"}
+
+    def certbot_deploys(cert: Path, key: Path, reload: str) -> None:
+        shutil.copy(cert, lineage / "fullchain.pem")
+        shutil.copy(key, lineage / "privkey.pem")
+        env = {**os.environ, **owner, "RENEWED_LINEAGE": str(lineage), "RELOAD_COMMAND": reload}
+        subprocess.run([str(hook)], env=env, check=True, capture_output=True)
+
+    certbot_deploys(certs.cert, certs.key, reload="true")  # the first issue: nginx not running yet
+    assert oct((tls_dir / "privkey.pem").stat().st_mode & 0o777) == "0o600"
+    native = NativeStack(
+        data_dir=tmp_path / "data",
+        gateway_port=free_port(),
+        gateway_tls_port=free_port(),
+        env={
+            **stack.native.env,
+            "TLS_CERT_FILE": str(tls_dir / "fullchain.pem"),
+            "TLS_KEY_FILE": str(tls_dir / "privkey.pem"),
+        },
+    )
+    native.api_port = stack.native.api_port
+    failures: list[str] = []
+    answered = 0
+    stop = threading.Event()
+
+    def client() -> None:
+        # A new connection per request. A reload closes *idle* keep-alive connections, and a
+        # client that reuses one at that instant sees it closed (a retry-once case for any
+        # HTTP client, docs/deploy.md); what must not fail is a request nginx has accepted.
+        nonlocal answered
+        while not stop.is_set():
+            try:
+                r = requests.post(
+                    native.gateway_tls_url + "/predict", json=BOOK_REQUEST, verify=str(certs.ca), timeout=10
+                )
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text[:100]}")
+            except requests.RequestException as exc:
+                failures.append(repr(exc))
+            answered += 1
+
+    try:
+        native.start(services=("nginx",))
+        port = native.gateway_tls_port
+        assert _served_certificate(port) == _der(certs.cert)
+        thread = threading.Thread(target=client, daemon=True)
+        thread.start()
+        wait_for(lambda: answered >= 20, 30, what="a client predicting over HTTPS")
+
+        # The renewal: a new key and certificate from the same CA.
+        d = certs.ca.parent
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+                 "-keyout", "renewed.key", "-out", "renewed.csr", cwd=d)
+        _openssl("x509", "-req", "-in", "renewed.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-days", "2", "-extfile", "san.ext", "-out", "renewed.pem", cwd=d)
+        master = native.processes["nginx"].popen.pid
+        certbot_deploys(d / "renewed.pem", d / "renewed.key", reload=f"kill -HUP {master}")
+        wait_for(lambda: _served_certificate(port) == _der(d / "renewed.pem"), 30, what="the renewed certificate")
+        seen = answered
+        wait_for(lambda: answered >= seen + 20, 30, what="predictions after the reload")
+    finally:
+        stop.set()
+        native.stop()
+    assert not failures, f"{len(failures)} of {answered} requests failed across the renewal: {failures[:3]}"
