@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets this machine up for the native run (and, with --dev, for the tests):
 #   - Debian packages when missing: redis-server and nginx (+ docker-compose
-#     v1 for --dev, used only to validate docker-compose.yml offline)
+#     v1 for --dev, used only to validate docker-compose.yml offline, and
+#     cloud-init and systemd-analyze, used only to validate
+#     deploy/cloud-init/user-data.yaml)
 #   - a venv at $VENV (default .venv) with the pinned packages of
 #     requirements.lock (+ requirements-dev.lock) and the project's packages.
 # Re-running is cheap: the venv is rebuilt only when a lock file changes.
@@ -23,6 +25,10 @@ if [ "$dev" = 1 ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   # A real Prometheus scrapes /metrics in the monitoring smoke test.
   command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+  # `cloud-init schema` validates the VM provisioning file offline, and
+  # `systemd-analyze verify` the unit it installs (nothing is started).
+  command -v cloud-init >/dev/null 2>&1 || need+=(cloud-init)
+  command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 fi
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
@@ -31,6 +37,14 @@ if [ "${#need[@]}" -gt 0 ]; then
   fi
   echo "installing Debian packages: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  if [[ " ${need[*]} " == *" cloud-init "* ]]; then
+    # Here cloud-init is only a validator: it must never configure this machine.
+    # The package enables its boot services (nothing starts on install); this
+    # file, checked by its systemd generator, keeps them out of every boot.
+    # Only written when cloud-init was absent, so a cloud VM's own is untouched.
+    mkdir -p /etc/cloud
+    touch /etc/cloud/cloud-init.disabled
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   # Debian's packages may start system services on install; the stack runs its own.
@@ -38,6 +52,12 @@ if [ "${#need[@]}" -gt 0 ]; then
     service redis-server stop >/dev/null 2>&1 || true
     service nginx stop >/dev/null 2>&1 || true
     service prometheus stop >/dev/null 2>&1 || true
+  fi
+  # Without systemd, sysvinit would run cloud-init's own boot scripts: off too.
+  if [[ " ${need[*]} " == *" cloud-init "* ]] && command -v update-rc.d >/dev/null 2>&1; then
+    for script in cloud-init-local cloud-init cloud-config cloud-final; do
+      update-rc.d "$script" disable >/dev/null 2>&1 || true
+    done
   fi
 fi
 
