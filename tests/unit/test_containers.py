@@ -13,9 +13,7 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -26,6 +24,8 @@ from ruamel.yaml import YAML
 
 from native import stack
 from tpotserve.settings import Settings
+
+from tests.tools import tool
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -274,15 +274,6 @@ def service_dockerfile(name: str, service: dict[str, Any]) -> Path:
         "are relative to the repo root"
     )
     return REPO / build.get("dockerfile", "Dockerfile")
-
-
-def tool(name: str) -> str:
-    """A test tool: beside this interpreter (the venv), else on PATH; missing fails the test."""
-    candidates = [Path(sys.executable).parent / name, shutil.which(name), Path("/usr/bin") / name]
-    for candidate in candidates:
-        if candidate and os.access(candidate, os.X_OK):
-            return str(candidate)
-    pytest.fail(f"{name} is not installed (make setup-dev installs the test tools)")
 
 
 # --- the compose file against its tools ----------------------------------------

@@ -13,15 +13,15 @@ import configparser
 import os
 import re
 import shlex
-import shutil
 import stat
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from ruamel.yaml import YAML
+
+from tests.tools import tool
 
 REPO = Path(__file__).resolve().parents[2]
 USER_DATA = REPO / "deploy" / "cloud-init" / "user-data.yaml"
@@ -31,15 +31,6 @@ WRITE_ENV_PATH = "/usr/local/sbin/tpotserve-write-env"
 OVERRIDE_PATH = "/etc/tpotserve/env.override"
 SECRETS = ("API_KEY", "MODEL_SIGNING_KEY")
 HEX_KEY = re.compile(r"[0-9a-f]{64}")
-
-
-def tool(name: str) -> str:
-    """A test tool: beside this interpreter (the venv), else on PATH; missing fails the test."""
-    candidates = [Path(sys.executable).parent / name, shutil.which(name), Path("/usr/bin") / name]
-    for candidate in candidates:
-        if candidate and os.access(candidate, os.X_OK):
-            return str(candidate)
-    pytest.fail(f"{name} is not installed (make setup-dev installs the test tools)")
 
 
 def load_yaml(text: str) -> Any:
