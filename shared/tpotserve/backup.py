@@ -515,32 +515,20 @@ def _verify(manifest: Any, received: dict[str, dict[str, Any]], small: dict[str,
                 "the archive is corrupt or was tampered with; nothing was restored"
             )
 
-    versions: dict[str, str] = {}
-    for entry in manifest.get("versions") or []:
-        name = entry["version"]
-        artifact = f"models/versions/{name}/{ARTIFACT_NAME}"
-        meta_name = f"models/versions/{name}/{META_NAME}"
-        if artifact not in received or meta_name not in received:
-            raise RestoreError(f"model version {name!r} is incomplete in the archive")
-        meta = _json(small[meta_name], meta_name)
-        if not (meta.get("sha256") == entry["sha256"] == received[artifact]["sha256"]):
-            raise RestoreError(f"model version {name!r}: the artifact's sha256 does not match its metadata")
-        versions[name] = entry["sha256"]
+    versions = _listed(
+        manifest.get("versions"), "version", "models/versions", ARTIFACT_NAME, META_NAME, received, small,
+        "model version",
+    )
     in_archive = {m["version"] for m in _version_members(received)}
     if in_archive != set(versions):
         raise RestoreError("the archive's model files do not match the manifest's list of versions")
 
-    datasets: set[str] = set()
-    for entry in manifest.get("datasets") or []:
-        dataset_id = entry["id"]
-        data = f"datasets/{dataset_id}/{DATASET_DATA_NAME}"
-        meta_name = f"datasets/{dataset_id}/{DATASET_META_NAME}"
-        if data not in received or meta_name not in received:
-            raise RestoreError(f"data set {dataset_id!r} is incomplete in the archive")
-        meta = _json(small[meta_name], meta_name)
-        if not (meta.get("sha256") == entry["sha256"] == received[data]["sha256"]):
-            raise RestoreError(f"data set {dataset_id!r}: data.csv's sha256 does not match its metadata")
-        datasets.add(dataset_id)
+    datasets = set(
+        _listed(
+            manifest.get("datasets"), "id", "datasets", DATASET_DATA_NAME, DATASET_META_NAME, received, small,
+            "data set",
+        )
+    )
     if {m["dataset"] for m in _dataset_members(received)} != datasets:
         raise RestoreError("the archive's data set files do not match the manifest's list of data sets")
 
@@ -554,6 +542,31 @@ def _verify(manifest: Any, received: dict[str, dict[str, Any]], small: dict[str,
             raise RestoreError(f"{POINTER_MEMBER} differs from the manifest's pointer")
     elif manifest.get("pointer"):
         raise RestoreError(f"the archive lacks {POINTER_MEMBER}")
+
+
+def _listed(
+    entries: list[dict[str, Any]] | None,
+    id_key: str,
+    prefix: str,
+    data_name: str,
+    meta_name: str,
+    received: dict[str, dict[str, Any]],
+    small: dict[str, bytes],
+    what: str,
+) -> dict[str, str]:
+    """{id: sha256} of the manifest's versions (or data sets), each checked to be in the archive
+    whole, with its data file's sha256 equal to its metadata's and to the manifest's."""
+    found: dict[str, str] = {}
+    for entry in entries or []:
+        name = entry[id_key]
+        data, meta_member = f"{prefix}/{name}/{data_name}", f"{prefix}/{name}/{meta_name}"
+        if data not in received or meta_member not in received:
+            raise RestoreError(f"{what} {name!r} is incomplete in the archive")
+        meta = _json(small[meta_member], meta_member)
+        if not (meta.get("sha256") == entry["sha256"] == received[data]["sha256"]):
+            raise RestoreError(f"{what} {name!r}: {data_name}'s sha256 does not match its metadata")
+        found[name] = entry["sha256"]
+    return found
 
 
 def _version_members(names: Iterable[str]) -> list[re.Match[str]]:
