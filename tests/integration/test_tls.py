@@ -65,6 +65,11 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     return Certs(ca=d / "ca.pem", cert=d / "server.pem", key=d / "server.key")
 
 
+def _every_api_worker_serves(stack: LiveStack) -> None:
+    """The session fixture returns once one Gunicorn worker serves; these tests need them all."""
+    wait_for(lambda: all(stack.worker_versions(min_requests=10).values()), 60, what="every API worker serving")
+
+
 @dataclass
 class TlsGateway:
     native: NativeStack
@@ -89,6 +94,7 @@ def gateway(stack: LiveStack, certs: Certs, tmp_path_factory: pytest.TempPathFac
     )
     native.api_port = stack.native.api_port
     assert native.gateway_tls() == "on"
+    _every_api_worker_serves(stack)
     try:
         native.start(services=("nginx",))
         yield TlsGateway(native)
@@ -228,7 +234,8 @@ def test_a_renewal_through_the_certbot_hook_is_served_without_a_failed_request(
     stack: LiveStack, certs: Certs, tmp_path: Path
 ) -> None:
     """deploy/certbot-deploy-hook.sh as certbot runs it: the first certificate, then a renewal
-    and an nginx reload while a client keeps predicting over HTTPS."""
+    and an nginx reload while a client keeps predicting over HTTPS, retrying once on a closed
+    connection as any HTTP client should."""
     hook = Path(__file__).resolve().parents[2] / "deploy" / "certbot-deploy-hook.sh"
     tls_dir, lineage = tmp_path / "tls", tmp_path / "live"
     lineage.mkdir()
@@ -253,31 +260,41 @@ def test_a_renewal_through_the_certbot_hook_is_served_without_a_failed_request(
         },
     )
     native.api_port = stack.native.api_port
+    _every_api_worker_serves(stack)
     failures: list[str] = []
+    retried: list[str] = []
     answered = 0
     stop = threading.Event()
 
+    session = requests.Session()
+
+    def predict() -> requests.Response:
+        return session.post(native.gateway_tls_url + "/predict", json=BOOK_REQUEST, verify=str(certs.ca), timeout=10)
+
     def client() -> None:
-        # A new connection per request. A reload closes *idle* keep-alive connections, and a
-        # client that reuses one at that instant sees it closed (a retry-once case for any
-        # HTTP client, docs/deploy.md); what must not fail is a request nginx has accepted.
+        # One keep-alive connection, as a long-lived client keeps. A reload lets requests in flight
+        # finish, but nginx's old workers close idle keep-alive connections: a client reusing one
+        # at that instant sees it closed and retries once (predictions are idempotent), as
+        # docs/deploy.md tells clients to.
         nonlocal answered
         while not stop.is_set():
             try:
-                r = requests.post(
-                    native.gateway_tls_url + "/predict", json=BOOK_REQUEST, verify=str(certs.ca), timeout=10
-                )
+                try:
+                    r = predict()
+                except requests.ConnectionError as exc:
+                    retried.append(repr(exc))
+                    r = predict()
                 if r.status_code != 200:
                     failures.append(f"{r.status_code} {r.text[:100]}")
             except requests.RequestException as exc:
                 failures.append(repr(exc))
             answered += 1
 
+    thread = threading.Thread(target=client, daemon=True)
     try:
         native.start(services=("nginx",))
         port = native.gateway_tls_port
         assert _served_certificate(port) == _der(certs.cert)
-        thread = threading.Thread(target=client, daemon=True)
         thread.start()
         wait_for(lambda: answered >= 20, 30, what="a client predicting over HTTPS")
 
@@ -294,5 +311,11 @@ def test_a_renewal_through_the_certbot_hook_is_served_without_a_failed_request(
         wait_for(lambda: answered >= seen + 20, 30, what="predictions after the reload")
     finally:
         stop.set()
+        if thread.is_alive():  # its last request must finish before nginx stops
+            thread.join(timeout=30)
         native.stop()
-    assert not failures, f"{len(failures)} of {answered} requests failed across the renewal: {failures[:3]}"
+    assert not failures, (
+        f"{len(failures)} of {answered} requests failed across the renewal (after one retry): {failures[:3]}"
+    )
+    # One sequential client, one reload: at most its one connection can be caught idle.
+    assert len(retried) <= 1, f"more closed connections than one reload explains: {retried}"
