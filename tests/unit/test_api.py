@@ -47,15 +47,6 @@ ERROR_KEYS = {"code", "message", "field"}
 
 
 # --- fixtures: a model store the way the trainer writes it ----------------------
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Settings read the environment; a developer's shell must not change these tests."""
-    names = {name.lower() for name in Settings.model_fields}
-    for key in list(os.environ):
-        if key.lower() in names:
-            monkeypatch.delenv(key)
-
-
 @pytest.fixture(scope="module")
 def iris() -> tuple[np.ndarray, np.ndarray]:
     bunch = load_iris()

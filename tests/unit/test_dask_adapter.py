@@ -7,38 +7,23 @@ integration tests in tests/integration/test_scaling.py run real ones).
 
 from __future__ import annotations
 
-import os
+from functools import partial
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from distributed import Client, LocalCluster
 from distributed.core import Status
 
 from tpotserve.errors import TrainingFailed
-from tpotserve.schema import TrainingPayload
 from tpotserve.settings import Settings
 from tpotserve_trainer import automl
 from tpotserve_trainer.automl import _SchedulerCluster
 
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Settings read the environment; a developer's shell must not change these tests."""
-    names = {name.lower() for name in Settings.model_fields}
-    for key in list(os.environ):
-        if key.lower() in names:
-            monkeypatch.delenv(key)
+from tests.unit.payloads import training_payload
 
 
-def payload(**overrides: Any) -> TrainingPayload:
-    values: dict[str, Any] = {
-        "dataset": "iris", "target": "species", "task": "classification", "max_time_mins": 1.0,
-        "generations": 2, "population_size": 4, "cv": 5, "scoring": "accuracy", "n_jobs": 3,
-    }
-    values.update(overrides)
-    return TrainingPayload(**values)
+payload = partial(training_payload, n_jobs=3)  # a local cluster of three
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ The live stack is fuzzed against it by tests/integration/test_contract.py.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
-from tpotserve.settings import Settings, load_settings
+from tpotserve.settings import load_settings
 from tpotserve.store import ModelStore
 from tpotserve_api import resources
 from tpotserve_api.app import create_app
@@ -45,15 +44,6 @@ DOCUMENT = Path(resources.__file__).with_name("openapi.json")
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 CONVERTER = re.compile(r"<(?:[a-z_]+(?:\([^)]*\))?:)?([A-Za-z_][A-Za-z0-9_]*)>")
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Settings read the environment; a developer's shell must not change these tests."""
-    names = {name.lower() for name in Settings.model_fields}
-    for key in list(os.environ):
-        if key.lower() in names:
-            monkeypatch.delenv(key)
 
 
 @pytest.fixture(scope="module")

@@ -30,17 +30,6 @@ FEATURES = ["SepalLength", "SepalWidth", "PetalLength", "PetalWidth"]
 BOOK = {"SepalLength": 5.1, "SepalWidth": 3.5, "PetalLength": 1.4, "PetalWidth": 0.2}
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Settings read the environment; a developer's shell must not change these tests."""
-    import os
-
-    names = {name.lower() for name in Settings.model_fields}
-    for key in list(os.environ):
-        if key.lower() in names:
-            monkeypatch.delenv(key)
-
-
 @pytest.fixture
 def settings() -> Settings:
     return load_settings()

@@ -6,7 +6,6 @@ into a temporary ModelStore exactly as the trainer writes a version.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,28 +21,13 @@ from sklearn.preprocessing import StandardScaler
 
 from tpotserve.datasets import DataLimits, check_trainable, iris_frame
 from tpotserve.errors import InvalidInput
-from tpotserve.schema import TrainingPayload
-from tpotserve.settings import Settings
 from tpotserve.store import ModelStore
 from tpotserve_trainer import automl, data, jobs
 
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Settings read the environment; a developer's shell must not change these tests."""
-    names = {name.lower() for name in Settings.model_fields}
-    for key in list(os.environ):
-        if key.lower() in names:
-            monkeypatch.delenv(key)
+from tests.unit.payloads import training_payload
 
 
-def payload(**overrides: Any) -> TrainingPayload:
-    values: dict[str, Any] = {
-        "dataset": "iris", "target": "species", "task": "classification", "max_time_mins": 1.0,
-        "generations": 2, "population_size": 4, "cv": 5, "scoring": "accuracy", "n_jobs": 1,
-    }
-    values.update(overrides)
-    return TrainingPayload(**values)
+payload = training_payload
 
 
 @pytest.fixture(scope="module")
