@@ -3,7 +3,6 @@ other data, live progress, cancel, one training at a time, the promotion gate, b
 
 from __future__ import annotations
 
-import io
 import signal
 import time
 

@@ -23,7 +23,6 @@ from typing import Any
 import joblib
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.job import JobStatus
@@ -37,27 +36,13 @@ from tpotserve.store import ModelStore
 from tpotserve_api import metrics
 from tpotserve_api.app import create_app
 
+from tests.prometheus import Samples, parse, value
+
 SIGNING_KEY = "test-signing-key"
 DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1: refused at once
 FEATURES = ["SepalLength", "SepalWidth", "PetalLength", "PetalWidth"]
 BOOK = {"SepalLength": 5.1, "SepalWidth": 3.5, "PetalLength": 1.4, "PetalWidth": 0.2}
 REPO = Path(__file__).resolve().parents[2]
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def parse(text: str) -> Samples:
-    """{(sample name, sorted labels): value} of a /metrics body."""
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """One sample's value; 0 when the series does not exist (yet)."""
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 # --- an app over a store with one signed model ----------------------------------------
