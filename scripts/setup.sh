@@ -4,6 +4,8 @@
 #     v1 for --dev, used only to validate docker-compose.yml offline, and
 #     cloud-init and systemd-analyze, used only to validate
 #     deploy/cloud-init/user-data.yaml)
+#   - with --dev, Docker's engine, compose v2 and buildx (scripts/docker-engine.sh),
+#     dockerd running, for the compose test
 #   - a venv at $VENV (default .venv) with the pinned packages of
 #     requirements.lock (+ requirements-dev.lock) and the project's packages.
 # Re-running is cheap: the venv is rebuilt only when a lock file changes.
@@ -59,6 +61,12 @@ if [ "${#need[@]}" -gt 0 ]; then
       update-rc.d "$script" disable >/dev/null 2>&1 || true
     done
   fi
+fi
+
+# Docker's engine, compose v2 and buildx for the compose test (tests/compose/):
+# installed when missing and dockerd started when it is not answering.
+if [ "$dev" = 1 ]; then
+  scripts/docker-engine.sh
 fi
 
 # --- Python ------------------------------------------------------------------
