@@ -5,7 +5,8 @@ config from the same template compose uses, starts redis-server, the two RQ
 workers, Gunicorn and nginx with the same entrypoints as the Dockerfiles
 (:data:`SERVICE_COMMANDS`, checked against them by tests/unit/test_containers.py),
 waits for each to be healthy, and on SIGINT/SIGTERM stops every process it
-started, by process group, and nothing else.
+started, by process group, and nothing else. Under ``make run`` (:func:`main`) a
+service that dies is restarted with backoff by :mod:`native.supervisor`.
 
     python -m native.stack            # foreground, logs to the console and DATA_DIR/logs
     python -m native.stack --api-instances 2 --workers 2 --dask-workers 2   # scaled out (docs/scaling.md)
@@ -99,6 +100,10 @@ def require_binary(name: str) -> str:
     return path
 
 
+class Cancelled(RuntimeError):
+    """A health wait given up because :attr:`NativeStack.cancel` was set (the stack is stopping)."""
+
+
 @dataclass
 class Process:
     name: str
@@ -138,6 +143,8 @@ class NativeStack:
         self.processes: dict[str, Process] = {}
         self.extra_api_ports: list[int] = [free_port() for _ in range(self.api_instances - 1)]
         self._log_offsets: dict[str, int] = {}
+        self.cancel = threading.Event()
+        """Set it to end a health wait in progress (the launcher stopping mid-start or mid-restart)."""
 
     # --- paths and environment ---------------------------------------------
     @property
@@ -451,6 +458,8 @@ class NativeStack:
         deadline = time.monotonic() + timeout_s
         proc = self.processes[name].popen
         while time.monotonic() < deadline:
+            if self.cancel.is_set():
+                raise Cancelled(f"{name}: stopped before it was ready")
             if proc.poll() is not None:
                 raise RuntimeError(
                     f"{name} exited with {proc.returncode}; last log lines:\n{self._tail(name)}"
@@ -536,6 +545,8 @@ def main() -> int:
 
     import argparse
 
+    from native.supervisor import Supervisor, become_subreaper
+
     parser = argparse.ArgumentParser(prog="python -m native.stack", description="the stack, natively")
     parser.add_argument("--api-instances", type=int, default=1, help="Gunicorn instances behind nginx")
     parser.add_argument("--workers", type=int, default=1, help="RQ workers on the training queue")
@@ -557,10 +568,14 @@ def main() -> int:
 
     def on_signal(signum: int, _frame: object) -> None:
         stopping.set()
+        stack.cancel.set()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    # Before the first spawn: orphans of any service (a killed RQ worker's horse) stay below us.
+    become_subreaper()
     print(f"starting tpotserve natively; data in {stack.data_dir}", flush=True)
+    supervisor: Supervisor | None = None
     try:
         stack.start()
         if args.dashboard:
@@ -571,20 +586,25 @@ def main() -> int:
             print(f"TLS on: {stack.gateway_tls_url} (plain HTTP redirects there)", flush=True)
         else:
             print("TLS off: plain HTTP, for local use (docs/deploy.md turns TLS on)", flush=True)
+        # From here on only the supervising thread spawns: it alone may reap adopted zombies.
+        supervisor = Supervisor(stack)
+        supervisor.start()
         print(
             f"\nready: {stack.gateway_url}  (POST /predict, POST /retrain, GET /models, GET /readyz)\n"
-            f"logs:  {stack.log_dir}/\nstop:  Ctrl-C\n",
+            f"logs:  {stack.log_dir}/\nstop:  Ctrl-C (a service that dies is restarted)\n",
             flush=True,
         )
-        while not stopping.is_set():
-            for proc in stack.processes.values():
-                if proc.popen.poll() is not None:
-                    print(f"{proc.name} exited with {proc.popen.returncode}; stopping", flush=True)
-                    stopping.set()
-            stopping.wait(1.0)
+        while not stopping.wait(1.0):
+            pass
+    except Cancelled:
+        pass  # Ctrl-C during the start: stop below, as after it
     finally:
         print("stopping every process this run started...", flush=True)
+        if supervisor is not None:
+            supervisor.stop()
         stack.stop()
+        if supervisor is not None:
+            supervisor.kill_leftovers()
     return 0
 
 
