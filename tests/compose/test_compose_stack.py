@@ -96,15 +96,46 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeStack]:
+def lookalikes() -> float:
+    """The official base images' look-alikes, built unless present; the seconds it took."""
     docker = tool("docker")
     info = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True)
     assert info.returncode == 0, f"Docker's engine is not running (scripts/docker-engine.sh starts it): {info.stderr}"
     assert subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0, "compose v2 missing"
-
     started = time.monotonic()
     images.ensure_all()
-    lookalikes_s = time.monotonic() - started
+    return time.monotonic() - started
+
+
+def _run(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([tool("docker"), "run", "--rm", *args], capture_output=True, text=True, timeout=timeout_s)
+
+
+def test_the_redis_lookalike_fails_without_capabilities_as_the_official_image_does(lookalikes: float) -> None:
+    # The official entrypoint steps down from root with gosu, which cap_drop: [ALL] forbids.
+    refused = _run("--cap-drop", "ALL", "redis:7-alpine", "redis-server", "--appendonly", "yes")
+    assert refused.returncode != 0
+    assert 'failed switching to "redis": operation not permitted' in refused.stderr + refused.stdout
+    # As its own uid it needs no step-down (what docker-compose.yml does).
+    fine = _run("--cap-drop", "ALL", "--user", "999:1000", "redis:7-alpine", "redis-server", "--version")
+    assert fine.returncode == 0 and "Redis server v=7." in fine.stdout, fine.stderr
+
+
+def test_the_nginx_lookalike_renders_nothing_into_a_conf_dir_it_cannot_write(lookalikes: float) -> None:
+    templates = f"{REPO / 'nginx' / 'templates'}:/etc/nginx/templates:ro"
+    root_owned = _run("--read-only", "--cap-drop", "ALL", "--tmpfs", "/tmp", "--tmpfs", "/etc/nginx/conf.d",
+                      "-v", templates, "nginxinc/nginx-unprivileged:1.27-alpine", "nginx", "-t")
+    assert "/etc/nginx/conf.d is not writable" in root_owned.stdout, root_owned.stdout
+    # Owned by uid 101 (what docker-compose.yml mounts), the same step renders the templates.
+    owned = _run("--read-only", "--cap-drop", "ALL", "--tmpfs", "/tmp", "--tmpfs", "/etc/nginx/conf.d:uid=101,gid=101",
+                 "-v", templates, "nginxinc/nginx-unprivileged:1.27-alpine", "nginx", "-t")
+    assert "not writable" not in owned.stdout
+    assert "Running envsubst on /etc/nginx/templates/default.conf.template" in owned.stdout, owned.stdout
+
+
+@pytest.fixture(scope="module")
+def stack(lookalikes: float, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeStack]:
+    lookalikes_s = lookalikes
 
     # An env file of our own, so a developer's .env never leaks into the test.
     env_file = tmp_path_factory.mktemp("compose") / "test.env"

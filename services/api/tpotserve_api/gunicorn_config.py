@@ -40,6 +40,9 @@ worker_tmp_dir = "/dev/shm"
 # access log would only repeat it without the model version.
 accesslog = None
 errorlog = "-"
+# No gunicornc control socket: nothing here uses it, and its default path is under
+# $HOME, read-only in the container and shared by every instance of a native run.
+control_socket_disable = True
 
 # --- metrics: prometheus-client's multiprocess mode ------------------------------
 # Each worker writes its metric values to files in one shared directory and the
