@@ -8,9 +8,12 @@ the gateway's published port on 127.0.0.1, as a user's client would.
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import signal
 import subprocess
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -59,6 +62,15 @@ class ComposeStack:
             [tool("docker"), "compose", "--project-name", PROJECT, "--env-file", str(self.env_file), *args],
             cwd=REPO, env=self.env, check=check, timeout=timeout_s, capture_output=True, text=True,
         )
+
+    def compose_bytes(self, *args: str, stdin: bytes | None = None, timeout_s: float = 300) -> bytes:
+        """A compose command whose stdout is data (an archive), not text."""
+        result = subprocess.run(
+            [tool("docker"), "compose", "--project-name", PROJECT, "--env-file", str(self.env_file), *args],
+            cwd=REPO, env=self.env, input=stdin, capture_output=True, timeout=timeout_s,
+        )
+        assert result.returncode == 0, result.stderr.decode(errors="replace")
+        return result.stdout
 
     def container(self, service: str) -> str:
         ids = self.compose("ps", "--quiet", service).stdout.split()
@@ -283,3 +295,15 @@ def test_a_sigkilled_worker_is_restarted_and_predictions_never_fail(stack: Compo
     assert failures == [], failures[:5]
     assert stack.inspect("worker", "{{.State.Running}}") == "true"
     print(f"\nworker SIGKILLed: restarted by compose, {answered} predictions, 0 failed")
+
+
+def test_a_backup_streams_through_compose_as_documented(stack: ComposeStack) -> None:
+    # docs/deploy.md: build the on-demand service first, then stream the archive to stdout.
+    stack.compose("build", "backup", timeout_s=UP_TIMEOUT_S)
+    archive = stack.compose_bytes("run", "--rm", "-T", "--no-deps", "backup", "create", "-")
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        names = tar.getnames()
+        manifest = json.load(tar.extractfile("manifest.json"))
+    assert "models/current.json" in names
+    served = stack.post("/predict", json=BOOK_REQUEST).json()["model_version"]
+    assert served in json.dumps(manifest)
