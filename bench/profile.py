@@ -33,8 +33,8 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     (
         "model: trees / predict_proba",
         (
-            "forest_proba (tpotserve_api/model_holder",
-            "_checked_once (tpotserve_api/",
+            "trees_proba (tpotserve_api/fast_path",
+            "checked_once (tpotserve_api/",
             "LoadedModel.predict_proba (tpotserve_api/",
         ),
     ),

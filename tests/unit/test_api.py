@@ -35,7 +35,8 @@ from tpotserve.store import ModelStore, Pointer
 from tpotserve_api import model_holder as model_holder_module
 from tpotserve_api.app import JsonApi, create_app
 from tpotserve_api.errors import to_response
-from tpotserve_api.model_holder import LoadedModel, ModelHolder
+from tpotserve_api.loaded_model import LoadedModel
+from tpotserve_api.model_holder import ModelHolder
 
 FEATURES = ["SepalLength", "SepalWidth", "PetalLength", "PetalWidth"]
 BOOK = {"SepalLength": 5.1, "SepalWidth": 3.5, "PetalLength": 1.4, "PetalWidth": 0.2}

@@ -2,7 +2,7 @@
 benchmark's own arithmetic (bench/) is right.
 
 The shortcuts (tpotserve.schema: orjson parsing, plain rows, the range check;
-tpotserve_api.model_holder: the direct tree sum, scaler arithmetic, unchecked
+tpotserve_api.fast_path: the direct tree sum, scaler arithmetic, unchecked
 finite input) each fall back to the original code at the first doubt. These
 tests compare both on the cases that decide: every malformed value, key and
 shape, numbers at the edges of float64 and float32, integers beyond 64 bits.
@@ -32,7 +32,8 @@ from bench.micro import batch_rows
 from tpotserve import schema
 from tpotserve.errors import InvalidInput, MalformedBody
 from tpotserve.store import Pointer
-from tpotserve_api.model_holder import LoadedModel, compile_fast_proba, pin_single_thread
+from tpotserve_api.fast_path import compile_fast_proba, pin_single_thread
+from tpotserve_api.loaded_model import LoadedModel
 
 FEATURES = ["SepalLength", "SepalWidth", "PetalLength", "PetalWidth"]
 BOOK = {"SepalLength": 5.1, "SepalWidth": 3.5, "PetalLength": 1.4, "PetalWidth": 0.2}
@@ -397,13 +398,13 @@ def test_a_model_without_predict_proba_gets_no_shortcut(iris) -> None:
 
 
 def test_a_shortcut_that_differs_is_refused(iris, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tpotserve_api import model_holder
+    from tpotserve_api import fast_path
 
     X, y = iris
     model = FAST_MODELS["scaled-forest"]().fit(X, y)
-    real = model_holder.compile_transform
+    real = fast_path.compile_transform
     # A scaler shortcut that is off: the verification rows must catch it.
-    monkeypatch.setattr(model_holder, "compile_transform", lambda step: lambda X: real(step)(X) + 0.5)
+    monkeypatch.setattr(fast_path, "compile_transform", lambda step: lambda X: real(step)(X) + 0.5)
     assert compile_fast_proba(model, meta_for(X, list(model.classes_))) == (None, "predict_proba")
 
 

@@ -1,0 +1,83 @@
+"""A verified model as the API answers with it: predictions, probabilities, class names."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from tpotserve.errors import InvalidInput
+from tpotserve.store import Pointer
+
+from .fast_path import checked_once
+
+
+@dataclass
+class LoadedModel:
+    """A verified model and what the API needs to answer with it."""
+
+    pointer: Pointer
+    meta: dict[str, Any]
+    model: Any
+    loaded_at: float = field(default_factory=time.time)
+    fast_proba: Callable[[np.ndarray], np.ndarray | None] | None = field(default=None, repr=False)
+    """A shortcut for ``model.predict_proba``, checked at load to give identical answers
+    (:func:`tpotserve_api.fast_path.compile_fast_proba`); None: scikit-learn's own call."""
+
+    @property
+    def version(self) -> str:
+        return self.pointer.version
+
+    @cached_property
+    def feature_names(self) -> list[str]:
+        return [f["name"] for f in self.meta["features"]]
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.meta["task"] == "classification"
+
+    def predict(self, rows: list[list[float]]) -> tuple[list[Any], list[dict[str, float]] | None]:
+        """Predictions (class names or numbers) and, for classifiers, class probabilities.
+
+        ``rows`` were validated by tpotserve.schema.parse_predict (finite numbers, the
+        model's feature order), so scikit-learn's own per-call finiteness checks are skipped.
+        """
+        X = np.asarray(rows, dtype=float)
+        if not self.is_classifier:
+            values = checked_once(self.model.predict, X)
+            if not np.isfinite(values).all():
+                raise InvalidInput("the model cannot compute a prediction for these values", field=None)
+            return [float(v) for v in values], None
+        classes = self.meta["classes"]
+        if hasattr(self.model, "predict_proba"):
+            # One call gives both answers; predict() would run predict_proba again.
+            proba = self.predict_proba(X)
+            if not np.isfinite(proba).all():
+                raise InvalidInput("the model cannot compute probabilities for these values", field=None)
+            predictions = [classes[i] for i in proba.argmax(axis=1).tolist()]
+            names = self._class_names
+            # tolist(): plain floats in one C loop, not one numpy scalar per value.
+            probabilities = [dict(zip(names, row)) for row in proba.tolist()]
+            return predictions, probabilities
+        raw = self.model.predict(X)
+        model_classes = list(getattr(self.model, "classes_", range(len(classes))))
+        return [classes[model_classes.index(v)] for v in raw], None
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """``model.predict_proba(X)`` for validated rows: the verified shortcut when there is one."""
+        if self.fast_proba is not None:
+            proba = self.fast_proba(X)
+            if proba is not None:
+                return proba
+            # Declined (input beyond float32's range, or a non-finite result): scikit-learn
+            # with all its checks, so the answer or the refusal is scikit-learn's own.
+            return self.model.predict_proba(X)
+        return checked_once(self.model.predict_proba, X)
+
+    @cached_property
+    def _class_names(self) -> list[str]:
+        return [str(name) for name in self.meta["classes"]]
