@@ -1,4 +1,4 @@
-"""A small typed client for the tpotserve gateway (see the API section of README.md).
+"""A small typed client for the tpotserve gateway (the API: docs/api.md).
 
     from tpotserve_cli import Client
 

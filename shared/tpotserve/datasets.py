@@ -9,7 +9,7 @@ so uploading the same file twice gives the same id. The API validates
 uploads and retrain requests; the trainer loads frames by id. Both use this
 module, so the rules cannot drift.
 
-Data rules (also in the README):
+Data rules (also in docs/api.md, "Data rules"):
 - UTF-8 (a BOM is allowed), comma-separated, a header row with unique, non-empty names.
 - At least two columns and ``MIN_TRAINING_ROWS`` data rows; at most the configured caps.
 - Feature columns must be numeric; text columns are refused with their name

@@ -52,7 +52,7 @@ LONG = {"max_time_mins": 3, "generations": 100, "population_size": 6, "cv": 3}
 RECOVERY = {**SMALL, "max_time_mins": 0.5}
 SWAP_DEADLINE_S = 2.0
 QUEUE_503_DEADLINE_S = 2.0
-KILLED_JOB_BOUND_S = 90.0  # README: about 65 s after the last heartbeat
+KILLED_JOB_BOUND_S = 90.0  # docs/api.md: about 65 s after the last heartbeat
 
 
 def say(message: str) -> None:

@@ -1,19 +1,42 @@
-"""The README tells the truth about configuration: every setting is documented."""
+"""The docs tell the truth: every setting is documented, and the README leads to every doc."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from tpotserve.settings import Settings
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()
+LOCAL_LINK = re.compile(r"\]\((?!https?://|#)([^)#\s]+)(?:#[^)]*)?\)")
 
 
-def test_every_setting_is_in_the_readme_configuration_table() -> None:
-    table = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+def test_every_setting_is_in_the_configuration_table() -> None:
+    assert "\n## Configuration\n" in CONFIGURATION, "docs/configuration.md lost its Configuration section"
+    table = CONFIGURATION.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
     missing = [name.upper() for name in Settings.model_fields if f"`{name.upper()}`" not in table]
-    assert not missing, f"README's configuration table lacks {missing}"
+    assert not missing, f"docs/configuration.md's configuration table lacks {missing}"
 
 
 def test_readme_gives_the_two_commands() -> None:
     assert "make run" in README and "make test" in README
+
+
+def test_readme_links_every_doc() -> None:
+    linked = set(LOCAL_LINK.findall(README))
+    docs = [f"docs/{doc.name}" for doc in sorted((ROOT / "docs").glob("*.md"))]
+    missing = [doc for doc in docs if doc not in linked]
+    assert not missing, f"the README does not link {missing}"
+
+
+def test_local_links_in_the_readme_and_docs_resolve() -> None:
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = [
+        f"{page.relative_to(ROOT)} -> {target}"
+        for page in pages
+        for target in LOCAL_LINK.findall(page.read_text())
+        if not (page.parent / target).exists()
+    ]
+    assert not broken, f"links to files that do not exist: {broken}"

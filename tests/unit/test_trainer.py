@@ -182,7 +182,7 @@ def test_an_encoded_pipeline_that_accepts_labels_is_refit_on_them(split) -> None
 
 
 def test_an_xgboost_pipeline_predicts_class_names_and_unpickles_with_sklearn_alone(split, tmp_path) -> None:
-    """XGBoost refuses string labels; the artifact must still predict names (README promise)."""
+    """XGBoost refuses string labels; the artifact must still predict names (docs/architecture.md promise)."""
     from xgboost import XGBClassifier
 
     X_train, X_hold, y_train, _ = split

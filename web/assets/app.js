@@ -1,4 +1,4 @@
-// tpotserve's page. It talks to the same JSON API as every other client (README, "The API"):
+// tpotserve's page. It talks to the same JSON API as every other client (docs/api.md):
 //   GET /models/current, GET /models, POST /models/<v>/activate     -> the model panel
 //   POST /predict                                                    -> the prediction form
 //   GET|POST /datasets, POST /retrain, GET|DELETE /jobs/<id>         -> the retrain panel
