@@ -1,8 +1,28 @@
-"""The one place that reads the environment.
+"""Where the services' configuration is read from the environment: one typed object.
 
 Compose and the native launcher set the same variable names; every service
-builds one :class:`Settings` at start-up and passes it down. Nothing else in
-the project calls ``os.environ``.
+builds one :class:`Settings` at start-up and passes it down, so a setting is
+parsed and validated in one place.
+
+Two other modules of the services touch ``os.environ``, both as plumbing between
+Gunicorn's master and its workers, not to read settings of their own:
+
+- ``tpotserve_api/gunicorn_config.py`` writes ``PROMETHEUS_MULTIPROC_DIR`` into the
+  master's environment: the configured directory, or a new temp directory when it
+  is unset. prometheus-client reads that variable when it is imported, and the
+  forked workers inherit it from the master. Its ``raw_env`` also sets
+  ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` (from
+  ``API_BLAS_THREADS``) in each worker, for the BLAS/OpenMP libraries to read.
+- ``tpotserve_api/metrics.py`` (``multiprocess_dir``) reads ``PROMETHEUS_MULTIPROC_DIR``
+  in the worker that answers ``GET /metrics``: the directory to sum is the one the
+  master chose, which may be a temp directory no ``Settings`` field holds, and only
+  the inherited environment carries it.
+
+Outside the services' Python code the same names are read by the nginx image (its
+envsubst step over ``nginx/templates/`` and ``nginx/entrypoint.d/15-tpotserve-tls.envsh``;
+natively native/stack.py fills the same templates and sources the same script),
+and the ``tpotserve`` CLI, a client, reads ``TPOTSERVE_URL``, ``TPOTSERVE_API_KEY``
+and ``API_KEY``.
 """
 
 from __future__ import annotations

@@ -121,8 +121,8 @@ def _cancel_training(stack: LiveStack, training_jobs: set[str], response: Any) -
 
 @pytest.fixture(autouse=True)
 def _nodeid_for_schemathesis(request: pytest.FixtureRequest) -> None:
-    """schemathesis 4.32's lazy schemas read and rename ``node._nodeid``, which pytest 9.2
-    no longer has (it keeps ``node._id``); give it one. Harmless once either side changes."""
+    """schemathesis 4.32's lazy schemas read and rename ``node._nodeid``, which pytest 9.2's
+    nodes do not have (they keep ``node._id``); give them one. Harmless once either side changes."""
     if not hasattr(request.node, "_nodeid"):
         request.node._nodeid = request.node.nodeid
 
@@ -173,8 +173,8 @@ def test_the_fuzzer_reached_every_operation(contract) -> None:
 
 
 # --- ids the queue could never have made --------------------------------------------
-# Found by this fuzzer (fixed since): rq's Job.fetch raises ValueError, not NoSuchJobError,
-# for an id with any character but A-Za-z0-9_- before its first ':', and that was a 500.
+# rq's Job.fetch raises ValueError, not NoSuchJobError, for an id with any character but
+# A-Za-z0-9_- before its first ':'. The fuzzer draws such ids only by chance; these pin them: 404.
 @pytest.mark.parametrize("method", ["GET", "DELETE"])
 @pytest.mark.parametrize("job_id", ["no.such.job", "café", "a b"])
 def test_a_job_id_rq_cannot_hold_is_not_found(contract, stack: LiveStack, method: str, job_id: str) -> None:
@@ -187,8 +187,8 @@ def test_a_job_id_rq_cannot_hold_is_not_found(contract, stack: LiveStack, method
 # --- /predict with the current model's own features -----------------------------------
 # The generic fuzzer cannot guess feature names, so almost all its instances are a 422.
 # These draw the served model's real features with any JSON number: the answer is a 200
-# with numbers or a 422, whatever pipeline TPOT chose (values beyond float32's range, and
-# values the pipeline overflows on, were 500s or null probabilities: fixed, kept here).
+# with numbers or a 422, whatever pipeline TPOT chose (among them values beyond float32's range,
+# e.g. the integers from 10**300, and values the pipeline overflows on: a 422, never a 500 or a null).
 numbers = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
     st.floats(min_value=-1e6, max_value=1e6),
