@@ -22,6 +22,8 @@ from typing import Any
 
 import joblib
 
+from tpotserve.clock import utc_iso
+
 REPO = Path(__file__).resolve().parent.parent
 FEATURES = ["SepalLength", "SepalWidth", "PetalLength", "PetalWidth"]
 BOOK_ROW = {"SepalLength": 5.1, "SepalWidth": 3.5, "PetalLength": 1.4, "PetalWidth": 0.2}
@@ -77,7 +79,7 @@ def forest_model(work: Path) -> BenchModel:
     artifact = directory / "model.joblib"
     joblib.dump(pipeline, artifact)
     meta = {
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created_at": utc_iso(),
         "task": "classification",
         "dataset": "iris",
         "target": "species",

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tpotserve.clock import utc_iso
+
 from .models import FEATURES, BenchModel, build
 from .micro import batch_rows, median_us
 from .servers import BookServer, MLServer, ProductServer, Server, ServerUnavailable
@@ -720,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
     wrk = wrk_binary()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    started_at = utc_iso()
     load_start = os.getloadavg()
     if load_start[0] > (os.cpu_count() or 1) * 0.5 and not args.smoke:
         print(
@@ -738,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "label": args.label,
         "started_at": started_at,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "finished_at": utc_iso(),
         "elapsed_s": round(time.monotonic() - t0, 1),
         "machine": {
             "cores": os.cpu_count(),

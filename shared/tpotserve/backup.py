@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .atomic import DIR_MODE, FILE_MODE, TMP_PREFIX, fsync_dir, replace_file, sha256_file
+from .clock import utc_iso
 from .store import ARTIFACT_NAME, META_NAME, POINTER_NAME, ModelStore
 
 __all__ = ["BackupError", "RestoreError", "create", "create_file", "main", "restore", "restore_file"]
@@ -102,10 +103,6 @@ Log = Callable[[str], None]
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _package_version() -> str:
@@ -332,7 +329,7 @@ def create(
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "created_at": _utc_now(),
+            "created_at": utc_iso(),
             "tpotserve_version": _package_version(),
             "pointer": pointer,
             "versions": sorted(versions.values(), key=lambda v: v["version"]),

@@ -29,7 +29,6 @@ import hashlib
 import io
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import new_directory, sha256_file, write_new_file
+from .clock import utc_iso
 from .errors import InvalidInput, NotFound
 from .settings import Settings
 
@@ -296,7 +296,7 @@ class DatasetStore:
             "rows": int(len(frame)),
             "columns": describe_columns(frame),
             "preview": preview(frame),
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created_at": utc_iso(),
         }
         try:
             with new_directory(final) as tmp:

@@ -17,6 +17,7 @@ from typing import Any
 
 import joblib
 
+from tpotserve.clock import utc_iso
 from tpotserve.errors import ArtifactRejected, ModelNotReady, NotFound
 from tpotserve.store import ModelStore, Pointer
 
@@ -51,7 +52,7 @@ class ModelHolder:
         return {
             "model_loaded": model is not None,
             "model_version": model.version if model else None,
-            "loaded_at": _iso(model.loaded_at) if model else None,
+            "loaded_at": utc_iso(model.loaded_at) if model else None,
             "last_load_error": self._last_error,
         }
 
@@ -134,10 +135,6 @@ class ModelHolder:
         self._last_error = {
             "version": pointer.version if pointer else None,
             "message": message,
-            "at": _iso(time.time()),
+            "at": utc_iso(),
         }
         log.error("refused model %s: %s", pointer.version if pointer else "?", message)
-
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
