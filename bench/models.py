@@ -58,17 +58,13 @@ def iris_xy() -> tuple[Any, Any]:
     return frame[FEATURES], frame["species"]
 
 
-def feature_schema(X: Any) -> list[dict[str, Any]]:
-    return [
-        {"name": c, "type": "number", "min": float(X[c].min()), "max": float(X[c].max())} for c in X.columns
-    ]
-
-
 def forest_model(work: Path) -> BenchModel:
     """StandardScaler + RandomForestClassifier(100), fitted on iris (seeded: the same trees every run)."""
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
+
+    from tpotserve.schema import feature_schema
 
     X, y = iris_xy()
     pipeline = Pipeline(

@@ -126,6 +126,24 @@ def parse_predict(body: Any, feature_names: list[str], max_rows: int) -> Predict
     return PredictRequest(rows=rows, single=True, originals=[body])
 
 
+def feature_schema(X: Any) -> list[dict[str, Any]]:
+    """A model's ``features`` in meta.json: the name, order, type and observed range of each
+    training column, from ``X`` (a DataFrame of the training features, in the model's order).
+
+    The API checks predictions against it: the names (:func:`parse_predict`) and the ranges
+    (:func:`range_warnings`).
+    """
+    return [
+        {
+            "name": str(column),
+            "type": "number",
+            "min": float(X[column].min()),
+            "max": float(X[column].max()),
+        }
+        for column in X.columns
+    ]
+
+
 FAR_OUTSIDE = 0.5
 """A value is reported when it lies beyond the training range by more than this share of the range."""
 

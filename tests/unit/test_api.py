@@ -21,6 +21,7 @@ from typing import Any
 
 import joblib
 import numpy as np
+import pandas as pd
 import pytest
 from flask import Flask
 from sklearn.datasets import load_iris
@@ -30,6 +31,7 @@ from sklearn.preprocessing import StandardScaler
 from werkzeug import exceptions as wz
 
 from tpotserve.errors import ArtifactRejected, ModelNotReady
+from tpotserve.schema import feature_schema
 from tpotserve.settings import Settings, load_settings
 from tpotserve.store import ModelStore, Pointer
 from tpotserve_api import model_holder as model_holder_module
@@ -62,13 +64,6 @@ def model(iris) -> Pipeline:
     return Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=1000))]).fit(X, y)
 
 
-def feature_schema(X: np.ndarray, names: list[str] = FEATURES) -> list[dict]:
-    return [
-        {"name": name, "type": "number", "min": float(X[:, i].min()), "max": float(X[:, i].max())}
-        for i, name in enumerate(names)
-    ]
-
-
 def make_meta(model: Any, X: np.ndarray, names: list[str] = FEATURES, task: str = "classification") -> dict:
     """Metadata with the keys tpotserve_trainer.jobs.retrain writes."""
     return {
@@ -76,7 +71,7 @@ def make_meta(model: Any, X: np.ndarray, names: list[str] = FEATURES, task: str 
         "task": task,
         "dataset": "iris",
         "target": "species",
-        "features": feature_schema(X, names),
+        "features": feature_schema(pd.DataFrame(X, columns=names)),
         "classes": [str(c) for c in model.classes_] if task == "classification" else None,
         "cv_score": 0.96,
         "scoring": "accuracy" if task == "classification" else "r2",
@@ -730,7 +725,10 @@ def test_meta_fixture_matches_the_trainers_feature_schema(iris) -> None:
     X, _ = iris
     frame = datasets.iris_frame()
     assert datasets.IRIS_FEATURES == FEATURES
-    assert data.feature_schema(frame.drop(columns=["species"])) == feature_schema(X)
+    # Both sides call tpotserve.schema.feature_schema; what this checks is the data: the
+    # fixture's (sklearn's iris under FEATURES) against the bundled iris the trainer trains on.
+    fixture = feature_schema(pd.DataFrame(X, columns=FEATURES))
+    assert data.feature_schema(frame.drop(columns=["species"])) == fixture
 
 
 # --- /predict: values far outside the training range ----------------------------------

@@ -7,7 +7,11 @@ from sklearn.model_selection import train_test_split
 
 from tpotserve.datasets import DatasetStore, check_trainable
 from tpotserve.errors import InvalidInput
-from tpotserve.schema import TrainingPayload
+from tpotserve.schema import TrainingPayload, feature_schema
+
+# feature_schema: the features of the meta.json jobs.retrain writes, defined with the
+# API's checks of them in tpotserve.schema.
+__all__ = ["feature_schema", "holdout_split", "load"]
 
 
 def load(datasets: DatasetStore, run: TrainingPayload) -> tuple[pd.DataFrame, pd.Series]:
@@ -31,16 +35,3 @@ def holdout_split(
         # A fixed seed unless the run has one: the same data gives the same holdout.
         random_state=run.random_state if run.random_state is not None else 0,
     )
-
-
-def feature_schema(X: pd.DataFrame) -> list[dict]:
-    """Names, order, types and observed ranges of the training features."""
-    return [
-        {
-            "name": str(column),
-            "type": "number",
-            "min": float(X[column].min()),
-            "max": float(X[column].max()),
-        }
-        for column in X.columns
-    ]
