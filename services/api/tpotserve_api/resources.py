@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 from flask import Response, current_app, request
@@ -26,15 +26,20 @@ def _ctx() -> Any:
     return current_app.extensions["tpotserve"]
 
 
-def _json_body(required: bool = True) -> Any:
-    """The request body as JSON; 415 unless it says it is JSON."""
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
+def _read_limited(stream: IO[bytes], limit: int) -> bytes:
+    """All of ``stream``; 413 when it holds more than ``limit`` bytes."""
     # Read one byte past the limit: a chunked body (no Content-Length) must be
     # refused, not silently truncated into something that may still parse.
-    raw = request.stream.read(limit + 1)
+    raw = stream.read(limit + 1)
     # Werkzeug caps a chunked stream at the limit; one more read raises 413 there.
-    if len(raw) > limit or (len(raw) == limit and request.stream.read(1)):
+    if len(raw) > limit or (len(raw) == limit and stream.read(1)):
         raise RequestEntityTooLarge()
+    return raw
+
+
+def _json_body(required: bool = True) -> Any:
+    """The request body as JSON; 415 unless it says it is JSON."""
+    raw = _read_limited(request.stream, current_app.config["MAX_CONTENT_LENGTH"])
     if not raw and not required:
         return None
     if request.mimetype != "application/json":
@@ -152,11 +157,7 @@ def _csv_upload(limit: int) -> tuple[bytes, str | None]:
         raise UnsupportedMedia(
             f"send a CSV as multipart/form-data (field 'file') or as text/csv (got {request.mimetype or 'none'!r})"
         )
-    raw = stream.read(limit + 1)
-    # A chunked body is capped at the limit by Werkzeug; one more read raises 413 there.
-    if len(raw) > limit or (len(raw) == limit and stream.read(1)):
-        raise RequestEntityTooLarge()
-    return raw, filename
+    return _read_limited(stream, limit), filename
 
 
 class Models(Resource):
