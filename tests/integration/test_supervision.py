@@ -9,7 +9,11 @@ One launcher (`python -m native.stack`, as `make run` starts it) for the module:
     b. every RQ process (both workers and the training's work-horse) SIGKILLed mid-TPOT:
        predictions answer 200 throughout, the job ends `failed`, nothing of the old worker's
        tree (TPOT's Dask processes) is left, the workers come back and the next retrain runs
-    c. SIGTERM still stops everything, restarted services included
+    b2. the training worker alone SIGKILLed mid-TPOT: its orphaned work-horse and TPOT's
+       processes are killed before the new worker starts
+    c. a service that keeps dying waits 1, 2, 4 ... s between restarts, and another one dying
+       meanwhile is restarted without waiting for it
+    d. SIGTERM still stops everything, restarted services included, and no zombie was left
 
 Numbers are printed with a ``[supervision]`` prefix (run with ``-s`` to see them).
 """
@@ -303,9 +307,66 @@ def test_b_every_rq_process_sigkilled_mid_training(launcher: Launcher) -> None:
     assert launcher.said_back("worker", new_worker) and launcher.said_back("worker-control", new_control)
 
 
-def test_c_sigterm_still_stops_everything(launcher: Launcher) -> None:
+def test_b2_a_killed_workers_orphaned_horse_is_killed_before_the_restart(launcher: Launcher) -> None:
+    admin = {"Authorization": f"Bearer {API_KEY}"}
+    response = requests.post(launcher.url + "/retrain", json=LONG_RETRAIN, headers=admin, timeout=30)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    worker = launcher.leader("worker")
+    wait_for(lambda: (launcher.job(job_id).get("progress") or {}).get("generation"), timeout_s=180,
+             interval_s=0.25, what="TPOT past its first generation")
+    horse_tree = descendants(worker)
+    assert any(is_rq(cmdline(pid)) for pid in horse_tree), horse_tree  # the horse, TPOT's processes below it
+    since = len(launcher.supervisor_lines())
+    os.kill(worker, signal.SIGKILL)  # the worker only: its horse, in a group of its own, runs on
+
+    # Not launcher.replaced(): the orphaned horse, adopted by the launcher with the worker's
+    # command line, looks like a new leader until the supervisor kills it.
+    def back() -> int | None:
+        said = (re.fullmatch(r"worker back: pid (\d+), healthy after .*", line)
+                for line in launcher.supervisor_lines()[since:])
+        return next((int(m[1]) for m in said if m), None)
+
+    new = wait_for(back, timeout_s=RESTART_TIMEOUT_S, what="the supervisor's line on the new worker being back")
+    assert new not in horse_tree
+    assert not any(alive(pid) for pid in horse_tree), {pid: cmdline(pid) for pid in horse_tree if alive(pid)}
+    assert launcher.leaders("worker") == {new}
+    wait_for(lambda: new in launcher.registered(), timeout_s=30, what="the new worker registered in Redis")
+
+
+def test_c_backoff_doubles_and_never_holds_up_another_service(launcher: Launcher) -> None:
+    since = len(launcher.supervisor_lines())
+    nginx = launcher.leader("nginx")
+    for kill in range(3):
+        os.kill(nginx, signal.SIGKILL)
+        if kill == 2:
+            # nginx now waits its longest delay yet; Redis, dying meanwhile, is not held up by it.
+            os.kill(launcher.leader("redis"), signal.SIGKILL)
+        nginx = launcher.replaced("nginx", nginx)
+        wait_for(lambda: launcher.said_back("nginx", nginx, since=since), timeout_s=RESTART_TIMEOUT_S,
+                 what="the supervisor's line on nginx being back")
+    said = launcher.supervisor_lines()[since:]
+    say(f"nginx killed 3 times, Redis once meanwhile; said: {said}")
+    died = r"nginx killed by SIGKILL \(status -9\); restart (\d+) in ([0-9.]+) s"
+    restarts = [(int(m[1]), float(m[2])) for m in (re.fullmatch(died, line) for line in said) if m]
+    assert len(restarts) == 3, said
+    assert [n - restarts[0][0] for n, _ in restarts] == [0, 1, 2], restarts
+    assert [d / restarts[0][1] for _, d in restarts] == [1, 2, 4], restarts
+    redis_back = next(i for i, line in enumerate(said) if line.startswith("redis back: pid "))
+    nginx_back = max(i for i, line in enumerate(said) if line.startswith("nginx back: pid "))
+    assert redis_back < nginx_back, said
+    wait_for(lambda: launcher.predict().status_code == 200, timeout_s=RESTART_TIMEOUT_S, what="a 200 again")
+
+
+def zombies(pid: int) -> set[int]:
+    return {child for child in descendants(pid) if parent(child) == pid and not alive(child)}
+
+
+def test_d_sigterm_still_stops_everything(launcher: Launcher) -> None:
     started = descendants(launcher.popen.pid)
     assert started
+    # Every orphan the launcher adopted (the killed processes' leftovers) has been reaped.
+    wait_for(lambda: not zombies(launcher.popen.pid), timeout_s=10, what="no zombie left below the launcher")
     launcher.popen.send_signal(signal.SIGTERM)
     assert launcher.popen.wait(timeout=60) == 0
     wait_for(lambda: not any(alive(pid) for pid in started), timeout_s=10, what="every child gone")
