@@ -9,7 +9,7 @@ started, by process group, and nothing else. Under ``make run`` (:func:`main`) a
 service that dies is restarted with backoff by :mod:`native.supervisor`.
 
     python -m native.stack            # foreground, logs to the console and DATA_DIR/logs
-    python -m native.stack --api-instances 2 --workers 2 --dask-workers 2   # scaled out (docs/scaling.md)
+    python -m native.stack --api-instances 2 --dask-workers 2   # scaled out (docs/scaling.md)
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ RQ_DASHBOARD_COMMAND = ["rq-dashboard", "--url-prefix", "/rq", "--disable-delete
 # `dask worker` reads DASK_SCHEDULER_ADDRESS itself (Dask's config), so it takes no address.
 DASK_SCHEDULER_COMMAND = ["dask", "scheduler"]
 DASK_WORKER_COMMAND = ["dask", "worker", "--nworkers", "1", "--nthreads", "1"]
-# Services that run as several numbered instances natively: "api", "api-2", "worker-2", ...
-_SCALABLE = ("api", "worker", "dask-worker")
+# Services that run as several numbered instances natively: "api", "api-2", "dask-worker-2", ...
+_SCALABLE = ("api", "dask-worker")
 _INSTANCE = re.compile(r"(?P<kind>.+)-(?P<index>[0-9]+)")
 NGINX_TEMPLATE_DIR = "nginx/templates"
 NGINX_TEMPLATE = "nginx/templates/default.conf.template"
@@ -126,8 +126,6 @@ class NativeStack:
     api_instances: int = 1
     """Gunicorn instances ("api", "api-2", ...), each on its own port behind nginx
     (compose: --scale api=N)."""
-    training_workers: int = 1
-    """RQ workers on the training queue ("worker", "worker-2", ...; compose: --scale worker=N)."""
     dask_workers: int = 0
     """Above 0: start a Dask scheduler and this many Dask workers ("dask-worker", "dask-worker-2", ...),
     and point the training workers at it unless ``env`` sets DASK_SCHEDULER_ADDRESS."""
@@ -185,7 +183,7 @@ class NativeStack:
             "redis",
             *(dask if self.dask_workers else ()),
             "worker-control",
-            *(self.instance_name("worker", i + 1) for i in range(self.training_workers)),
+            "worker",  # the training queue's one consumer (tpotserve.jobs.TRAINING_QUEUE)
             *(self.instance_name("api", i + 1) for i in range(self.api_instances)),
             "nginx",
         )
@@ -549,7 +547,6 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(prog="python -m native.stack", description="the stack, natively")
     parser.add_argument("--api-instances", type=int, default=1, help="Gunicorn instances behind nginx")
-    parser.add_argument("--workers", type=int, default=1, help="RQ workers on the training queue")
     parser.add_argument("--dask-workers", type=int, default=0, help="start a Dask cluster of N workers")
     parser.add_argument("--dashboard", action="store_true", help="also the RQ dashboard at /rq/ (admin key)")
     args = parser.parse_args()
@@ -560,7 +557,6 @@ def main() -> int:
         gateway_tls_port=settings.gateway_tls_port,
         echo=True,
         api_instances=args.api_instances,
-        training_workers=args.workers,
         dask_workers=args.dask_workers,
     )
 

@@ -5,10 +5,13 @@ The API enqueues jobs *by name* so it never imports the trainer or TPOT.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .schema import TrainingPayload
 
 TRAINING_QUEUE = "training"
-"""Long TPOT runs; one worker, one run at a time."""
+"""Long TPOT runs. Exactly one worker consumes it, so trainings run one at a time, in
+the order they were queued (docs/scaling.md)."""
 
 CONTROL_QUEUE = "control"
 """Quick store operations (activate) that must not wait behind a training run."""
@@ -36,12 +39,14 @@ STATUS_MAP = {
     "canceled": "canceled",
 }
 
+ENDED = ("finished", "failed", "stopped", "canceled")
+"""RQ's statuses of a job that will not run (any more)."""
 
-CANCEL_KEY = "tpotserve:canceled:{job_id}"
-"""Set by DELETE /jobs/<id>. A worker may already have taken a job RQ still calls
-queued; the trainer checks this key when it starts, so a cancel is never lost."""
 
-CANCEL_KEY_TTL_S = 7 * 24 * 3600
+def rq_status(job: Any, refresh: bool = True) -> str:
+    """An RQ job's status as RQ names it (``JobStatus`` is an enum; its value is the name)."""
+    status = job.get_status(refresh=refresh)
+    return str(getattr(status, "value", status))
 
 
 def job_timeout(payload: TrainingPayload, margin_s: int) -> int:

@@ -180,15 +180,6 @@ class Settings(BaseSettings):
     dask_worker_wait_s: float = Field(default=30.0, gt=0)
     """DASK_WORKER_WAIT_S: how long a job waits for a first Dask worker before failing."""
 
-    # --- one training at a time ---------------------------------------------
-    training_lock_ttl_s: int = Field(default=30, ge=3)
-    """TRAINING_LOCK_TTL_S: the Redis training lock expires this long after its holder stops
-    renewing it (renewed every third of it while a training runs; a killed one frees it by then)."""
-
-    training_lock_wait_s: float = Field(default=240.0, gt=0)
-    """TRAINING_LOCK_WAIT_S: how long a training job waits for another one to finish before failing;
-    the wait counts against its RQ timeout, so keep it below JOB_TIMEOUT_MARGIN_S."""
-
     # --- caps a retrain request may not exceed -----------------------------
     max_time_mins_cap: float = 60.0
     """MAX_TIME_MINS_CAP: largest ``max_time_mins`` a request may ask for."""

@@ -13,11 +13,14 @@ id and sha256, never by inode or mtime.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,7 @@ from .atomic import (
     sha256_file,
     write_new_file,
 )
-from .errors import ArtifactRejected, NotFound
+from .errors import ArtifactRejected, Conflict, NotFound
 from .signing import digest_file, same
 
 __all__ = ["ModelStore", "Pointer", "new_version_id", "sha256_file"]
@@ -39,6 +42,9 @@ __all__ = ["ModelStore", "Pointer", "new_version_id", "sha256_file"]
 ARTIFACT_NAME = "model.joblib"
 META_NAME = "meta.json"
 POINTER_NAME = "current.json"
+LOCK_NAME = ".publish.lock"
+PUBLISH_WAIT_S = 120.0
+"""How long a publisher waits for another one (a prune of many versions takes seconds)."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,36 @@ class ModelStore:
             meta = {**meta, "version": version, "sha256": digests.sha256, "signature": digests.signature}
             write_new_file(tmp / META_NAME, json.dumps(meta, indent=2, sort_keys=True).encode())
         return meta
+
+    @contextmanager
+    def publishing(self, wait_s: float = PUBLISH_WAIT_S) -> Iterator[None]:
+        """One publisher at a time: "gate, write, point current.json, prune" in a training,
+        ``set_current`` in an activate (rollback). Without it a prune could delete the
+        version an activate is pointing at.
+
+        ``flock`` on a file in the store: it holds across processes and containers that
+        share the volume (on NFS Linux maps it to a POSIX lock), between two opens in one
+        process too, and the kernel drops it when its holder dies: a publisher killed
+        mid-way never blocks the next one. Readers never
+        need it (see the module docstring). Conflict after ``wait_s``.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:  # held by another open of the file
+                    if time.monotonic() >= deadline:
+                        raise Conflict(
+                            f"another publish held the model store for over {wait_s:g} s; nothing was changed"
+                        ) from None
+                    time.sleep(0.05)
+            yield  # closing the descriptor releases the lock
+        finally:
+            os.close(fd)
 
     def set_current(self, version: str) -> Pointer:
         """Point current.json at a stored, verified version (publish and rollback)."""

@@ -7,7 +7,6 @@ touches /predict.
 
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -16,8 +15,9 @@ from redis.exceptions import RedisError
 from rq import Queue
 from rq.command import send_stop_job_command
 from rq.exceptions import NoSuchJobError
-from rq.job import Dependency, Job
-from rq.registry import DeferredJobRegistry, StartedJobRegistry
+from rq.job import Job
+from rq.results import Result
+from rq.registry import CanceledJobRegistry, StartedJobRegistry
 
 from tpotserve import jobs
 from tpotserve.errors import Conflict, NotFound, QueueUnavailable
@@ -26,8 +26,9 @@ from tpotserve.settings import Settings
 
 
 ENQUEUE_LOCK = "tpotserve:lock:enqueue-training"
-# Statuses of a training that has not ended yet (RQ's names).
-_PENDING = ("queued", "deferred", "scheduled", "started")
+"""Makes "is a training queued or running? if not, enqueue" one step across API workers,
+so two simultaneous POST /retrain get one 202 and one 409. (That trainings then run one
+at a time is the training queue's doing: it has one consumer.)"""
 
 
 @contextmanager
@@ -71,12 +72,6 @@ class JobQueue:
                         job_id=active["id"],
                         location=f"/jobs/{active['id']}",
                     )
-                # With several training workers a queued training would start at once and
-                # only wait on the trainer's Redis lock. Make it wait for the last training in
-                # line instead (an RQ dependency that holds however that one ends), so trainings
-                # start in order, each after the previous one has ended. The trainer's lock
-                # remains what guarantees one at a time (tpotserve_trainer.jobs).
-                tail = self._training_tail() if active is not None else None
                 return self.training.enqueue(
                     jobs.RETRAIN_FUNC,
                     kwargs={"payload": payload.model_dump()},
@@ -84,22 +79,7 @@ class JobQueue:
                     result_ttl=jobs.RESULT_TTL_S,
                     failure_ttl=jobs.FAILURE_TTL_S,
                     meta={"kind": payload.reason, "payload": payload.model_dump()},
-                    depends_on=Dependency(jobs=[tail], allow_failure=True) if tail else None,
                 )
-
-    def _training_tail(self) -> str | None:
-        """The most recently created training that has not ended (running, queued or deferred)."""
-        ids = [
-            *StartedJobRegistry(queue=self.training).get_job_ids(),
-            *self.training.get_job_ids(),
-            *DeferredJobRegistry(queue=self.training).get_job_ids(),
-        ]
-        pending = [
-            job
-            for job in Job.fetch_many(list(dict.fromkeys(ids)), connection=self.redis)
-            if job is not None and _status(job) in _PENDING
-        ]
-        return max(pending, key=lambda job: job.created_at).id if pending else None
 
     def active_training(self) -> dict[str, str] | None:
         """The running (or else the oldest queued) training job, if any."""
@@ -109,41 +89,33 @@ class JobQueue:
             running = registry.get_job_ids()
             if running:
                 return {"id": running[0], "status": "running"}
-            queued = self.training.get_job_ids(0, 0)
+            queued = self.training.get_job_ids(0, 1)  # the oldest one (a length of 0 is no job at all)
             if queued:
                 return {"id": queued[0], "status": "queued"}
-            # Waiting behind another training (queue=true): it has not run yet.
-            deferred = DeferredJobRegistry(queue=self.training).get_job_ids()
-            for job in Job.fetch_many(deferred, connection=self.redis):
-                if job is not None and _status(job) == "deferred":
-                    return {"id": job.id, "status": "queued"}
             return None
 
     def cancel(self, job: Job) -> str:
         """Cancel a queued job or stop a running one; returns the status to report."""
         with _redis_errors():
-            status = str(getattr(job.get_status(refresh=True), "value", job.get_status()))
-            if status in ("queued", "deferred", "scheduled", "started"):
-                # First the marker the trainer checks when it starts: a worker may
-                # have dequeued the job a moment ago, while RQ still says queued.
-                self.redis.set(jobs.CANCEL_KEY.format(job_id=job.id), 1, ex=jobs.CANCEL_KEY_TTL_S)
+            status = jobs.rq_status(job)
             if status in ("queued", "deferred", "scheduled"):
-                # A training queued behind this one takes its place in line.
-                job.cancel(enqueue_dependents=True)
+                # RQ lists it in its canceled registry, which the trainer checks when it
+                # starts: a worker may have dequeued it a moment ago, while RQ still said queued.
+                job.cancel()
                 return "canceled"
             if status == "started":
                 # The worker kills the work-horse's process group (TPOT's Dask processes too);
-                # RQ then records the job as stopped, which /jobs reports as canceled.
+                # RQ then records the job as stopped, which /jobs reports as canceled. The next
+                # training in the queue starts as soon as the worker is free.
                 send_stop_job_command(self.redis, job.id)
-                # RQ never releases the dependents of a stopped job: release them now. The next
-                # one waits on the trainer's lock until the stopped horse's lock is gone.
-                if job.origin == jobs.TRAINING_QUEUE:
-                    self.training.enqueue_dependents(job, exclude_job_id=job.id)
                 return "canceling"
             raise Conflict(f"job {job.id} has already ended ({jobs.STATUS_MAP.get(status, status)})", field=None)
 
     def activate(self, version: str, wait_s: float) -> Job:
-        """Ask the worker to point current.json at ``version``; wait up to ``wait_s`` for it."""
+        """Ask the control worker to point current.json at ``version``; wait up to ``wait_s``
+        for it, blocked in Redis on the job's result stream (no polling): it takes milliseconds
+        (the control worker runs it without a fork), and ``wait_s`` only bounds how long a
+        busy or dead control worker can hold this API worker."""
         with _redis_errors():
             job = self.control.enqueue(
                 jobs.ACTIVATE_FUNC,
@@ -153,11 +125,11 @@ class JobQueue:
                 failure_ttl=jobs.FAILURE_TTL_S,
                 meta={"kind": "activate", "version": version},
             )
-            deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline:
-                if job.get_status(refresh=True) in ("finished", "failed", "stopped", "canceled"):
-                    break
-                time.sleep(0.05)
+            # Below the connection's socket timeout, or the blocked read would raise instead.
+            block_ms = int(1000 * min(wait_s, 0.8 * self.settings.redis_timeout_s))
+            if block_ms > 0:
+                # RQ writes the result (success or failure) in the step that ends the job.
+                self.redis.xread({Result.get_key(job.id): "0-0"}, count=1, block=block_ms)
             return job
 
     def fetch(self, job_id: str) -> Job:
@@ -170,15 +142,15 @@ class JobQueue:
     def describe(self, job: Job) -> dict[str, Any]:
         """The public JSON view of a job."""
         with _redis_errors():
-            raw_status = job.get_status(refresh=True)
-            if str(getattr(raw_status, "value", raw_status)) == "started":
+            raw_status = jobs.rq_status(job)
+            if raw_status == "started":
                 # A killed worker leaves its job "started"; RQ's cleanup fails it once
                 # its heartbeat has expired (see JOB_MONITORING_INTERVAL_S in tpotserve.jobs).
                 StartedJobRegistry(job.origin, connection=self.redis).cleanup()
-                raw_status = job.get_status(refresh=True)
-            status = jobs.STATUS_MAP.get(str(getattr(raw_status, "value", raw_status)), "queued")
-            if status == "failed" and self.redis.exists(jobs.CANCEL_KEY.format(job_id=job.id)):
-                status = "canceled"  # the trainer found the cancel marker and stopped
+                raw_status = jobs.rq_status(job)
+            status = jobs.STATUS_MAP.get(raw_status, "queued")
+            if status == "failed" and job.id in CanceledJobRegistry(job.origin, connection=self.redis):
+                status = "canceled"  # canceled as a worker took it: the trainer stopped at once
             view: dict[str, Any] = {
                 "id": job.id,
                 "kind": job.meta.get("kind"),
@@ -196,11 +168,6 @@ class JobQueue:
             elif status == "failed":
                 view["error"] = job.meta.get("error") or _last_line(job)
             return view
-
-
-def _status(job: Job) -> str:
-    raw = job.get_status(refresh=False)
-    return str(getattr(raw, "value", raw))
 
 
 def _last_line(job: Job) -> str:

@@ -19,7 +19,9 @@ from tpotserve.training import plan_training
 from . import metrics
 from .auth import require_admin, require_predict
 
-ACTIVATE_WAIT_S = 5.0
+ACTIVATE_WAIT_S = 0.5
+"""The longest an activate holds this API worker: an idle control worker answers in
+milliseconds (bench/activate.py); a busy or dead one gets a 202 and the job to follow."""
 
 
 def _ctx() -> Any:

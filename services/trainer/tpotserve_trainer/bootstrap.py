@@ -48,12 +48,12 @@ def ensure_first_model(settings: Settings) -> str | None:
     except NoSuchJobError:
         existing = None
     if existing is not None:
-        status = str(getattr(existing.get_status(), "value", existing.get_status()))
+        status = jobs.rq_status(existing)
         if status == "started":
             # A dead worker's job is failed (and, with retries left, requeued) by
             # RQ's cleanup once its heartbeat expired; a live one is left alone.
             StartedJobRegistry(queue=queue).cleanup()
-            status = str(getattr(existing.get_status(), "value", existing.get_status()))
+            status = jobs.rq_status(existing)
         if status in ("queued", "started", "scheduled", "deferred"):
             log.info("bootstrap training already %s", status)
             return existing.id

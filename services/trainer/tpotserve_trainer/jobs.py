@@ -1,41 +1,34 @@
 """The functions RQ runs. The API enqueues them by name (``tpotserve.jobs``).
 
 Both validate their payload again: the queue is a trust boundary too.
+
+One training at a time holds because the training queue has exactly one consumer
+(the ``worker`` service; RQ runs one job at a time per worker), restarted when it
+dies. Nothing here locks against another training. What does need a lock is the
+model store, which a training and an activate (on the control queue) both write:
+``ModelStore.publishing``.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from typing import Any
 
 import joblib
-from redis import Redis
-from redis.exceptions import LockError, RedisError, WatchError
 from rq import get_current_job
-from rq.exceptions import NoSuchJobError
-from rq.job import Job
+from rq.registry import CanceledJobRegistry
 
 from tpotserve.datasets import DatasetStore
-from tpotserve.jobs import CANCEL_KEY
 from tpotserve.errors import TpotServeError, TrainingFailed
 from tpotserve.schema import TrainingPayload
-from tpotserve.settings import Settings, load_settings, signing_key
+from tpotserve.settings import load_settings, signing_key
 from tpotserve.store import ModelStore, new_version_id
 
 from . import automl, data
 
 log = logging.getLogger(__name__)
-
-TRAINING_LOCK = "tpotserve:lock:training"
-"""Held by the one training that runs, whichever RQ worker runs it (value: its job id)."""
-PUBLISH_LOCK = "tpotserve:lock:publish"
-"""Held around "gate, write, point current.json, prune", by a training and by activate alike."""
-PUBLISH_LOCK_TTL_S = 120
 
 
 def retrain(payload: dict[str, Any]) -> dict[str, Any]:
@@ -48,16 +41,13 @@ def retrain(payload: dict[str, Any]) -> dict[str, Any]:
     resources = ExitStack()
     try:
         run = TrainingPayload.model_validate(payload)
-        redis = _redis(settings)
-        _stop_if_canceled(redis)
-        # One training at a time across every RQ worker (--scale worker=N): wait for the lock.
-        lock = resources.enter_context(_training_lock(redis, settings, report))
+        stop_if_canceled()
         if run.reason == "bootstrap" and store.read_pointer_quietly() is not None:
-            # Several starting training workers may each have enqueued it; the first one trained.
+            # A model was published (or restored) after the bootstrap was enqueued.
             report("done", skipped="a model is already current")
             return {"version": None, "published": False, "skipped": "a model is already current"}
-        with _publish_lock(redis):
-            # Only one training runs at a time: any versions/.tmp-* is a dead writer's.
+        with store.publishing():
+            # The one training that runs is this one: any versions/.tmp-* is a dead writer's.
             store.remove_stale_temp()
         # Where the search runs: a Dask cluster (fails here, at once, if unreachable) or TPOT's local one.
         compute = resources.enter_context(automl.compute_for(settings, run))
@@ -73,10 +63,9 @@ def retrain(payload: dict[str, Any]) -> dict[str, Any]:
         new_score = automl.holdout_score(
             result.pipeline, X_hold, y_hold, run.scoring, result.classes, result.label_encoded
         )
-        # Gate and publish as one step against other publishers (activate, a training that lost its lock).
+        # Gate and publish as one step against an activate (rollback) meanwhile.
         publishing = resources.enter_context(ExitStack())
-        publishing.enter_context(_publish_lock(redis))
-        lock.check()
+        publishing.enter_context(store.publishing())
         gate = promotion_gate(store, run, list(X.columns), new_score, X_hold, y_hold)
         report("publishing", cv_score=result.cv_score, holdout_score=new_score)
         meta = {
@@ -120,7 +109,7 @@ def retrain(payload: dict[str, Any]) -> dict[str, Any]:
                                                        "elapsed_s": _since(started)}})
         raise
     finally:
-        # The publish lock (if still held), the Dask client, then the training lock.
+        # The store's lock (if still held), then the Dask client.
         resources.close()
     report("done", cv_score=result.cv_score, holdout_score=new_score)
     log.info(
@@ -221,7 +210,7 @@ def activate(version: str) -> dict[str, Any]:
     settings = load_settings()
     store = ModelStore(settings.model_dir, signing_key(settings))
     try:
-        with _publish_lock(_redis(settings)):
+        with store.publishing():
             pointer = store.set_current(str(version))
     except TpotServeError as exc:
         job = get_current_job()
@@ -232,160 +221,13 @@ def activate(version: str) -> dict[str, Any]:
     return {"version": pointer.version, "sha256": pointer.sha256}
 
 
-def _redis(settings: Settings) -> Redis:
-    """The job's own Redis connection (RQ's), or one from REDIS_URL outside a worker."""
+def stop_if_canceled() -> None:
+    """End the job before any work if DELETE /jobs canceled it after a worker had dequeued
+    it but before RQ marked it started (RQ then runs it all the same): RQ's own canceled
+    registry still lists it."""
     job = get_current_job()
-    return job.connection if job is not None else Redis.from_url(settings.redis_url)
-
-
-class _TrainingLock:
-    """The Redis lock that lets one training run at a time, whichever worker runs it.
-
-    A redis-py Lock with a TTL (TRAINING_LOCK_TTL_S), renewed by a thread every
-    third of it: a work-horse that is killed (cancel, OOM, a lost container)
-    frees it within the TTL. ``thread_local=False``: the renewing thread must
-    see the token. The value names the holder's job id, for the waiting job's
-    progress, and so that a waiter need not sit out the TTL of a holder that RQ
-    has already recorded as ended (stopped by DELETE /jobs, failed, abandoned):
-    its horse is gone, the lock is taken over. A holder that could not renew
-    (Redis gone, a stall past the TTL, a lock taken over) is marked lost and
-    refuses to publish (:meth:`check`).
-    """
-
-    def __init__(self, redis: Redis, ttl_s: int, holder: str) -> None:
-        self.redis = redis
-        self.ttl_s = ttl_s
-        self.lock = redis.lock(TRAINING_LOCK, timeout=ttl_s, thread_local=False)
-        self.token = f"{holder}/{secrets.token_hex(4)}"
-        self.lost = False
-        self._stop = threading.Event()
-        self._renewer: threading.Thread | None = None
-
-    def holder(self) -> str | None:
-        value = self.redis.get(TRAINING_LOCK)
-        return value.decode(errors="replace").split("/", 1)[0] if value else None
-
-    def acquire(self, wait_s: float, waiting: Callable[[str | None], None]) -> float:
-        """Take the lock, waiting up to ``wait_s``; returns the seconds waited."""
-        started = time.monotonic()
-        seen: str | None = None
-        while not self.lock.acquire(blocking=False, token=self.token):
-            other = self.holder()
-            if other is not None and self._ended(other):
-                self._take_over_from(other)
-                continue
-            if other != seen:
-                seen = other
-                waiting(other)
-            if time.monotonic() - started > wait_s:
-                raise TrainingFailed(
-                    f"another training (job {other}) still held the training lock after {wait_s:g} s; "
-                    "nothing was trained and the served model is unchanged"
-                )
-            time.sleep(0.25)
-        self._renewer = threading.Thread(target=self._renew, name="training-lock", daemon=True)
-        self._renewer.start()
-        return time.monotonic() - started
-
-    def _ended(self, job_id: str) -> bool:
-        """RQ has recorded the holder's job as ended, so no horse of it runs any more."""
-        try:
-            status = Job.fetch(job_id, connection=self.redis).get_status(refresh=False)
-        except NoSuchJobError:
-            return False  # unknown: wait for the TTL rather than guess
-        return str(getattr(status, "value", status)) in ("finished", "failed", "stopped", "canceled")
-
-    def _take_over_from(self, job_id: str) -> None:
-        """Delete the lock if ``job_id`` still holds it (the next acquire takes it)."""
-        with self.redis.pipeline() as pipe:
-            try:
-                pipe.watch(TRAINING_LOCK)
-                value = pipe.get(TRAINING_LOCK)
-                if value and value.decode(errors="replace").split("/", 1)[0] == job_id:
-                    pipe.multi()
-                    pipe.delete(TRAINING_LOCK)
-                    pipe.execute()
-                    log.warning("took the training lock over from ended job %s", job_id)
-            except WatchError:
-                pass  # it changed meanwhile: look again
-
-    def _renew(self) -> None:
-        while not self._stop.wait(self.ttl_s / 3):
-            try:
-                self.lock.reacquire()
-            except (LockError, RedisError) as exc:
-                self.lost = True
-                log.error("lost the training lock: %s", exc)
-                return
-
-    def check(self) -> None:
-        """Fail rather than publish if another training may have run meanwhile."""
-        try:
-            owned = not self.lost and self.lock.owned()
-        except RedisError:
-            owned = False
-        if not owned:
-            raise TrainingFailed(
-                "this training lost its lock (Redis unreachable, or stalled past TRAINING_LOCK_TTL_S): "
-                "not publishing; the served model is unchanged"
-            )
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._renewer is not None:
-            self._renewer.join(timeout=5)
-        try:
-            self.lock.release()
-        except (LockError, RedisError):
-            pass  # expired or taken over: nothing of ours to release
-
-
-@contextmanager
-def _training_lock(redis: Redis, settings: Settings, report: _Progress) -> Iterator[_TrainingLock]:
-    lock = _TrainingLock(redis, settings.training_lock_ttl_s, _job_id() or "local")
-
-    def waiting(holder: str | None) -> None:
-        report("waiting", waiting_for=holder)
-
-    try:
-        waited = lock.acquire(settings.training_lock_wait_s, waiting)
-    except RedisError as exc:
-        raise TrainingFailed(f"could not take the training lock in Redis ({type(exc).__name__})") from exc
-    report.state.pop("waiting_for", None)
-    report.note(lock_waited_s=round(waited, 1), lock_acquired_at=time.time())
-    try:
-        yield lock
-    finally:
-        lock.release()
-        report.note(lock_released_at=time.time())
-
-
-def _stop_if_canceled(redis: Redis) -> None:
-    """DELETE /jobs/<id> may land after a worker took the job but before RQ marked it
-    started; the API leaves a marker, and the job ends here, before any work."""
-    job_id = _job_id()
-    if job_id and redis.exists(CANCEL_KEY.format(job_id=job_id)):
+    if job is not None and job.id in CanceledJobRegistry(job.origin, connection=job.connection):
         raise TrainingFailed("canceled by request (DELETE /jobs) before it started")
-
-
-@contextmanager
-def _publish_lock(redis: Redis) -> Iterator[None]:
-    """Gate + write + current.json + prune, one publisher at a time.
-
-    A second publisher waits, then gates against what the first one published."""
-    lock = redis.lock(PUBLISH_LOCK, timeout=PUBLISH_LOCK_TTL_S, blocking_timeout=PUBLISH_LOCK_TTL_S)
-    try:
-        if not lock.acquire():
-            raise TrainingFailed(f"another publish held the model store for over {PUBLISH_LOCK_TTL_S} s")
-    except RedisError as exc:
-        raise TrainingFailed(f"could not take the publish lock in Redis ({type(exc).__name__})") from exc
-    try:
-        yield
-    finally:
-        try:
-            lock.release()
-        except (LockError, RedisError):
-            pass
 
 
 class _Progress:
@@ -407,13 +249,6 @@ class _Progress:
         if self.job is None:
             return
         self.job.meta["progress"] = dict(self.state)
-        self.job.save_meta()
-
-    def note(self, **fields: Any) -> None:
-        """Facts about the run outside ``progress`` (lock times), for GET /jobs and the tests."""
-        if self.job is None:
-            return
-        self.job.meta.setdefault("run", {}).update(fields)
         self.job.save_meta()
 
     def generation(self, summary: dict[str, Any]) -> None:
