@@ -34,6 +34,7 @@ from .atomic import (
     sha256_file,
     write_new_file,
 )
+from .clock import utc_iso
 from .errors import ArtifactRejected, Conflict, NotFound
 from .signing import digest_file, same
 
@@ -197,7 +198,7 @@ class ModelStore:
         self.verified_artifact(version, meta["sha256"])
         old = self.read_pointer_quietly()
         previous = old.previous if old is not None and old.version == version else (old.version if old else None)
-        body = {"version": version, "sha256": meta["sha256"], "previous": previous, "activated_at": _utc_now()}
+        body = {"version": version, "sha256": meta["sha256"], "previous": previous, "activated_at": utc_iso()}
         self.root.mkdir(parents=True, exist_ok=True)
         replace_file(self.pointer_path, json.dumps(body).encode())
         return Pointer(version=version, sha256=meta["sha256"], previous=previous)
@@ -242,7 +243,3 @@ class ModelStore:
         if not version or len(version) > 100 or "/" in version or version.startswith(".") or "\x00" in version:
             raise NotFound(f"model version {version[:100]!r} does not exist", field="version")
         return self.versions_dir / version
-
-
-def _utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -20,6 +20,7 @@ from rq.results import Result
 from rq.registry import CanceledJobRegistry, StartedJobRegistry
 
 from tpotserve import jobs
+from tpotserve.clock import utc_iso
 from tpotserve.errors import Conflict, NotFound, QueueUnavailable
 from tpotserve.schema import TrainingPayload
 from tpotserve.settings import Settings
@@ -191,4 +192,4 @@ def _without_none(data: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _iso(value: Any) -> str | None:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else None
+    return utc_iso(value) if value is not None else None

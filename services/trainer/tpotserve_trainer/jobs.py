@@ -20,6 +20,7 @@ import joblib
 from rq import get_current_job
 from rq.registry import CanceledJobRegistry
 
+from tpotserve.clock import utc_iso
 from tpotserve.datasets import DatasetStore
 from tpotserve.errors import TpotServeError, TrainingFailed
 from tpotserve.schema import TrainingPayload
@@ -69,7 +70,7 @@ def retrain(payload: dict[str, Any]) -> dict[str, Any]:
         gate = promotion_gate(store, run, list(X.columns), new_score, X_hold, y_hold)
         report("publishing", cv_score=result.cv_score, holdout_score=new_score)
         meta = {
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created_at": utc_iso(),
             "task": run.task,
             "dataset": run.dataset,
             "dataset_sha256": run.dataset_sha256,
