@@ -23,6 +23,7 @@ from typing import Any
 import joblib
 
 from tpotserve.clock import utc_iso
+from tpotserve.model_meta import ModelMeta
 
 REPO = Path(__file__).resolve().parent.parent
 FEATURES = ["SepalLength", "SepalWidth", "PetalLength", "PetalWidth"]
@@ -74,20 +75,20 @@ def forest_model(work: Path) -> BenchModel:
     directory.mkdir(parents=True, exist_ok=True)
     artifact = directory / "model.joblib"
     joblib.dump(pipeline, artifact)
-    meta = {
-        "created_at": utc_iso(),
-        "task": "classification",
-        "dataset": "iris",
-        "target": "species",
-        "features": feature_schema(X),
-        "classes": [str(c) for c in pipeline.classes_],
-        "label_encoded": False,
-        "cv_score": None,
-        "scoring": "accuracy",
-        "training_rows": len(X),
-        "pipeline": str(pipeline),
-        "reason": "benchmark",
-    }
+    meta = ModelMeta(
+        created_at=utc_iso(),
+        task="classification",
+        dataset="iris",
+        target="species",
+        features=feature_schema(X),
+        classes=[str(c) for c in pipeline.classes_],
+        label_encoded=False,
+        cv_score=None,
+        scoring="accuracy",
+        training_rows=len(X),
+        pipeline=str(pipeline),
+        reason="benchmark",
+    ).to_json()
     return BenchModel("forest", artifact, meta, "StandardScaler + RandomForestClassifier(100) on iris")
 
 

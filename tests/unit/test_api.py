@@ -31,6 +31,7 @@ from sklearn.preprocessing import StandardScaler
 from werkzeug import exceptions as wz
 
 from tpotserve.errors import ArtifactRejected, ModelNotReady
+from tpotserve.model_meta import ModelMeta
 from tpotserve.schema import feature_schema
 from tpotserve.settings import Settings, load_settings
 from tpotserve.store import ModelStore, Pointer
@@ -64,9 +65,10 @@ def model(iris) -> Pipeline:
     return Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=1000))]).fit(X, y)
 
 
-def make_meta(model: Any, X: np.ndarray, names: list[str] = FEATURES, task: str = "classification") -> dict:
+def make_meta(model: Any, X: np.ndarray, names: list[str] = FEATURES, task: str = "classification",
+              **overrides: Any) -> ModelMeta:
     """Metadata with the keys tpotserve_trainer.jobs.retrain writes."""
-    return {
+    return ModelMeta(**{
         "created_at": "2024-01-01T00:00:00Z",
         "task": task,
         "dataset": "iris",
@@ -83,11 +85,12 @@ def make_meta(model: Any, X: np.ndarray, names: list[str] = FEATURES, task: str 
         "library_versions": {},
         "job_id": None,
         "reason": "test",
-    }
+        **overrides,
+    })
 
 
-def publish(store: ModelStore, version: str, model: Any, meta: dict, activate: bool = True) -> dict:
-    written = store.write_version(version, lambda path: joblib.dump(model, path), meta)
+def publish(store: ModelStore, version: str, model: Any, meta: ModelMeta, activate: bool = True) -> dict:
+    written = store.write_version(version, lambda path: joblib.dump(model, path), meta.to_json())
     if activate:
         store.set_current(version)
     return written
@@ -496,8 +499,7 @@ def test_a_published_version_is_served_after_refresh(store, v1, model, iris) -> 
 def test_regression_model_answers_without_probabilities(store, iris, make_client) -> None:
     X, _ = iris
     reg = LinearRegression().fit(X[:, :3], X[:, 3])
-    meta = make_meta(reg, X[:, :3], names=FEATURES[:3], task="regression")
-    meta["target"] = "PetalWidth"
+    meta = make_meta(reg, X[:, :3], names=FEATURES[:3], task="regression", target="PetalWidth")
     publish(store, "r1", reg, meta)
     client = make_client()
     single = {k: BOOK[k] for k in FEATURES[:3]}
@@ -659,6 +661,18 @@ def test_holder_refuses_a_model_whose_smoke_prediction_fails(store, holder, iris
     error = holder.status()["last_load_error"]
     assert error["version"] == "v2"
     assert "ValueError" in error["message"]
+
+
+def test_holder_refuses_metadata_that_does_not_describe_a_servable_model(store, holder, model, iris) -> None:
+    publish(store, "v2", model, make_meta(model, iris[0]), activate=False)
+    meta_path = store.versions_dir / "v2" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["features"]
+    meta_path.write_text(json.dumps(meta))  # the signature covers the artifact, not meta.json
+    store.set_current("v2")
+    assert holder.refresh() is False
+    assert holder.current().version == "v1"
+    assert "does not describe a servable model" in holder.status()["last_load_error"]["message"]
 
 
 def test_holder_refuses_metadata_whose_hash_disagrees_with_the_pointer(store, holder, model, iris) -> None:

@@ -31,6 +31,7 @@ from bench import run as bench_run
 from bench.micro import batch_rows
 from tpotserve import schema
 from tpotserve.errors import InvalidInput, MalformedBody
+from tpotserve.model_meta import ModelMeta
 from tpotserve.store import Pointer
 from tpotserve_api.fast_path import compile_fast_proba, pin_single_thread
 from tpotserve_api.loaded_model import LoadedModel
@@ -289,15 +290,15 @@ def iris() -> tuple[np.ndarray, np.ndarray]:
     return bunch.data, np.array([str(bunch.target_names[i]) for i in bunch.target])
 
 
-def meta_for(X: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    return {
-        "task": "classification",
-        "features": [
+def meta_for(X: np.ndarray, classes: list[str]) -> ModelMeta:
+    return ModelMeta(
+        task="classification",
+        features=[
             {"name": n, "type": "number", "min": float(X[:, i].min()), "max": float(X[:, i].max())}
             for i, n in enumerate(FEATURES)
         ],
-        "classes": classes,
-    }
+        classes=classes,
+    )
 
 
 FAST_MODELS = {

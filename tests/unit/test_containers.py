@@ -30,10 +30,17 @@ from tests.tools import tool
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 COMPOSE_SCHEMA = REPO / "tests" / "schemas" / "compose-spec.json"
+PYTHON_DOCKERFILE = REPO / "services" / "Dockerfile"
+# Each Dockerfile, for what holds of a file as a whole (hadolint, its COPY sources).
 DOCKERFILES = {
-    "api": REPO / "services" / "api" / "Dockerfile",
-    "trainer": REPO / "services" / "trainer" / "Dockerfile",
+    "services": PYTHON_DOCKERFILE,
     "nginx": REPO / "nginx" / "Dockerfile",
+}
+# Each image: the Dockerfile and the stage it is built to (compose's build.target; None: the last).
+IMAGES = {
+    "api": (PYTHON_DOCKERFILE, "api"),
+    "trainer": (PYTHON_DOCKERFILE, "trainer"),
+    "nginx": (DOCKERFILES["nginx"], None),
 }
 # The only variable compose requires; everything else has a default.
 TEST_ENV = {"API_KEY": "x", "MODEL_SIGNING_KEY": "y"}
@@ -161,6 +168,30 @@ def dockerfile(name: str) -> list[Stage]:
     return parse_dockerfile(path)
 
 
+def lineage(stages: list[Stage], target: str | None) -> list[Stage]:
+    """Stage ``target`` (None: the last) and the stages of the same file it is built FROM, in build order."""
+    by_name = {stage.name: stage for stage in stages if stage.name}
+    assert target is None or target in by_name, f"no stage {target!r} (stages: {sorted(by_name)})"
+    chain = [by_name[target] if target else stages[-1]]
+    while chain[0].base in by_name:
+        chain.insert(0, by_name[chain[0].base])
+    return chain
+
+
+def built(stages: list[Stage], target: str | None) -> Stage:
+    """What stage ``target`` builds, as one stage: on the base image its lineage starts from, with
+    every instruction of that lineage in order (an ENV, USER or WORKDIR of a parent stage holds)."""
+    chain = lineage(stages, target)
+    return Stage(chain[0].base, chain[-1].name, [i for stage in chain for i in stage.instructions])
+
+
+def image(name: str) -> Stage:
+    """The final stage of image ``name`` (api, trainer, nginx), its parent stages folded in."""
+    path, target = IMAGES[name]
+    assert path.is_file(), f"{path.relative_to(REPO)} is missing"
+    return built(parse_dockerfile(path), target)
+
+
 # --- compose loading and interpolation ----------------------------------------
 _VARIABLE = re.compile(
     r"\$(?:(?P<escaped>\$)"
@@ -265,7 +296,8 @@ def published_ports(service: dict[str, Any]) -> list[tuple[str, int]]:
     return result
 
 
-def service_dockerfile(name: str, service: dict[str, Any]) -> Path:
+def service_image(name: str, service: dict[str, Any]) -> tuple[Path, str | None]:
+    """The Dockerfile a service builds from and its build target."""
     build = service.get("build")
     assert isinstance(build, dict), f"{name}: build from a Dockerfile (build: context + dockerfile)"
     context = (REPO / build.get("context", ".")).resolve()
@@ -273,7 +305,7 @@ def service_dockerfile(name: str, service: dict[str, Any]) -> Path:
         f"service {name!r} builds with context {build.get('context')!r}: the Dockerfiles' COPY paths "
         "are relative to the repo root"
     )
-    return REPO / build.get("dockerfile", "Dockerfile")
+    return REPO / build.get("dockerfile", "Dockerfile"), build.get("target")
 
 
 # --- the compose file against its tools ----------------------------------------
@@ -434,33 +466,37 @@ def test_the_lock_installs_without_the_repo() -> None:
 
 @pytest.mark.parametrize("name", ["api", "trainer"])
 def test_python_images_are_multi_stage_on_one_base(name: str) -> None:
-    stages = dockerfile(name)
-    assert len(stages) >= 2, f"{name}: build in a builder stage and copy /opt/venv into a clean final stage"
-    builder, final = stages[0], stages[-1]
+    path, target = IMAGES[name]
+    stages = parse_dockerfile(path)
+    final = image(name)
+    venvs = [c for c in copies(final) if c.sources == ["/opt/venv"] and c.dest.rstrip("/") == "/opt/venv"]
+    assert venvs and venvs[-1].from_stage, (
+        f"{name}: build in a builder stage and COPY --from=<it> /opt/venv /opt/venv into a clean final stage"
+    )
+    source = venvs[-1].from_stage
+    assert source in {s.name for s in stages}, f"{name}: COPY --from={source} names no stage of {path.name}"
+    assert source not in {s.name for s in lineage(stages, target)}, (
+        f"{name}: the final stage is built from {source}: copy /opt/venv into a clean stage instead"
+    )
+    builder = built(stages, source)
     assert builder.base == final.base, (
         f"{name}: builder ({builder.base}) and final ({final.base}) stages must share the base image: "
         "the venv's python links to the builder's interpreter"
     )
-    assert any(
-        c.from_stage == (builder.name or "0")
-        and c.sources == ["/opt/venv"]
-        and c.dest.rstrip("/") == "/opt/venv"
-        for c in copies(final)
-    ), f"{name}: the final stage must COPY --from={builder.name or 0} /opt/venv /opt/venv"
     path = final.env().get("PATH", "")
     assert path.startswith("/opt/venv/bin:"), f"{name}: put /opt/venv/bin first on PATH, got {path!r}"
 
 
-@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+@pytest.mark.parametrize("name", sorted(IMAGES))
 def test_final_stage_runs_as_non_root(name: str) -> None:
-    user = dockerfile(name)[-1].last("USER")
+    user = image(name).last("USER")
     assert user is not None, f"{name}: the final stage needs a USER (non-root)"
     uid = user.args.split(":")[0]
     assert uid not in ("root", "0"), f"{name}: the final stage runs as {user.args!r}; use a non-root user"
 
 
 def test_api_and_trainer_run_as_the_same_user() -> None:
-    api, trainer = (dockerfile(n)[-1].last("USER") for n in ("api", "trainer"))
+    api, trainer = (image(n).last("USER") for n in ("api", "trainer"))
     assert api and trainer and api.args == trainer.args, (
         "the API must read what the trainer writes on the model volume: give both images the same USER "
         f"(api {api and api.args!r}, trainer {trainer and trainer.args!r})"
@@ -475,17 +511,17 @@ def test_compose_has_exactly_the_stack_services(services) -> None:
 
 
 def _image_command(name: str) -> tuple[list[str], list[str]]:
-    final = dockerfile(name)[-1]
-    path = DOCKERFILES[name]
+    final = image(name)
+    path = IMAGES[name][0]
     return exec_form(path, final.last("ENTRYPOINT")), exec_form(path, final.last("CMD"))
 
 
 @pytest.mark.parametrize("service", PYTHON_SERVICES)
 def test_service_command_matches_the_native_run(services, service: str) -> None:
     config = services[service]
-    path = service_dockerfile(service, config)
-    name = next(n for n, p in DOCKERFILES.items() if p == path)
-    entrypoint, cmd = _image_command(name)
+    names = [n for n, spec in IMAGES.items() if spec == service_image(service, config)]
+    assert names, f"{service}: builds none of IMAGES (see test_every_service_builds_one_of_the_images)"
+    entrypoint, cmd = _image_command(names[0])
     if "entrypoint" in config:
         entrypoint = config["entrypoint"]
     command = config.get("command", cmd)
@@ -494,6 +530,17 @@ def test_service_command_matches_the_native_run(services, service: str) -> None:
         f"{service}: ENTRYPOINT {entrypoint} + command {command} in the container, but native/stack.py runs "
         f"{stack.SERVICE_COMMANDS[service]}"
     )
+
+
+def test_every_service_builds_one_of_the_images(services) -> None:
+    """A shared Dockerfile without build.target would build its last stage: the wrong image, silently."""
+    for service, config in services.items():
+        if "build" in config:
+            path, target = service_image(service, config)
+            assert (path, target) in IMAGES.values(), (
+                f"{service}: builds {path.relative_to(REPO)} to stage {target!r}, none of the images "
+                + ", ".join(f"{n} ({p.relative_to(REPO)}, target {t!r})" for n, (p, t) in IMAGES.items())
+            )
 
 
 @pytest.mark.parametrize(("name", "service"), [("api", "api"), ("trainer", "worker")])
@@ -507,8 +554,8 @@ def test_image_default_command_matches_the_native_run(name: str, service: str) -
 
 @pytest.mark.parametrize("name", ["api", "trainer"])
 def test_entrypoint_script_sits_at_its_repo_path(name: str) -> None:
-    final = dockerfile(name)[-1]
-    script = exec_form(DOCKERFILES[name], final.last("ENTRYPOINT"))[0]
+    final = image(name)
+    script = exec_form(IMAGES[name][0], final.last("ENTRYPOINT"))[0]
     workdir = final.last("WORKDIR")
     assert workdir is not None, f"{name}: set WORKDIR so the relative ENTRYPOINT {script!r} resolves"
     wanted = PurePosixPath(workdir.args) / script
@@ -531,7 +578,7 @@ def test_redis_runs_the_native_command(services) -> None:
 
 # --- nginx: the same template, the same variables, the same ports ----------------------
 def test_nginx_image_renders_the_native_template() -> None:
-    final = dockerfile("nginx")[-1]
+    final = image("nginx")
     template = PurePosixPath(stack.NGINX_TEMPLATE)
     assert template.name == "default.conf.template", (
         "the image renders X.template to conf.d/X; only default.conf.template replaces the image's own "
@@ -558,7 +605,7 @@ def _nginx_templates() -> list[Path]:
 
 def test_nginx_image_copies_every_template_with_its_subdirectory() -> None:
     """The image renders templates/<sub>/x.template to conf.d/<sub>/x; the includes name those paths."""
-    final = dockerfile("nginx")[-1]
+    final = image("nginx")
     copies = {
         (PurePosixPath(source.rstrip("/")), copy.dest.rstrip("/"))
         for copy in context_copies(final)
@@ -576,7 +623,7 @@ def test_nginx_image_copies_every_template_with_its_subdirectory() -> None:
 
 
 def test_nginx_image_sources_the_tls_script_the_native_run_sources() -> None:
-    final = dockerfile("nginx")[-1]
+    final = image("nginx")
     script = PurePosixPath(stack.NGINX_TLS_SCRIPT)
     placed = [
         copy for copy in context_copies(final) for source in copy.sources if PurePosixPath(source) == script
@@ -598,14 +645,14 @@ def test_nginx_template_variables_are_all_set(services) -> None:
         for name in re.findall(r"\$\{([A-Z_][A-Z0-9_]*)\}", template.read_text())
     }
     exported = set(re.findall(r"export ([A-Z_][A-Z0-9_]*)=", (REPO / stack.NGINX_TLS_SCRIPT).read_text()))
-    defined = set(dockerfile("nginx")[-1].env()) | set(environment(services["nginx"])) | exported
+    defined = set(image("nginx").env()) | set(environment(services["nginx"])) | exported
     assert placeholders <= defined, f"nginx: set {sorted(placeholders - defined)} (ENV in nginx/Dockerfile)"
 
 
 def test_ports_agree_across_images_and_compose(services) -> None:
-    nginx = dockerfile("nginx")[-1]
+    nginx = image("nginx")
     nginx_env = {**nginx.env(), **environment(services["nginx"])}
-    api_env = {**dockerfile("api")[-1].env(), **environment(services["api"])}
+    api_env = {**image("api").env(), **environment(services["api"])}
 
     # "server api:8000 resolve;" -> api, 8000
     upstream = nginx_env["API_SERVERS"].split()[1].rstrip(";")
@@ -615,7 +662,7 @@ def test_ports_agree_across_images_and_compose(services) -> None:
         f"nginx proxies to {upstream}, but the api service listens on {api_env['API_BIND']}"
     )
     assert api_env["API_BIND"].startswith("0.0.0.0:"), "the API must bind 0.0.0.0 in its container"
-    assert api_port in dockerfile("api")[-1].exposed_ports(), f"api: EXPOSE {api_port}"
+    assert api_port in image("api").exposed_ports(), f"api: EXPOSE {api_port}"
     health = " ".join(services["api"]["healthcheck"]["test"])
     assert f":{api_port}/" in health, f"api: healthcheck port {api_port} (API_BIND), not: {health}"
 
@@ -694,8 +741,8 @@ def test_compose_environment_names_are_settings(services, service: str) -> None:
 
 @pytest.mark.parametrize("name", ["api", "trainer"])
 def test_dockerfile_environment_names_are_settings(name: str) -> None:
-    unknown = sorted(set(dockerfile(name)[-1].env()) - SETTINGS_ENV - IMAGE_ENV)
-    assert not unknown, f"{name} Dockerfile: {unknown} are not fields of tpotserve.settings.Settings"
+    unknown = sorted(set(image(name).env()) - SETTINGS_ENV - IMAGE_ENV)
+    assert not unknown, f"{name} image: {unknown} are not fields of tpotserve.settings.Settings"
 
 
 def test_env_example_documents_what_compose_reads(raw_compose) -> None:

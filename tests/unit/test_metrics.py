@@ -31,6 +31,7 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from native.stack import free_port, require_binary
+from tpotserve.model_meta import ModelMeta
 from tpotserve.settings import Settings, load_settings
 from tpotserve.store import ModelStore
 from tpotserve_api import metrics
@@ -58,7 +59,8 @@ def classifier(iris) -> LogisticRegression:
 
 
 def meta_for(model: Any, X: np.ndarray, task: str = "classification", **extra: Any) -> dict:
-    return {
+    """meta.json's content, through the typed model the trainer writes it with."""
+    return ModelMeta(**{
         "task": task,
         "dataset": "iris",
         "target": "species",
@@ -68,7 +70,7 @@ def meta_for(model: Any, X: np.ndarray, task: str = "classification", **extra: A
         ],
         "classes": [str(c) for c in model.classes_] if task == "classification" else None,
         **extra,
-    }
+    }).to_json()
 
 
 def publish(store: ModelStore, version: str, model: Any, meta: dict) -> None:

@@ -30,6 +30,7 @@ from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
+from tpotserve.model_meta import ModelMeta
 from tpotserve.settings import load_settings
 from tpotserve.store import ModelStore
 from tpotserve_api import resources
@@ -60,16 +61,16 @@ def make_app(tmp_path: Path, estimator: Any = None, task: str = "classification"
         y = bunch.target.astype(float)
     model = (estimator if estimator is not None else LogisticRegression(max_iter=1000)).fit(bunch.data, y)
     store = ModelStore(tmp_path / "models", SIGNING_KEY.encode())
-    meta = {
-        "task": task,
-        "dataset": "iris",
-        "target": "species",
-        "features": [
+    meta = ModelMeta(
+        task=task,
+        dataset="iris",
+        target="species",
+        features=[
             {"name": n, "type": "number", "min": float(bunch.data[:, i].min()), "max": float(bunch.data[:, i].max())}
             for i, n in enumerate(FEATURES)
         ],
-        "classes": [str(c) for c in model.classes_] if task == "classification" else None,
-    }
+        classes=[str(c) for c in model.classes_] if task == "classification" else None,
+    ).to_json()
     store.write_version("v1", lambda path: joblib.dump(model, path), meta)
     store.set_current("v1")
     settings = load_settings(

@@ -21,6 +21,7 @@ from sklearn.preprocessing import StandardScaler
 
 from tpotserve.datasets import DataLimits, check_trainable, iris_frame
 from tpotserve.errors import InvalidInput
+from tpotserve.model_meta import ModelMeta
 from tpotserve.store import ModelStore
 from tpotserve_trainer import automl, data, jobs
 
@@ -235,7 +236,7 @@ def publish(store: ModelStore, version: str, model: Any, X: pd.DataFrame, **meta
         "label_encoded": False,
     }
     values.update(meta)
-    written = store.write_version(version, lambda path: joblib.dump(model, path), values)
+    written = store.write_version(version, lambda path: joblib.dump(model, path), ModelMeta(**values).to_json())
     store.set_current(version)
     return written
 

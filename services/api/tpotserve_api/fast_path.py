@@ -28,6 +28,7 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from sklearn.tree import DecisionTreeClassifier, ExtraTreeClassifier
 
+from tpotserve.model_meta import ModelMeta
 from tpotserve.schema import MAX_MAGNITUDE
 
 log = logging.getLogger(__name__)
@@ -61,13 +62,13 @@ def pin_single_thread(model: Any) -> list[str]:
     return changed
 
 
-def compile_fast_proba(model: Any, meta: dict[str, Any]) -> tuple[Callable | None, str]:
+def compile_fast_proba(model: Any, meta: ModelMeta) -> tuple[Callable | None, str]:
     """A verified shortcut for ``model.predict_proba`` and a description of what was chosen.
 
     The shortcut returns None for input it does not vouch for; the caller then uses
     ``model.predict_proba`` with all of scikit-learn's checks.
     """
-    if meta.get("task") != "classification" or not hasattr(model, "predict_proba"):
+    if not meta.is_classifier or not hasattr(model, "predict_proba"):
         return None, "predict_proba"
     steps = list(model.steps) if isinstance(model, Pipeline) else [("model", model)]
     steps = [step for _, step in steps if step is not None and step != "passthrough"]
@@ -205,22 +206,22 @@ def compile_union(union: FeatureUnion) -> Transform | None:
     return union_transform
 
 
-def verification_rows(meta: dict[str, Any], count: int = VERIFY_ROWS) -> np.ndarray:
+def verification_rows(meta: ModelMeta, count: int = VERIFY_ROWS) -> np.ndarray:
     """Rows to compare a shortcut with the real call: the smoke row, each feature's
     bounds, and seeded random rows over (and a little beyond) the training ranges."""
-    low = np.array([f["min"] if f.get("min") is not None else -1.0 for f in meta["features"]], dtype=float)
-    high = np.array([f["max"] if f.get("max") is not None else 1.0 for f in meta["features"]], dtype=float)
+    low = np.array([f.min if f.min is not None else -1.0 for f in meta.features], dtype=float)
+    high = np.array([f.max if f.max is not None else 1.0 for f in meta.features], dtype=float)
     span = np.where(high > low, high - low, 1.0)
     rng = np.random.default_rng(0)
     random = rng.uniform(low - 0.25 * span, high + 0.25 * span, size=(count, len(low)))
     return np.vstack([np.asarray([smoke_row(meta)], dtype=float), low, high, random])
 
 
-def smoke_row(meta: dict[str, Any]) -> list[float]:
+def smoke_row(meta: ModelMeta) -> list[float]:
     """One plausible row: the midpoint of each feature's training range."""
     row = []
-    for feature in meta["features"]:
-        low, high = feature.get("min"), feature.get("max")
+    for feature in meta.features:
+        low, high = feature.min, feature.max
         row.append((low + high) / 2 if low is not None and high is not None else 0.0)
     return row
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from tpotserve.errors import InvalidInput
+from tpotserve.model_meta import ModelMeta
 from tpotserve.store import Pointer
 
 from .fast_path import checked_once
@@ -21,7 +22,7 @@ class LoadedModel:
     """A verified model and what the API needs to answer with it."""
 
     pointer: Pointer
-    meta: dict[str, Any]
+    meta: ModelMeta
     model: Any
     loaded_at: float = field(default_factory=time.time)
     fast_proba: Callable[[np.ndarray], np.ndarray | None] | None = field(default=None, repr=False)
@@ -34,11 +35,16 @@ class LoadedModel:
 
     @cached_property
     def feature_names(self) -> list[str]:
-        return [f["name"] for f in self.meta["features"]]
+        return self.meta.feature_names
+
+    @cached_property
+    def feature_schema(self) -> list[dict[str, Any]]:
+        """meta.json's ``features`` as JSON, which tpotserve.schema.range_warnings reads."""
+        return [feature.model_dump() for feature in self.meta.features]
 
     @property
     def is_classifier(self) -> bool:
-        return self.meta["task"] == "classification"
+        return self.meta.is_classifier
 
     def predict(self, rows: list[list[float]]) -> tuple[list[Any], list[dict[str, float]] | None]:
         """Predictions (class names or numbers) and, for classifiers, class probabilities.
@@ -52,7 +58,7 @@ class LoadedModel:
             if not np.isfinite(values).all():
                 raise InvalidInput("the model cannot compute a prediction for these values", field=None)
             return [float(v) for v in values], None
-        classes = self.meta["classes"]
+        classes = self.meta.classes
         if hasattr(self.model, "predict_proba"):
             # One call gives both answers; predict() would run predict_proba again.
             proba = self.predict_proba(X)
@@ -80,4 +86,4 @@ class LoadedModel:
 
     @cached_property
     def _class_names(self) -> list[str]:
-        return [str(name) for name in self.meta["classes"]]
+        return [str(name) for name in self.meta.classes or []]

@@ -19,6 +19,7 @@ import joblib
 
 from tpotserve.clock import utc_iso
 from tpotserve.errors import ArtifactRejected, ModelNotReady, NotFound
+from tpotserve.model_meta import ModelMeta
 from tpotserve.store import ModelStore, Pointer
 
 from . import metrics
@@ -112,10 +113,10 @@ class ModelHolder:
 
     def _load(self, pointer: Pointer) -> LoadedModel:
         try:
-            meta = self.store.read_meta(pointer.version)
+            meta = ModelMeta.from_json(self.store.read_meta(pointer.version), pointer.version)
         except NotFound as exc:
             raise ArtifactRejected(str(exc)) from exc
-        if meta.get("sha256") != pointer.sha256:
+        if meta.sha256 != pointer.sha256:
             raise ArtifactRejected(f"{pointer.version}: pointer and metadata disagree on sha256")
         # Hash first: joblib.load runs pickle, which must only ever see verified bytes.
         path = self.store.verified_artifact(pointer.version, pointer.sha256)

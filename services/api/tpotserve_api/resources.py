@@ -61,7 +61,7 @@ class Predict(Resource):
         parsed = parse_predict(body, model.feature_names, ctx.settings.max_batch_rows)
         predictions, probabilities = model.predict(parsed.rows)
         metrics.record_predictions(model.version, predictions, model.is_classifier)
-        warnings = range_warnings(parsed.rows, model.meta["features"], single=parsed.single)
+        warnings = range_warnings(parsed.rows, model.feature_schema, single=parsed.single)
         headers = {"X-Model-Version": model.version}
         if parsed.single:
             # The book's answer: In_<feature> echoes, Prediction, Probability.
@@ -174,7 +174,7 @@ class Models(Resource):
 class CurrentModel(Resource):
     def get(self) -> tuple[dict, int, dict]:
         model = _ctx().holder.current()
-        return {**model.meta, "version": model.version}, 200, {"X-Model-Version": model.version}
+        return {**model.meta.to_json(), "version": model.version}, 200, {"X-Model-Version": model.version}
 
 
 class Activate(Resource):

@@ -23,6 +23,7 @@ from rq.registry import CanceledJobRegistry
 from tpotserve.clock import utc_iso
 from tpotserve.datasets import DatasetStore
 from tpotserve.errors import TpotServeError, TrainingFailed
+from tpotserve.model_meta import ModelMeta
 from tpotserve.schema import TrainingPayload
 from tpotserve.settings import load_settings, signing_key
 from tpotserve.store import ModelStore, new_version_id
@@ -69,32 +70,32 @@ def retrain(payload: dict[str, Any]) -> dict[str, Any]:
         publishing.enter_context(store.publishing())
         gate = promotion_gate(store, run, list(X.columns), new_score, X_hold, y_hold)
         report("publishing", cv_score=result.cv_score, holdout_score=new_score)
-        meta = {
-            "created_at": utc_iso(),
-            "task": run.task,
-            "dataset": run.dataset,
-            "dataset_sha256": run.dataset_sha256,
-            "target": run.target,
-            "features": data.feature_schema(X),
-            "classes": result.classes,
-            "label_encoded": result.label_encoded,
-            "cv_score": result.cv_score,
-            "holdout_score": new_score,
-            "scoring": run.scoring,
-            "training_rows": len(X_train),
-            "holdout_rows": len(X_hold),
-            "tpot_settings": run.model_dump(exclude={"reason", "model_keep"}),
-            "pipeline": result.pipeline_text,
-            "evaluated_pipelines": result.evaluated_pipelines,
-            "training_seconds": round(time.monotonic() - started, 1),
-            "compute": compute.info,
-            "library_versions": automl.library_versions(),
-            "job_id": _job_id(),
-            "reason": run.reason,
-            "gate": gate,
-        }
+        meta = ModelMeta(
+            created_at=utc_iso(),
+            task=run.task,
+            dataset=run.dataset,
+            dataset_sha256=run.dataset_sha256,
+            target=run.target,
+            features=data.feature_schema(X),
+            classes=result.classes,
+            label_encoded=result.label_encoded,
+            cv_score=result.cv_score,
+            holdout_score=new_score,
+            scoring=run.scoring,
+            training_rows=len(X_train),
+            holdout_rows=len(X_hold),
+            tpot_settings=run.model_dump(exclude={"reason", "model_keep"}),
+            pipeline=result.pipeline_text,
+            evaluated_pipelines=result.evaluated_pipelines,
+            training_seconds=round(time.monotonic() - started, 1),
+            compute=compute.info,
+            library_versions=automl.library_versions(),
+            job_id=_job_id(),
+            reason=run.reason,
+            gate=gate,
+        )
         version = new_version_id()
-        meta = store.write_version(version, lambda path: joblib.dump(result.pipeline, path), meta)
+        written = store.write_version(version, lambda path: joblib.dump(result.pipeline, path), meta.to_json())
         if gate["promoted"]:
             store.set_current(version)
         pruned = store.prune(run.model_keep)
@@ -138,8 +139,8 @@ def retrain(payload: dict[str, Any]) -> dict[str, Any]:
         "published": gate["promoted"],
         "gate": gate,
         "pipeline": result.pipeline_text,
-        "sha256": meta["sha256"],
-        "training_seconds": meta["training_seconds"],
+        "sha256": written["sha256"],
+        "training_seconds": meta.training_seconds,
         "compute": compute.info,
         "pruned_versions": pruned,
     }
@@ -171,7 +172,7 @@ def promotion_gate(
     version, meta, model = current
     try:
         current_score = automl.holdout_score(
-            model, X_hold, y_hold, run.scoring, meta.get("classes"), bool(meta.get("label_encoded"))
+            model, X_hold, y_hold, run.scoring, meta.classes, meta.label_encoded
         )
     except Exception as exc:  # noqa: BLE001 - e.g. the old model never saw a class in the holdout
         return {**gate, "current_version": version, "promoted": True,
@@ -187,14 +188,10 @@ def _current_comparable(store: ModelStore, run: TrainingPayload, features: list[
     if pointer is None:
         return None
     try:
-        meta = store.read_meta(pointer.version)
+        meta = ModelMeta.from_json(store.read_meta(pointer.version), pointer.version)
     except TpotServeError:
         return None
-    same_schema = (
-        [f["name"] for f in meta.get("features", [])] == features
-        and meta.get("target") == run.target
-        and meta.get("task") == run.task
-    )
+    same_schema = meta.feature_names == features and meta.target == run.target and meta.task == run.task
     if not same_schema:
         return None
     try:
