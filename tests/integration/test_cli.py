@@ -61,7 +61,9 @@ def test_predict_a_csv_file_writes_csv_rows_with_classes(stack: LiveStack, tmp_p
     run = tpotserve(stack, "predict", str(path), key=None)  # /predict is open
     assert run.returncode == 0, run.stderr
     out = list(csv.DictReader(io.StringIO(run.stdout)))
-    assert [row["prediction"] for row in out] == list(IRIS) == _api_predictions(stack)
+    # The API's own answer, not the species: how good the small-budget model is is not the CLI's business.
+    assert [row["prediction"] for row in out] == _api_predictions(stack)
+    assert {row["prediction"] for row in out} <= set(IRIS)
     assert [{h: float(row[h]) for h in HEADER} for row in out] == ROWS
     for row in out:
         probabilities = {c: float(row[f"probability_{c}"]) for c in IRIS}
@@ -73,13 +75,13 @@ def test_predict_json_on_stdin_in_each_shape(stack: LiveStack) -> None:
     run = tpotserve(stack, "predict", stdin=json.dumps({"instances": ROWS}))
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)  # JSON in, JSON out
-    assert [row["prediction"] for row in out] == list(IRIS)
+    assert [row["prediction"] for row in out] == _api_predictions(stack)
     assert [{h: row[h] for h in HEADER} for row in out] == ROWS
     assert all(set(row["probabilities"]) == set(IRIS) for row in out)
 
     one = tpotserve(stack, "predict", "--output-format", "csv", stdin=json.dumps(ROWS[2]))
     assert one.returncode == 0, one.stderr
-    assert [row["prediction"] for row in csv.DictReader(io.StringIO(one.stdout))] == ["virginica"]
+    assert [row["prediction"] for row in csv.DictReader(io.StringIO(one.stdout))] == _api_predictions(stack)[2:]
 
 
 def test_models_table_marks_the_current_version(stack: LiveStack) -> None:
