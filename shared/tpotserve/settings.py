@@ -106,7 +106,10 @@ class Settings(BaseSettings):
     """MODEL_POLL_INTERVAL_S: how often each API worker checks current.json."""
 
     max_batch_rows: int = 10_000
-    """MAX_BATCH_ROWS: largest ``instances`` list one /predict accepts."""
+    """MAX_BATCH_ROWS: largest ``instances`` list one /predict accepts (and rows one V2 infer)."""
+
+    model_name: str = Field(default="iris", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    """MODEL_NAME: the served model's name in the Open Inference Protocol (``/v2/models/<name>``)."""
 
     max_body_bytes: int = 8 * 1024 * 1024
     """MAX_BODY_BYTES: largest request body (and CSV upload); nginx is rendered with the same."""

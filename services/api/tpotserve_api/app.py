@@ -16,7 +16,7 @@ from tpotserve.offline import disable_tpot_update_check
 from tpotserve.settings import Settings, load_settings, signing_key
 from tpotserve.store import ModelStore
 
-from . import metrics, resources
+from . import metrics, resources, v2
 from .errors import to_response
 from .model_holder import ModelHolder
 from .queue import JobQueue
@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
     api.add_resource(resources.OpenApi, "/openapi.json")
     api.add_resource(resources.AdminCheck, "/auth/admin")
     api.add_resource(resources.Readyz, "/readyz")
+    v2.add_routes(api)
     app.register_error_handler(Exception, to_response)
     metrics.init_app(app)
     _log_requests(app)

@@ -1,7 +1,8 @@
 """Domain errors -> JSON HTTP answers: one table, one handler.
 
 Every error the API sends has the shape
-``{"error": {"code": ..., "message": ..., "field": ...}}``. Anything not in
+``{"error": {"code": ..., "message": ..., "field": ...}}``, except under ``/v2``, where the
+Open Inference Protocol's is ``{"error": "<message>"}`` and a bad request is a 400. Anything not in
 the table is a bug on our side: it is logged with its traceback and answered
 with a generic 500 that leaks nothing.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Response, jsonify
+from flask import Response, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from tpotserve import errors as domain
@@ -51,6 +52,24 @@ def error_body(code: str, message: str, field: str | None = None, **details: obj
 
 def to_response(exc: BaseException) -> Response:
     """The one handler: any exception in, a JSON error response out."""
+    response = _to_response(exc)
+    if has_request_context() and (request.path == "/v2" or request.path.startswith("/v2/")):
+        return _as_v2(response)
+    return response
+
+
+def _as_v2(response: Response) -> Response:
+    """The same answer in the V2 protocol's shape: {"error": message}; 422 and 415 are 400 there."""
+    error = (response.get_json(silent=True) or {}).get("error") or {}
+    v2 = jsonify({"error": error.get("message") or "error"})
+    v2.status_code = 400 if response.status_code in (415, 422) else response.status_code
+    for header in ("Retry-After", "WWW-Authenticate", "Allow"):
+        if header in response.headers:
+            v2.headers[header] = response.headers[header]
+    return v2
+
+
+def _to_response(exc: BaseException) -> Response:
     if isinstance(exc, domain.TpotServeError):
         status = next(s for cls, s in STATUS_BY_ERROR if isinstance(exc, cls))
         response = jsonify(error_body(exc.code, exc.message, exc.field, **exc.details))

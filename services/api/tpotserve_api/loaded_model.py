@@ -47,28 +47,35 @@ class LoadedModel:
         return self.meta.is_classifier
 
     def predict(self, rows: list[list[float]]) -> tuple[list[Any], list[dict[str, float]] | None]:
-        """Predictions (class names or numbers) and, for classifiers, class probabilities.
+        """Predictions (class names or numbers) and, for classifiers, class probabilities
+        as ``{class name: probability}`` per row (the JSON API's shape).
 
         ``rows`` were validated by tpotserve.schema.parse_predict (finite numbers, the
         model's feature order), so scikit-learn's own per-call finiteness checks are skipped.
         """
-        X = np.asarray(rows, dtype=float)
+        predictions, proba = self.infer(np.asarray(rows, dtype=float))
+        if proba is None:
+            return predictions, None
+        names = self._class_names
+        # tolist(): plain floats in one C loop, not one numpy scalar per value.
+        return predictions, [dict(zip(names, row)) for row in proba.tolist()]
+
+    def infer(self, X: np.ndarray) -> tuple[list[Any], np.ndarray | None]:
+        """The protocol-free step every adapter (JSON API, V2) calls: predictions for the
+        validated float matrix ``X`` and, for a classifier with ``predict_proba``, the
+        probability matrix, its columns in ``meta.classes`` order."""
         if not self.is_classifier:
             values = checked_once(self.model.predict, X)
             if not np.isfinite(values).all():
                 raise InvalidInput("the model cannot compute a prediction for these values", field=None)
-            return [float(v) for v in values], None
-        classes = self.meta.classes
+            return np.asarray(values, dtype=float).tolist(), None
+        classes = self.meta.classes or []
         if hasattr(self.model, "predict_proba"):
             # One call gives both answers; predict() would run predict_proba again.
             proba = self.predict_proba(X)
             if not np.isfinite(proba).all():
                 raise InvalidInput("the model cannot compute probabilities for these values", field=None)
-            predictions = [classes[i] for i in proba.argmax(axis=1).tolist()]
-            names = self._class_names
-            # tolist(): plain floats in one C loop, not one numpy scalar per value.
-            probabilities = [dict(zip(names, row)) for row in proba.tolist()]
-            return predictions, probabilities
+            return [classes[i] for i in proba.argmax(axis=1).tolist()], proba
         raw = self.model.predict(X)
         model_classes = list(getattr(self.model, "classes_", range(len(classes))))
         return [classes[model_classes.index(v)] for v in raw], None
