@@ -41,14 +41,14 @@ from tpotserve.clock import utc_iso
 
 from .models import FEATURES, BenchModel, build
 from .micro import batch_rows, median_us
-from .servers import BookServer, MLServer, ProductServer, Server, ServerUnavailable
+from .servers import BookServer, MLServer, ProductServer, ProductV2Server, Server, ServerUnavailable
 
 BENCH = Path(__file__).resolve().parent
 WORK = BENCH / ".work"
 RESULTS = BENCH / "results"
 LUA = BENCH / "wrk" / "post.lua"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SERVER_ORDER = ("product", "book", "mlserver")
+SERVER_ORDER = ("product", "v2", "book", "mlserver")
 
 # Targets, as ratios from the same run (the acceptance numbers).
 TARGET_MODEL = "forest"
@@ -255,6 +255,8 @@ class Bench:
             ]
         else:
             servers = [ProductServer(self.work, model, env=self.product_env())]
+        if not self.args.skip_v2:
+            servers.append(ProductV2Server(self.work, model, env=self.product_env()))
         if not self.args.skip_book:
             servers.append(BookServer(self.work, model))
         if not self.args.skip_mlserver:
@@ -663,6 +665,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None, help="seconds of warm-up per server (default 3)")
     parser.add_argument("--skip-mlserver", action="store_true", help="do not install or run MLServer")
     parser.add_argument("--skip-book", action="store_true", help="do not run the book-style baseline")
+    parser.add_argument("--skip-v2", action="store_true", help="do not run the product through its V2 endpoint")
     parser.add_argument(
         "--mlserver-workers", type=int, default=1, help="MLServer parallel_workers (its default: 1)"
     )
@@ -712,7 +715,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         for spec in args.product_variants:
             variant_env(spec)  # refuse a bad spec before anything starts
         if not args.with_baselines:
-            args.skip_mlserver = args.skip_book = True
+            args.skip_mlserver = args.skip_book = args.skip_v2 = True
     args.label = args.label or ("smoke" if smoke else "full")
     return args
 

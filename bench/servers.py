@@ -178,7 +178,8 @@ class ProductServer(Server):
         # Only what serves /predict: Redis (readyz), the API, nginx. No trainer.
         self.stack.start(services=("redis", "api", "nginx"))
         probe = json.dumps({f: 1.0 for f in FEATURES}).encode()
-        wait_until(lambda: post(self.url, probe, 5)[0] == 200, 120, "tpotserve /predict")
+        predict = f"{self.stack.gateway_url}/predict"
+        wait_until(lambda: post(predict, probe, 5)[0] == 200, 120, "tpotserve /predict")
 
     def stop(self) -> None:
         if self.stack is not None:
@@ -406,22 +407,51 @@ class MLServer(Server):
         }
 
     def encode(self, rows: list[dict[str, float]]) -> bytes:
-        # The V2 inference protocol; one predict_proba call, as the product makes.
-        data = [row[f] for row in rows for f in FEATURES]
-        return json.dumps(
-            {
-                "inputs": [
-                    {"name": "input-0", "shape": [len(rows), len(FEATURES)], "datatype": "FP64", "data": data}
-                ],
-                "outputs": [{"name": "predict_proba"}],
-            }
-        ).encode()
+        return v2_body(rows)
 
     def check(self, answer: Any, rows: list[dict[str, float]], expected: list[str]) -> None:
-        (output,) = answer["outputs"]
-        assert output["name"] == "predict_proba" and output["shape"][0] == len(rows), output
-        width = output["shape"][1]
-        data = output["data"]
-        classes = self.model.classes
-        got = [classes[max(range(width), key=lambda j: data[i * width + j])] for i in range(len(rows))]
-        assert got == expected, "predictions differ from the pipeline's own"
+        check_v2(answer, rows, expected, self.model.classes)
+
+
+# --- the V2 inference protocol, as MLServer and the product's /v2 both speak it -------------
+def v2_body(rows: list[dict[str, float]]) -> bytes:
+    """One [rows, features] FP64 tensor asking for predict_proba only: one predict_proba call,
+    as the product's /predict makes."""
+    data = [row[f] for row in rows for f in FEATURES]
+    return json.dumps(
+        {
+            "inputs": [{"name": "input-0", "shape": [len(rows), len(FEATURES)], "datatype": "FP64", "data": data}],
+            "outputs": [{"name": "predict_proba"}],
+        }
+    ).encode()
+
+
+def check_v2(answer: Any, rows: list[dict[str, float]], expected: list[str], classes: list[str]) -> None:
+    (output,) = answer["outputs"]
+    assert output["name"] == "predict_proba" and output["shape"][0] == len(rows), output
+    width = output["shape"][1]
+    data = output["data"]
+    got = [classes[max(range(width), key=lambda j: data[i * width + j])] for i in range(len(rows))]
+    assert got == expected, "predictions differ from the pipeline's own"
+
+
+class ProductV2Server(ProductServer):
+    """The product again, through its Open Inference Protocol endpoint (same stack, same model)."""
+
+    name = "v2"
+    label = "tpotserve V2 /v2/models/iris/infer"
+
+    @property
+    def url(self) -> str:
+        assert self.stack is not None
+        return f"{self.stack.gateway_url}/v2/models/iris/infer"
+
+    def start(self) -> None:
+        super().start()
+        wait_until(lambda: post(self.url, v2_body([{f: 1.0 for f in FEATURES}]), 5)[0] == 200, 60, "tpotserve /v2")
+
+    def encode(self, rows: list[dict[str, float]]) -> bytes:
+        return v2_body(rows)
+
+    def check(self, answer: Any, rows: list[dict[str, float]], expected: list[str]) -> None:
+        check_v2(answer, rows, expected, self.model.classes)
