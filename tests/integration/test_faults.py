@@ -675,7 +675,7 @@ def test_training_worker_sigkilled_mid_search(stack: LiveStack) -> None:
     assert not [m["version"] for m in listed["versions"] if m["version"].startswith(".tmp-")]
     assert follow_job["status"] == "finished", (follow_job["status"], follow_job["error"])
     assert follow_job["result"]["published"] is False
-    assert not [p.name for p in (stack.model_dir / "versions").iterdir() if p.name.startswith(".tmp-")]
+    assert not [p.name for p in (stack.model_dir / "versions").iterdir() if p.name.startswith(".")]
 
 
 # --- 6. the disk full while the trainer writes ---------------------------------------
