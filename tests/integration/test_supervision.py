@@ -142,6 +142,13 @@ class Launcher:
     def predict(self) -> requests.Response:
         return requests.post(self.url + "/predict", json=BOOK_REQUEST, timeout=10)
 
+    def retrain(self, body: dict) -> str:
+        """POST /retrain with the admin key; the new job's id."""
+        response = requests.post(self.url + "/retrain", json=body, headers={"Authorization": f"Bearer {API_KEY}"},
+                                 timeout=30)
+        assert response.status_code == 202, response.text
+        return response.json()["job_id"]
+
     def job(self, job_id: str) -> dict:
         return requests.get(f"{self.url}/jobs/{job_id}", timeout=10).json()
 
@@ -262,10 +269,7 @@ class _nothing:
 
 
 def test_b_every_rq_process_sigkilled_mid_training(launcher: Launcher) -> None:
-    admin = {"Authorization": f"Bearer {API_KEY}"}
-    response = requests.post(launcher.url + "/retrain", json=LONG_RETRAIN, headers=admin, timeout=30)
-    assert response.status_code == 202, response.text
-    job_id = response.json()["job_id"]
+    job_id = launcher.retrain(LONG_RETRAIN)
     worker = launcher.leader("worker")
     control = launcher.leader("worker-control")
 
@@ -291,9 +295,7 @@ def test_b_every_rq_process_sigkilled_mid_training(launcher: Launcher) -> None:
                  interval_s=0.2, what="both new workers registered")
         wait_for(lambda: not any(alive(pid) for pid in old_tree), timeout_s=30,
                  what="the old worker's tree gone")
-        follow = requests.post(launcher.url + "/retrain", json=FOLLOW_RETRAIN, headers=admin, timeout=30)
-        assert follow.status_code == 202, follow.text
-        follow_id = follow.json()["job_id"]
+        follow_id = launcher.retrain(FOLLOW_RETRAIN)
         follow_job = wait_for(lambda: launcher.ended(follow_id), timeout_s=240, interval_s=0.5,
                               what="the next retrain")
     say(f"every RQ process SIGKILLed mid-search ({len(rq)} rq processes, worker tree {len(old_tree)}): job "
@@ -308,10 +310,7 @@ def test_b_every_rq_process_sigkilled_mid_training(launcher: Launcher) -> None:
 
 
 def test_b2_a_killed_workers_orphaned_horse_is_killed_before_the_restart(launcher: Launcher) -> None:
-    admin = {"Authorization": f"Bearer {API_KEY}"}
-    response = requests.post(launcher.url + "/retrain", json=LONG_RETRAIN, headers=admin, timeout=30)
-    assert response.status_code == 202, response.text
-    job_id = response.json()["job_id"]
+    job_id = launcher.retrain(LONG_RETRAIN)
     worker = launcher.leader("worker")
     wait_for(lambda: (launcher.job(job_id).get("progress") or {}).get("generation"), timeout_s=180,
              interval_s=0.25, what="TPOT past its first generation")

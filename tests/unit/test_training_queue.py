@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -148,12 +149,23 @@ def _hold(root: str, held: multiprocessing.Event, release: multiprocessing.Event
         release.wait(30)
 
 
-def test_publishing_excludes_another_process_and_a_second_open(tmp_path: Path) -> None:
+@contextmanager
+def publisher_holding_the_lock(root: Path) -> Iterator[tuple[multiprocessing.Process, multiprocessing.Event]]:
+    """Another process inside ``ModelStore(root).publishing()`` until the event is set (or it is killed)."""
     held, release = multiprocessing.Event(), multiprocessing.Event()
-    holder = multiprocessing.get_context("fork").Process(target=_hold, args=(str(tmp_path), held, release))
+    holder = multiprocessing.get_context("fork").Process(target=_hold, args=(str(root), held, release))
     holder.start()
     try:
         assert held.wait(10)
+        yield holder, release
+    finally:
+        if holder.is_alive():  # a killed holder may have died holding the event's own lock
+            release.set()
+        holder.join(10)
+
+
+def test_publishing_excludes_another_process_and_a_second_open(tmp_path: Path) -> None:
+    with publisher_holding_the_lock(tmp_path) as (holder, release):
         with pytest.raises(Conflict, match="another publish"):
             with ModelStore(tmp_path).publishing(wait_s=0.3):
                 pass
@@ -163,19 +175,13 @@ def test_publishing_excludes_another_process_and_a_second_open(tmp_path: Path) -
             with pytest.raises(Conflict):  # a second open in the same process is excluded too
                 with ModelStore(tmp_path).publishing(wait_s=0.1):
                     pass
-    finally:
-        release.set()
-        holder.join(10)
 
 
 def test_a_killed_publisher_never_blocks_the_next(tmp_path: Path) -> None:
-    held, release = multiprocessing.Event(), multiprocessing.Event()
-    holder = multiprocessing.get_context("fork").Process(target=_hold, args=(str(tmp_path), held, release))
-    holder.start()
-    assert held.wait(10)
-    holder.kill()
-    holder.join(10)
-    started = time.monotonic()
-    with ModelStore(tmp_path).publishing(wait_s=5):
-        pass
-    assert time.monotonic() - started < 1.0
+    with publisher_holding_the_lock(tmp_path) as (holder, _):
+        holder.kill()
+        holder.join(10)
+        started = time.monotonic()
+        with ModelStore(tmp_path).publishing(wait_s=5):
+            pass
+        assert time.monotonic() - started < 1.0
