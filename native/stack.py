@@ -561,13 +561,23 @@ def main() -> int:
     )
 
     stopping = threading.Event()
+    signals: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:
+        # Only a list append here: a handler that set an Event could run again inside that
+        # set() (SIGTERM from make, then from the process group) and deadlock on the Event's
+        # own lock. A thread turns the first signal into the stop.
+        signals.append(signum)
+
+    def watch_signals() -> None:
+        while not signals:
+            time.sleep(0.1)
         stopping.set()
         stack.cancel.set()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    threading.Thread(target=watch_signals, name="signals", daemon=True).start()
     # Before the first spawn: orphans of any service (a killed RQ worker's horse) stay below us.
     become_subreaper()
     print(f"starting tpotserve natively; data in {stack.data_dir}", flush=True)

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,15 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
-def test_native_run_serves_and_stops_everything_it_started(tmp_path: Path, sig: int) -> None:
+@pytest.mark.parametrize(
+    ("sig", "times"), [(signal.SIGTERM, 1), (signal.SIGINT, 1), (signal.SIGTERM, 200)],
+    ids=["SIGTERM", "Ctrl-C", "SIGTERM-burst"],
+)
+def test_native_run_serves_and_stops_everything_it_started(tmp_path: Path, sig: int, times: int) -> None:
+    """A burst of signals must stop it too. `kill -TERM -<pgid>` of `make run` once left the launcher
+    deadlocked, every service still running: py-spy showed the handler re-entered inside its own
+    Event.set(). That timing is not reproducible on demand (this burst passed against the old
+    handler too); the handler now only appends, so no signal can land inside a lock."""
     port = free_port()
     env = {
         **os.environ,
@@ -58,7 +66,10 @@ def test_native_run_serves_and_stops_everything_it_started(tmp_path: Path, sig: 
         assert len(started) >= 5, started  # redis, two workers, gunicorn (+ its workers), nginx
         assert (tmp_path / "data" / "logs" / "api.log").exists()
 
-        launcher.send_signal(sig)
+        for _ in range(times):
+            launcher.send_signal(sig)
+            if times > 1:
+                time.sleep(0.0005)  # pacing only: signals spread over the handler's first steps
         assert launcher.wait(timeout=60) == 0
         wait_for(lambda: not any(_alive(pid) for pid in started), timeout_s=10, what="every child gone")
         with pytest.raises(requests.ConnectionError):
