@@ -64,7 +64,7 @@ def inprocess_batch_rate(model: Any, rows: int, repeats: int = 5) -> float:
 
 def measure(bench_model: BenchModel, repeats: int) -> dict[str, float]:
     import pandas as pd
-    from tpotserve.schema import parse_json, parse_predict
+    from tpotserve_api.predict_request import parse_json, parse_predict
 
     pipeline = bench_model.load()
     one = np.array([[BOOK_ROW[f] for f in FEATURES]], dtype=float)

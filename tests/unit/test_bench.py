@@ -1,7 +1,7 @@
 """The predict path's shortcuts answer exactly as the code they shortcut, and the
 benchmark's own arithmetic (bench/) is right.
 
-The shortcuts (tpotserve.schema: orjson parsing, plain rows, the range check;
+The shortcuts (tpotserve_api.predict_request: orjson parsing, plain rows, the range check;
 tpotserve_api.fast_path: the direct tree sum, scaler arithmetic, unchecked
 finite input) each fall back to the original code at the first doubt. These
 tests compare both on the cases that decide: every malformed value, key and
@@ -29,10 +29,10 @@ from sklearn.preprocessing import MinMaxScaler, Normalizer, PolynomialFeatures, 
 
 from bench import run as bench_run
 from bench.micro import batch_rows
-from tpotserve import schema
 from tpotserve.errors import InvalidInput, MalformedBody
 from tpotserve.model_meta import ModelMeta
 from tpotserve.store import Pointer
+from tpotserve_api import predict_request
 from tpotserve_api.fast_path import compile_fast_proba, pin_single_thread
 from tpotserve_api.loaded_model import LoadedModel
 
@@ -50,7 +50,7 @@ def reference_parse_json(raw: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise MalformedBody("the request body is not UTF-8") from exc
     try:
-        return json.loads(text, parse_constant=schema._reject_constant)
+        return json.loads(text, parse_constant=predict_request._reject_constant)
     except RecursionError as exc:
         raise MalformedBody("the JSON body is nested too deeply") from exc
     except ValueError as exc:
@@ -113,16 +113,16 @@ JSON_CASES = [
 
 @pytest.mark.parametrize("raw", JSON_CASES, ids=[repr(c[:24]) for c in JSON_CASES])
 def test_parse_json_matches_the_standard_parser(raw: bytes) -> None:
-    assert outcome(schema.parse_json, raw) == outcome(reference_parse_json, raw)
+    assert outcome(predict_request.parse_json, raw) == outcome(reference_parse_json, raw)
 
 
 def test_parse_json_matches_on_a_real_batch() -> None:
     raw = json.dumps({"instances": batch_rows(2000)}).encode()
-    assert schema.parse_json(raw) == reference_parse_json(raw)
+    assert predict_request.parse_json(raw) == reference_parse_json(raw)
 
 
 # --- parse_predict: plain rows, else _row's exact errors --------------------------------
-def reference_parse_predict(body: Any, names: list[str], max_rows: int) -> schema.PredictRequest:
+def reference_parse_predict(body: Any, names: list[str], max_rows: int) -> predict_request.PredictRequest:
     """parse_predict with _row for every instance, as it was."""
     if isinstance(body, dict) and "instances" in body and "instances" not in names:
         extra = sorted(set(body) - {"instances"})
@@ -137,11 +137,11 @@ def reference_parse_predict(body: Any, names: list[str], max_rows: int) -> schem
             raise InvalidInput(
                 f"'instances' has {len(instances)} rows; the limit is {max_rows}", field="instances"
             )
-        rows = [schema._row(item, names, prefix=f"instances[{i}].") for i, item in enumerate(instances)]
-        return schema.PredictRequest(rows=rows, single=False, originals=instances)
+        rows = [predict_request._row(item, names, prefix=f"instances[{i}].") for i, item in enumerate(instances)]
+        return predict_request.PredictRequest(rows=rows, single=False, originals=instances)
     if not isinstance(body, dict):
-        return schema.parse_predict(body, names, max_rows)  # the unchanged top-level checks
-    return schema.PredictRequest(rows=[schema._row(body, names, prefix="")], single=True, originals=[body])
+        return predict_request.parse_predict(body, names, max_rows)  # the unchanged top-level checks
+    return predict_request.PredictRequest(rows=[predict_request._row(body, names, prefix="")], single=True, originals=[body])
 
 
 def predict_outcome(fn: Any, body: Any, names: list[str]) -> tuple:
@@ -226,17 +226,17 @@ def test_parse_predict_matches_row_by_row_checking() -> None:
     rng = random.Random(7)
     for body in mutations(rng):
         for names in (FEATURES, FEATURES[:1], ["a", "a"], []):
-            assert predict_outcome(schema.parse_predict, body, names) == predict_outcome(
+            assert predict_outcome(predict_request.parse_predict, body, names) == predict_outcome(
                 reference_parse_predict, body, names
             ), body
 
 
 def test_values_beyond_float32_are_refused_naming_the_field() -> None:
     # Within float32: accepted, even where the values' sum would overflow a float32.
-    parsed = schema.parse_predict({"instances": [{n: 3e38 for n in FEATURES}] * 2}, FEATURES, 10)
+    parsed = predict_request.parse_predict({"instances": [{n: 3e38 for n in FEATURES}] * 2}, FEATURES, 10)
     assert parsed.rows == [[3e38] * 4] * 2
-    with pytest.raises(schema.InvalidInput) as info:
-        schema.parse_predict({"instances": [{n: 1.7e308 for n in FEATURES}] * 2}, FEATURES, 10)
+    with pytest.raises(predict_request.InvalidInput) as info:
+        predict_request.parse_predict({"instances": [{n: 1.7e308 for n in FEATURES}] * 2}, FEATURES, 10)
     assert info.value.field == f"instances[0].{FEATURES[0]}"
 
 
@@ -248,7 +248,7 @@ def reference_range_warnings(rows: list[list[float]], features: list[dict], *, s
             low, high = feature.get("min"), feature.get("max")
             if low is None or high is None:
                 continue
-            margin = schema.FAR_OUTSIDE * (high - low)
+            margin = predict_request.FAR_OUTSIDE * (high - low)
             if value < low - margin or value > high + margin:
                 name = feature["name"] if single else f"instances[{index}].{feature['name']}"
                 warnings.append(
@@ -278,7 +278,7 @@ def test_range_warnings_match_the_loop() -> None:
         )
     for rows in cases:
         for single in (True, False):
-            assert schema.range_warnings(rows, features, single=single) == reference_range_warnings(
+            assert predict_request.range_warnings(rows, features, single=single) == reference_range_warnings(
                 rows, features, single=single
             ), rows
 

@@ -1,4 +1,4 @@
-"""Unit tests for tpotserve.schema: request bodies, predictions, retrain payloads."""
+"""Unit tests for tpotserve.schema (retrain payloads) and tpotserve_api.predict_request (request bodies, predictions)."""
 
 from __future__ import annotations
 
@@ -12,19 +12,16 @@ from tpotserve.datasets import DataLimits, DatasetStore, min_rows_per_class
 from tpotserve.errors import InvalidInput, MalformedBody
 from tpotserve.schema import (
     CLASSIFICATION_SCORERS,
-    FAR_OUTSIDE,
     REGRESSION_SCORERS,
     RetrainRequest,
     TrainingPayload,
     build_training_payload,
     check_caps,
-    parse_json,
-    parse_predict,
     parse_retrain_request,
-    range_warnings,
 )
 from tpotserve.settings import Settings, load_settings
 from tpotserve.training import plan_training
+from tpotserve_api.predict_request import FAR_OUTSIDE, parse_json, parse_predict, range_warnings
 
 FEATURES = ["SepalLength", "SepalWidth", "PetalLength", "PetalWidth"]
 BOOK = {"SepalLength": 5.1, "SepalWidth": 3.5, "PetalLength": 1.4, "PetalWidth": 0.2}

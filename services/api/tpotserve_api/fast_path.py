@@ -29,7 +29,8 @@ from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from sklearn.tree import DecisionTreeClassifier, ExtraTreeClassifier
 
 from tpotserve.model_meta import ModelMeta
-from tpotserve.schema import MAX_MAGNITUDE
+
+from .predict_request import MAX_MAGNITUDE
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ class LoadedModel:
 
     @cached_property
     def feature_schema(self) -> list[dict[str, Any]]:
-        """meta.json's ``features`` as JSON, which tpotserve.schema.range_warnings reads."""
+        """meta.json's ``features`` as JSON, which predict_request.range_warnings reads."""
         return [feature.model_dump() for feature in self.meta.features]
 
     @property
@@ -50,7 +50,7 @@ class LoadedModel:
         """Predictions (class names or numbers) and, for classifiers, class probabilities
         as ``{class name: probability}`` per row (the JSON API's shape).
 
-        ``rows`` were validated by tpotserve.schema.parse_predict (finite numbers, the
+        ``rows`` were validated by predict_request.parse_predict (finite numbers, the
         model's feature order), so scikit-learn's own per-call finiteness checks are skipped.
         """
         predictions, proba = self.infer(np.asarray(rows, dtype=float))

@@ -13,11 +13,12 @@ from flask_restful import Resource
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from tpotserve.errors import InvalidInput, NotConfigured, Unauthorized, UnsupportedMedia
-from tpotserve.schema import parse_json, parse_predict, parse_retrain_request, range_warnings
+from tpotserve.schema import parse_retrain_request
 from tpotserve.training import plan_training
 
 from . import metrics
 from .auth import require_admin, require_predict
+from .predict_request import parse_json, parse_predict, range_warnings
 
 ACTIVATE_WAIT_S = 0.5
 """The longest an activate holds this API worker: an idle control worker answers in

@@ -36,11 +36,11 @@ from flask import Response, current_app, request
 from flask_restful import Resource
 
 from tpotserve.errors import InvalidInput, NotFound, UnsupportedMedia
-from tpotserve.schema import MAX_MAGNITUDE, parse_json
 
 from . import metrics
 from .auth import require_predict
 from .loaded_model import LoadedModel
+from .predict_request import MAX_MAGNITUDE, parse_json
 from .resources import Predict, _read_limited
 
 PROTOCOL_VERSION = "2"

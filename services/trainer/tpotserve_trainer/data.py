@@ -9,8 +9,8 @@ from tpotserve.datasets import DatasetStore, check_trainable
 from tpotserve.errors import InvalidInput
 from tpotserve.schema import TrainingPayload, feature_schema
 
-# feature_schema: the features of the meta.json jobs.retrain writes, defined with the
-# API's checks of them in tpotserve.schema.
+# feature_schema: the features of the meta.json jobs.retrain writes (the API checks
+# predictions against them in tpotserve_api.predict_request).
 __all__ = ["feature_schema", "holdout_split", "load"]
 
 
