@@ -37,6 +37,7 @@ from redis import Redis
 from rq import Worker
 
 from native.stack import REPO, descendants, free_port
+from tpotserve.settings import load_settings
 
 from .conftest import API_KEY, BOOK_REQUEST, BOOTSTRAP_TIMEOUT_S, BUDGET, wait_for
 
@@ -139,6 +140,18 @@ class Launcher:
         address = cmdline(self.leader("redis")).split()[1]
         return Redis(port=int(address.rsplit(":", 1)[1]), socket_timeout=5)
 
+    def every_api_worker_serves(self) -> bool:
+        """Every Gunicorn worker has loaded a model (one 200 only says one of them has: the
+        others pick the bootstrap model up within their poll interval)."""
+        workers = load_settings().api_workers
+        seen: dict[int, bool] = {}
+        for _ in range(10 * workers):
+            body = requests.get(self.url + "/readyz", timeout=10).json()
+            if "worker_pid" not in body:  # nginx's own 503: the API is not up
+                return False
+            seen[body["worker_pid"]] = bool(body["model_loaded"])
+        return len(seen) >= workers and all(seen.values())
+
     def predict(self) -> requests.Response:
         return requests.post(self.url + "/predict", json=BOOK_REQUEST, timeout=10)
 
@@ -217,8 +230,8 @@ def launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
         wait_for(lambda: "\nready: " in run.output() or popen.poll() is not None, timeout_s=120,
                  what="the launcher's ready line")
         assert popen.poll() is None, run.output()[-3000:]
-        wait_for(lambda: run.predict().status_code == 200, timeout_s=BOOTSTRAP_TIMEOUT_S, interval_s=0.5,
-                 what="the bootstrap model")
+        wait_for(lambda: run.every_api_worker_serves(), timeout_s=BOOTSTRAP_TIMEOUT_S, interval_s=0.5,
+                 what="the bootstrap model on every API worker")
         yield run
     finally:
         if popen.poll() is None:
