@@ -235,8 +235,18 @@ def launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
         yield run
     finally:
         if popen.poll() is None:
-            os.killpg(popen.pid, signal.SIGKILL)
-            popen.wait()
+            # A test failed before test_d: stop it as a user would, so the services (each in
+            # a process group of its own) go too; SIGKILL whatever is left only after that.
+            started = descendants(popen.pid)
+            popen.send_signal(signal.SIGTERM)
+            try:
+                popen.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(popen.pid, signal.SIGKILL)
+                popen.wait()
+            for pid in started:
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def healthy(run: Launcher, name: str, pid: int) -> bool:
