@@ -6,6 +6,12 @@
     client.predict([{"SepalLength": 5.1, "SepalWidth": 3.5, "PetalLength": 1.4, "PetalWidth": 0.2}])
     job = client.retrain(dataset="iris", max_time_mins=0.5, promote="never")
     final = client.wait(job["job_id"], on_progress=lambda j: print(j["progress"]))
+    client.list_models()                      # every named model (GET /registry)
+    client.predict(rows, model="housing")     # a named model; model=None: the default one
+
+``model=None`` (the default everywhere) uses the unnamed endpoints (``/predict``,
+``/models``...), which serve the server's default model, so a server from before
+named models keeps working; ``model="name"`` uses ``/models/<name>/...``.
 
 Every answer is returned as the decoded JSON object. An API error
 (``{"error": {"code", "message", "field"}}``) raises :class:`TpotServeAPIError`;
@@ -30,6 +36,27 @@ JSON = dict[str, Any]
 Row = Mapping[str, Any]
 Task = Literal["classification", "regression"]
 Promote = Literal["auto", "always", "never"]
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""The server's rule for model names (a path segment on disk and in URLs); ``current`` is reserved."""
+
+
+def check_model_name(name: str) -> str:
+    """``name`` if it can name a model; ValueError otherwise (nothing is sent for a bad name).
+
+    ``/models/current`` is the default model's endpoint, so checking here also keeps
+    ``current_model(model="current")`` from silently answering for the default model.
+    """
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name) or name == "current":
+        raise ValueError(
+            f"{name!r} is not a model name: 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit, and not 'current'"
+        )
+    return name
+
+
+def _named(model: str) -> str:
+    """The path of a named model: ``/models/<name>``."""
+    return f"/models/{quote(check_model_name(model), safe='')}"
 
 
 class TpotServeError(Exception):
@@ -158,20 +185,23 @@ class Client:
         return body if isinstance(body, dict) else {"data": body}
 
     # --- predictions ---------------------------------------------------------
-    def predict(self, rows: Sequence[Row] | Row) -> JSON:
+    def predict(self, rows: Sequence[Row] | Row, model: str | None = None) -> JSON:
         """Predict a batch of rows (feature name -> value); one mapping is a batch of one.
 
-        Returns the API's batch answer: ``predictions``, ``probabilities`` (classifiers),
-        ``model_version`` and any ``warnings``.
+        ``model``: a named model (``POST /models/<name>/predict``); None: the default one
+        (``POST /predict``). Returns the API's batch answer: ``predictions``,
+        ``probabilities`` (classifiers), ``model_version`` and any ``warnings``.
         """
         instances = [dict(rows)] if isinstance(rows, Mapping) else [dict(row) for row in rows]
-        return self.request("POST", "/predict", json={"instances": instances})
+        path = "/predict" if model is None else f"{_named(model)}/predict"
+        return self.request("POST", path, json={"instances": instances})
 
     # --- training ------------------------------------------------------------
     def retrain(
         self,
-        dataset: str = "iris",
+        dataset: str | None = None,
         *,
+        model: str | None = None,
         target: str | None = None,
         task: Task | None = None,
         max_time_mins: float | None = None,
@@ -184,9 +214,15 @@ class Client:
     ) -> JSON:
         """Start a training (admin key). Omitted values take the server's defaults.
 
+        ``model``: the named model to train a new version of (a new name creates it);
+        None: the default model. Without ``dataset`` the server retrains the model on the
+        data set, target and task of its current version (iris for a model that has none;
+        a server from before named models always takes iris).
+
         Returns the 202 answer: ``job_id``, ``status``, ``location`` and the full ``request``.
         """
         body = {
+            "model": None if model is None else check_model_name(model),
             "dataset": dataset,
             "target": target,
             "task": task,
@@ -233,20 +269,41 @@ class Client:
             time.sleep(poll_interval)
 
     # --- models --------------------------------------------------------------
-    def models(self) -> JSON:
-        """Every stored version's metadata: ``{"current": version, "versions": [...]}``."""
-        return self.request("GET", "/models")
+    def registry(self) -> JSON:
+        """Every named model: ``{"default": name, "max_loaded_models": n, "models": [...]}``."""
+        return self.request("GET", "/registry")
 
-    def current_model(self) -> JSON:
-        """The metadata of the model the answering API worker serves."""
-        return self.request("GET", "/models/current")
+    def list_models(self) -> list[JSON]:
+        """The ``models`` of :meth:`registry`, the default model first: ``name``,
+        ``default``, ``current_version``, ``versions`` (a count), ``task``, ``dataset``..."""
+        return list(self.registry()["models"])
 
-    def activate(self, version: str) -> JSON:
+    def models(self, model: str | None = None) -> JSON:
+        """Every stored version's metadata: ``{"current": version, "versions": [...]}``.
+
+        ``model``: a named model's versions (``GET /models/<name>/versions``, which adds
+        ``"model"``); None: the default model's (``GET /models``).
+        """
+        return self.request("GET", "/models" if model is None else f"{_named(model)}/versions")
+
+    def current_model(self, model: str | None = None) -> JSON:
+        """The metadata of the version the answering API worker serves.
+
+        ``model``: a named model (``GET /models/<name>``, which adds ``"model"``); None:
+        the default model (``GET /models/current``).
+        """
+        return self.request("GET", "/models/current" if model is None else _named(model))
+
+    def activate(self, version: str, model: str | None = None) -> JSON:
         """Make a stored version current (rollback; admin key).
 
-        ``activated`` is False when the activation was queued (202) rather than done.
+        ``model``: a named model's version; None: the default model's. ``activated`` is
+        False when the activation was queued (202) rather than done.
         """
-        return self.request("POST", f"/models/{quote(version, safe='')}/activate")
+        version_path = quote(version, safe="")
+        if model is None:
+            return self.request("POST", f"/models/{version_path}/activate")
+        return self.request("POST", f"{_named(model)}/versions/{version_path}/activate")
 
     # --- data sets -----------------------------------------------------------
     def datasets(self) -> list[JSON]:

@@ -5,6 +5,9 @@
     tpotserve retrain --max-time-mins 1 --wait  # live progress on stderr, the job's JSON on stdout
     tpotserve models | tpotserve activate VERSION | tpotserve jobs JOB_ID | tpotserve cancel JOB_ID
     tpotserve datasets upload data.csv | tpotserve datasets list
+    tpotserve registry                          # every named model; --model NAME on predict, retrain,
+    tpotserve predict rows.csv --model housing  # models, current and activate picks one (default: the
+                                                # server's default model, through the unnamed endpoints)
 
 The gateway and key come from --url / --api-key, else TPOTSERVE_URL (default
 http://127.0.0.1:8080) and TPOTSERVE_API_KEY (else API_KEY). Exit codes: 0 ok,
@@ -21,16 +24,19 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from .client import DEFAULT_URL, JSON, Client, TpotServeError
+from .client import DEFAULT_URL, JSON, Client, TpotServeError, check_model_name
 
 PROG = "tpotserve"
 MODEL_COLUMNS = ("current", "version", "created", "dataset", "task", "cv_score", "holdout_score")
+REGISTRY_COLUMNS = (
+    "default", "name", "current_version", "versions", "dataset", "target", "task", "holdout_score",
+)
 ENV_URL = "TPOTSERVE_URL"
 ENV_KEYS = ("TPOTSERVE_API_KEY", "API_KEY")
 FORMATS = ("csv", "json")
@@ -187,6 +193,24 @@ def models_table(models: JSON) -> str:
     return format_table(MODEL_COLUMNS, rows)
 
 
+def registry_table(registry: JSON) -> str:
+    """``GET /registry`` as a table, in the server's order (the default model first, marked ``*``)."""
+    rows = [
+        (
+            "*" if entry.get("default") else "",
+            entry.get("name"),
+            entry.get("current_version") or "(none)",
+            entry.get("versions"),
+            entry.get("dataset"),
+            entry.get("target"),
+            entry.get("task"),
+            _score(entry.get("holdout_score")),
+        )
+        for entry in registry.get("models") or []
+    ]
+    return format_table(REGISTRY_COLUMNS, rows)
+
+
 def datasets_table(datasets: Sequence[JSON]) -> str:
     """``GET /datasets`` as a table."""
     rows = [
@@ -282,12 +306,13 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> int:
     text = _read_input(args.file)
     fmt = detect_format(args.file, text, args.format)
     rows = parse_rows(text, fmt)
-    answer = client.predict(rows)
+    answer = client.predict(rows, model=args.model)
     out_fmt = args.output_format or fmt
     results = result_rows(rows, answer, flat=out_fmt == "csv")
     sys.stdout.write(format_csv(results) if out_fmt == "csv" else format_json(results))
     plural = "" if len(results) == 1 else "s"
-    print(f"{len(results)} prediction{plural} by model {answer.get('model_version')}", file=sys.stderr)
+    by = f"{args.model}, version " if args.model else ""
+    print(f"{len(results)} prediction{plural} by model {by}{answer.get('model_version')}", file=sys.stderr)
     for warning in answer.get("warnings") or []:
         print(f"warning: {warning.get('field')}: {warning.get('message')}", file=sys.stderr)
     return 0
@@ -315,8 +340,9 @@ def follow(client: Client, job_id: str, args: argparse.Namespace) -> int:
     if status == "finished":
         result = view.get("result") or {}
         gate = result.get("gate") or {}
+        model = (view.get("request") or {}).get("model")
         print(
-            f"job {job_id} finished: version {result.get('version')}, "
+            f"job {job_id} finished: version {result.get('version')}{f' of model {model}' if model else ''}, "
             f"cv_score {_score(result.get('cv_score'))}, "
             f"holdout_score {_score(result.get('holdout_score'))}, "
             f"{'published' if result.get('published') else 'not published'} ({gate.get('reason', '')})",
@@ -334,6 +360,7 @@ def follow(client: Client, job_id: str, args: argparse.Namespace) -> int:
 def cmd_retrain(client: Client, args: argparse.Namespace) -> int:
     answer = client.retrain(
         args.dataset,
+        model=args.model,
         target=args.target,
         task=args.task,
         max_time_mins=args.max_time_mins,
@@ -364,32 +391,41 @@ def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_models(client: Client, args: argparse.Namespace) -> int:
-    models = client.models()
-    if args.json:
-        _print_json(models)
+def _print_listing(data: Any, table: Callable[[Any], str], as_json: bool) -> int:
+    """An answer as JSON (``--json``) or as its table."""
+    if as_json:
+        _print_json(data)
     else:
-        sys.stdout.write(models_table(models))
+        sys.stdout.write(table(data))
+    return 0
+
+
+def cmd_models(client: Client, args: argparse.Namespace) -> int:
+    return _print_listing(client.models(model=args.model), models_table, args.json)
+
+
+def cmd_registry(client: Client, args: argparse.Namespace) -> int:
+    return _print_listing(client.registry(), registry_table, args.json)
+
+
+def cmd_current(client: Client, args: argparse.Namespace) -> int:
+    _print_json(client.current_model(model=args.model))
     return 0
 
 
 def cmd_activate(client: Client, args: argparse.Namespace) -> int:
-    answer = client.activate(args.version)
+    answer = client.activate(args.version, model=args.model)
+    of = f" of model {args.model}" if args.model else ""
     if answer.get("activated"):
-        print(f"activated {answer.get('version')}")
+        print(f"activated {answer.get('version')}{of}")
     else:
         job = answer.get("job_id")
-        print(f"activation of {answer.get('version')} queued as job {job} (tpotserve jobs {job})")
+        print(f"activation of {answer.get('version')}{of} queued as job {job} (tpotserve jobs {job})")
     return 0
 
 
 def cmd_datasets_list(client: Client, args: argparse.Namespace) -> int:
-    datasets = client.datasets()
-    if args.json:
-        _print_json(datasets)
-    else:
-        sys.stdout.write(datasets_table(datasets))
-    return 0
+    return _print_listing(client.datasets(), datasets_table, args.json)
 
 
 def cmd_datasets_upload(client: Client, args: argparse.Namespace) -> int:
@@ -417,6 +453,21 @@ def _connection_options(parser: argparse.ArgumentParser, default: Any) -> None:
     )
 
 
+def _model_name(value: str) -> str:
+    """argparse's type for --model: a bad name is a usage error (exit 2), nothing is sent."""
+    try:
+        return check_model_name(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _model_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument(
+        "--model", type=_model_name, metavar="NAME",
+        help=f"{help_text} (default: the server's default model; tpotserve registry lists them)",
+    )
+
+
 def _wait_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait", action="store_true", help="follow the job with a progress bar to its end")
     parser.add_argument("--poll-interval", type=float, default=1.0, metavar="S", help="seconds between polls")
@@ -437,11 +488,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", default="-", help="CSV or JSON file; '-' or omitted: stdin")
     p.add_argument("--format", choices=FORMATS, help="input format (default: by extension, else sniffed)")
     p.add_argument("--output-format", choices=FORMATS, help="output format (default: the input's)")
+    _model_option(p, "the named model to predict with")
     p.set_defaults(func=cmd_predict)
 
     p = commands.add_parser("retrain", parents=[common], help="start a training job (admin key)")
-    p.add_argument("--dataset", default="iris", help="'iris' or an uploaded data set's id (default iris)")
-    p.add_argument("--target", help="the column to predict (required for uploads)")
+    _model_option(p, "the named model to train a new version of; a new name creates it")
+    p.add_argument("--dataset", help="'iris' or an uploaded data set's id (default: the data set of the "
+                                     "model's current version, else iris)")
+    p.add_argument(
+        "--target", help="the column to predict (needed for an upload the model was not trained on)"
+    )
     p.add_argument("--task", choices=("classification", "regression"), help="default: inferred")
     p.add_argument("--max-time-mins", type=float, metavar="M")
     p.add_argument("--generations", type=int, metavar="N")
@@ -463,11 +519,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cancel)
 
     p = commands.add_parser("models", parents=[common], help="list stored model versions, current marked *")
-    p.add_argument("--json", action="store_true", help="print GET /models as JSON")
+    p.add_argument("--json", action="store_true", help="print GET /models (--model: its versions) as JSON")
+    _model_option(p, "the named model whose versions to list")
     p.set_defaults(func=cmd_models)
 
-    p = commands.add_parser("activate", parents=[common], help="make a stored version current (admin key)")
+    p = commands.add_parser("registry", parents=[common], help="list the named models, default marked *")
+    p.add_argument("--json", action="store_true", help="print GET /registry as JSON")
+    p.set_defaults(func=cmd_registry)
+
+    p = commands.add_parser("current", parents=[common], help="print the served version's metadata as JSON")
+    _model_option(p, "the named model")
+    p.set_defaults(func=cmd_current)
+
+    p = commands.add_parser("activate", parents=[common], aliases=["rollback"],
+                            help="make a stored version current (admin key)")
     p.add_argument("version")
+    _model_option(p, "the named model the version belongs to")
     p.set_defaults(func=cmd_activate)
 
     p = commands.add_parser("datasets", help="upload or list training data sets")

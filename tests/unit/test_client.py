@@ -21,6 +21,7 @@ import pytest
 from tpotserve_cli import Client, TpotServeAPIError, TpotServeConnectionError
 from tpotserve_cli.main import (
     MODEL_COLUMNS,
+    REGISTRY_COLUMNS,
     UsageError,
     detect_format,
     format_csv,
@@ -29,6 +30,7 @@ from tpotserve_cli.main import (
     parse_csv_rows,
     parse_json_rows,
     parse_rows,
+    registry_table,
     result_rows,
 )
 
@@ -37,6 +39,18 @@ PREDICTED = {
     "predictions": ["setosa"],
     "probabilities": [{"setosa": 0.98, "versicolor": 0.02, "virginica": 0.0}],
     "model_version": "v1",
+}
+REGISTRY = {
+    "default": "iris",
+    "max_loaded_models": 16,
+    "models": [
+        {"name": "iris", "default": True, "current_version": "v1", "versions": 2, "task": "classification",
+         "dataset": "iris", "target": "species", "scoring": "accuracy", "holdout_score": 0.96667,
+         "created_at": "2026-01-01T00:00:00Z", "loaded": True},
+        {"name": "housing", "default": False, "current_version": None, "versions": 0, "task": None,
+         "dataset": None, "target": None, "scoring": None, "holdout_score": None, "created_at": None,
+         "loaded": False},
+    ],
 }
 
 
@@ -118,7 +132,42 @@ def test_predict_sends_instances_and_the_bearer_key(gateway: FakeGateway) -> Non
 def test_retrain_sends_only_the_values_given(gateway: FakeGateway) -> None:
     gateway.answer("POST", "/retrain", (202, {"job_id": "j1", "status": "queued"}))
     Client(gateway.url, "k").retrain(max_time_mins=0.25, cv=3, promote="never")
-    assert gateway.json_sent() == {"dataset": "iris", "max_time_mins": 0.25, "cv": 3, "promote": "never"}
+    # No dataset: the server retrains on the model's current data set (an old server: iris).
+    assert gateway.json_sent() == {"max_time_mins": 0.25, "cv": 3, "promote": "never"}
+    Client(gateway.url, "k").retrain("ds-1", model="housing", target="price")
+    assert gateway.json_sent() == {"model": "housing", "dataset": "ds-1", "target": "price"}
+
+
+def test_model_none_uses_the_unnamed_endpoints_and_a_name_the_named_ones(gateway: FakeGateway) -> None:
+    for method, path in [("POST", "/predict"), ("GET", "/models"), ("GET", "/models/current"),
+                         ("POST", "/models/v1/activate"), ("POST", "/models/h.2/predict"),
+                         ("GET", "/models/h.2/versions"), ("GET", "/models/h.2"),
+                         ("POST", "/models/h.2/versions/v1/activate"), ("GET", "/registry")]:
+        gateway.answer(method, path, (200, REGISTRY if path == "/registry" else PREDICTED))
+    client = Client(gateway.url, "k")
+    for model in (None, "h.2"):
+        client.predict(ROW, model=model)
+        client.models(model=model)
+        client.current_model(model=model)
+        client.activate("v1", model=model)
+    assert [f"{s.method} {s.path}" for s in gateway.seen] == [
+        "POST /predict", "GET /models", "GET /models/current", "POST /models/v1/activate",
+        "POST /models/h.2/predict", "GET /models/h.2/versions", "GET /models/h.2",
+        "POST /models/h.2/versions/v1/activate",
+    ]
+    assert gateway.json_sent(4) == {"instances": [ROW]}
+    assert client.registry() == REGISTRY
+    assert [m["name"] for m in client.list_models()] == ["iris", "housing"]
+
+
+@pytest.mark.parametrize("name", ["current", "", "-x", "a b", "a/b", "iris\n", "x" * 65])
+def test_a_bad_model_name_raises_before_anything_is_sent(gateway: FakeGateway, name: str) -> None:
+    client = Client(gateway.url, "k")
+    for call in (lambda: client.predict(ROW, model=name), lambda: client.current_model(model=name),
+                 lambda: client.retrain(model=name), lambda: client.activate("v1", model=name)):
+        with pytest.raises(ValueError, match="is not a model name"):
+            call()
+    assert gateway.seen == []
 
 
 def test_api_errors_carry_status_code_message_field_and_details(gateway: FakeGateway) -> None:
@@ -239,6 +288,13 @@ def test_the_models_table_marks_the_current_version_newest_first() -> None:
                                 "1.0000"]
 
 
+def test_the_registry_table_marks_the_default_model() -> None:
+    table = registry_table(REGISTRY).splitlines()
+    assert table[0].split() == list(REGISTRY_COLUMNS)
+    assert table[1].split() == ["*", "iris", "v1", "2", "iris", "species", "classification", "0.9667"]
+    assert table[2].split() == ["housing", "(none)", "0"]
+
+
 # --- the CLI end to end against the fake gateway ----------------------------------------
 def test_cli_predicts_csv_from_stdin_and_writes_csv(gateway, monkeypatch, capsys) -> None:
     gateway.answer("POST", "/predict", (200, PREDICTED))
@@ -290,3 +346,38 @@ def test_cli_retrain_wait_exits_1_with_the_jobs_error(gateway, monkeypatch, caps
     gateway.answer("GET", "/jobs/j6", (200, {"id": "j6", "status": "canceled", "error": None}))
     assert main(["--url", gateway.url, "jobs", "j6", "--wait"]) == 1
     assert capsys.readouterr().err.splitlines()[-1] == "tpotserve: error: job j6 was canceled"
+
+
+def test_cli_model_flag_picks_the_named_endpoints(gateway, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("TPOTSERVE_URL", gateway.url)
+    monkeypatch.setenv("TPOTSERVE_API_KEY", "k")
+    gateway.answer("POST", "/models/housing/predict", (200, PREDICTED))
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(ROW)))
+    assert main(["predict", "--model", "housing"]) == 0
+    assert "1 prediction by model housing, version v1" in capsys.readouterr().err
+
+    gateway.answer("POST", "/retrain", (202, {"job_id": "j7", "status": "queued"}))
+    assert main(["retrain", "--model", "housing", "--dataset", "ds-1", "--target", "price"]) == 0
+    assert gateway.json_sent() == {"model": "housing", "dataset": "ds-1", "target": "price"}
+    capsys.readouterr()
+
+    gateway.answer("POST", "/models/housing/versions/v1/activate",
+                   (200, {"model": "housing", "version": "v1", "activated": True, "job_id": "j8"}))
+    assert main(["rollback", "v1", "--model", "housing"]) == 0
+    assert capsys.readouterr().out == "activated v1 of model housing\n"
+
+    gateway.answer("GET", "/registry", (200, REGISTRY))
+    assert main(["registry"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:3] == ["*", "iris", "v1"]
+
+    unknown = _error("not_found", "no model named 'nope'; GET /registry lists them", "model")
+    gateway.answer("GET", "/models/nope/versions", (404, unknown))
+    assert main(["models", "--model", "nope"]) == 1
+    assert capsys.readouterr().err == (
+        "tpotserve: error: 404 not_found: no model named 'nope'; GET /registry lists them (field: model)\n"
+    )
+    sent = len(gateway.seen)
+    with pytest.raises(SystemExit) as usage:
+        main(["current", "--model", "current"])
+    assert usage.value.code == 2 and "is not a model name" in capsys.readouterr().err
+    assert len(gateway.seen) == sent
