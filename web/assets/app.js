@@ -1,7 +1,11 @@
 // tpotserve's page. It talks to the same JSON API as every other client (docs/api.md):
+//   GET /registry                                                    -> the model selector
 //   GET /models/current, GET /models, POST /models/<v>/activate     -> the model panel
 //   POST /predict                                                    -> the prediction form
 //   GET|POST /datasets, POST /retrain, GET|DELETE /jobs/<id>         -> the retrain panel
+// The default model uses those unnamed endpoints (so a server from before named models works);
+// another selected model uses /models/<name>, /models/<name>/versions, /models/<name>/predict
+// and /models/<name>/versions/<v>/activate (see modelPaths).
 // Admin actions ask for the API key once and keep it in sessionStorage (this tab only).
 
 import { barChart, lineChart } from "./charts.js";
@@ -17,7 +21,10 @@ const $ = (selector, root = document) => root.querySelector(selector);
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const state = {
-  current: null, // GET /models/current of the served model
+  registry: null, // GET /registry; null until read, or when the server has none
+  registryMissing: false, // the server answered 404: one from before named models
+  model: null, // the selected model's name; null: the default model
+  current: null, // GET /models/current (or /models/<name>) of the selected model
   featureSignature: null, // the feature names the form was built for
   datasets: [],
   jobToken: null, // the job being followed; a new one stops the old loop
@@ -55,6 +62,44 @@ function code(text) {
   const node = document.createElement("code");
   node.textContent = text;
   return node;
+}
+
+// --- models by name ----------------------------------------------------------------
+
+/** null for the default model (or no name), else the name. */
+function namedOrDefault(name) {
+  return !name || name === state.registry?.default ? null : name;
+}
+
+/** The selected (or given) model's name as the server calls it; null when the server has no registry. */
+function modelName(name = state.model) {
+  return namedOrDefault(name) ?? state.registry?.default ?? null;
+}
+
+/** The API paths of a model: the unnamed endpoints for the default one, /models/<name>/... for the others. */
+function modelPaths(name = state.model) {
+  const named = namedOrDefault(name);
+  if (named === null) {
+    return {
+      current: "/models/current",
+      versions: "/models",
+      predict: "/predict",
+      activate: (version) => `/models/${encodeURIComponent(version)}/activate`,
+    };
+  }
+  const base = `/models/${encodeURIComponent(named)}`;
+  return {
+    current: base,
+    versions: `${base}/versions`,
+    predict: `${base}/predict`,
+    activate: (version) => `${base}/versions/${encodeURIComponent(version)}/activate`,
+  };
+}
+
+/** " of model <name>" once the server has named models, else "". */
+function ofModel(name = state.model) {
+  const shown = modelName(name);
+  return shown ? ` of model ${shown}` : "";
 }
 
 // --- HTTP -----------------------------------------------------------------------
@@ -187,10 +232,12 @@ function showError(form, error, extra = null) {
 
 function setServing(model, error = null) {
   const node = $("#serving");
+  const name = modelName();
+  const serving = name ? `serving ${name} ` : "serving ";
   if (model) {
-    node.replaceChildren("serving ", code(model.version), ` · ${model.task || ""} of ${model.target || "?"} · CV ${model.scoring || ""} ${fmtScore(model.cv_score)}`);
+    node.replaceChildren(serving, code(model.version), ` · ${model.task || ""} of ${model.target || "?"} · CV ${model.scoring || ""} ${fmtScore(model.cv_score)}`);
   } else {
-    node.textContent = error ? `no model served: ${error.message}` : "no model served";
+    node.textContent = `${name ? `${name}: ` : ""}${error ? `no model served: ${error.message}` : "no model served"}`;
   }
 }
 
@@ -258,12 +305,13 @@ async function predict(event) {
   }
   const button = $("#predict-submit");
   button.disabled = true;
+  const path = modelPaths().predict;
   try {
     const stored = sessionStorage.getItem(PREDICT_KEY);
-    let result = await api("POST", "/predict", { json: instance, key: stored });
+    let result = await api("POST", path, { json: instance, key: stored });
     if (result.status === 401) {
-      // This server protects /predict with PREDICT_API_KEY (the admin key works too).
-      result = await authorized(PREDICT_KEY, "POST", "/predict", { json: instance }, "This server needs a key for predictions.");
+      // This server protects predictions with PREDICT_API_KEY (the admin key works too).
+      result = await authorized(PREDICT_KEY, "POST", path, { json: instance }, "This server needs a key for predictions.");
     }
     if (!result.ok) {
       showError(form, result.error);
@@ -296,7 +344,9 @@ function renderPrediction(result) {
     item.textContent = field ? `${field}: ${warning.message}` : warning.message;
     list.append(item);
   }
-  $("#prediction-meta").replaceChildren("answered by model ", code(version), ` at ${new Date().toLocaleTimeString()}`);
+  const name = result.headers.get("X-Model-Name") || modelName();
+  $("#prediction-meta").replaceChildren(`answered by model ${name ? `${name}, version ` : ""}`, code(version),
+    ` at ${new Date().toLocaleTimeString()}`);
   if (state.current && version && version !== state.current.version) refreshModels(); // the served model changed
 }
 
@@ -382,7 +432,11 @@ function refreshModels() {
 }
 
 async function readModels() {
-  const [current, listing] = await Promise.all([api("GET", "/models/current"), api("GET", "/models")]);
+  const selected = state.model;
+  const paths = modelPaths(selected);
+  const [current, listing] = await Promise.all([api("GET", paths.current), api("GET", paths.versions)]);
+  if (selected !== state.model) return; // another model was selected meanwhile: its own read follows
+  $("#models-name").textContent = modelName() || "";
   $("#predict-form").hidden = !current.ok;
   $("#pipeline-details").hidden = !current.ok;
   if (current.ok) {
@@ -406,15 +460,17 @@ async function readModels() {
   }
 }
 
-/** Poll GET /models/current until it names ``version``; true when it did in time. */
-async function waitServed(version, timeoutMs = SERVE_WAIT_MS) {
+/** Poll the current version of model ``name`` until it is ``version``; true when it was in time. */
+async function waitServed(version, name = state.model, timeoutMs = SERVE_WAIT_MS) {
   const deadline = Date.now() + timeoutMs;
+  const model = namedOrDefault(name);
   while (Date.now() < deadline) {
-    const result = await api("GET", "/models/current");
+    const result = await api("GET", modelPaths(model).current);
     if (result.ok && result.body.version === version) {
-      // Each API worker loads a new version on its own: done once the panels' own read agrees.
+      // Each API worker loads a new version on its own: done once the panels' own read agrees
+      // (or, when another model is selected by now, once the API said so).
       await refreshModels();
-      if (state.current?.version === version) return true;
+      if (state.model !== model || state.current?.version === version) return true;
     }
     await sleep(500);
   }
@@ -426,19 +482,88 @@ async function activate(version, button) {
   const message = $("#models-error");
   message.textContent = "";
   button.disabled = true;
+  const model = state.model;
   try {
-    const result = await adminApi("POST", `/models/${encodeURIComponent(version)}/activate`);
+    const result = await adminApi("POST", modelPaths(model).activate(version));
     if (!result.ok) {
       message.textContent = result.error.message;
       return;
     }
     button.textContent = "activating…";
-    if (!(await waitServed(version))) {
-      message.textContent = `${version} is activated (job ${result.body.job_id}) but not served yet; refresh in a moment.`;
+    if (!(await waitServed(version, model))) {
+      message.textContent = `${version}${ofModel(model)} is activated (job ${result.body.job_id}) but not served yet; refresh in a moment.`;
     }
   } finally {
     button.disabled = false;
   }
+}
+
+// --- the model selector ----------------------------------------------------------------------
+
+/** Read GET /registry and fill the selector; a server without it (404) keeps the page single-model. */
+async function loadRegistry() {
+  const result = await api("GET", "/registry");
+  const first = state.registry === null;
+  if (!result.ok) {
+    if (result.status === 404) {
+      state.registry = null;
+      state.registryMissing = true;
+      $("#model-pick").hidden = true;
+      $("#rt-model-field").hidden = true;
+    }
+    return;
+  }
+  state.registry = result.body;
+  const models = state.registry.models || [];
+  const gone = state.model !== null && !models.some((m) => m.name === state.model);
+  const select = $("#model-select");
+  select.replaceChildren(
+    ...models.map((m) => {
+      const option = document.createElement("option");
+      option.value = m.name;
+      option.textContent = `${m.name}${m.default ? " (default)" : ""}${m.current_version ? "" : " · no version yet"}`;
+      return option;
+    }),
+  );
+  select.value = modelName();
+  $("#model-names").replaceChildren(
+    ...models.map((m) => {
+      const option = document.createElement("option");
+      option.value = m.name;
+      return option;
+    }),
+  );
+  $("#model-pick").hidden = false;
+  $("#rt-model-field").hidden = false;
+  if (gone) {
+    await selectModel(null); // the selected model is no longer on the volume: back to the default
+  } else if (first) {
+    presetRetrain();
+    if (state.current) setServing(state.current); // now with the model's name
+    $("#models-name").textContent = modelName() || "";
+  }
+}
+
+/** Show model ``name`` in every panel. */
+function selectModel(name) {
+  state.model = namedOrDefault(name);
+  state.current = null;
+  $("#model-select").value = modelName();
+  $("#prediction").hidden = true; // an answer of the model selected before
+  $("#models-error").textContent = "";
+  presetRetrain();
+  return refreshModels();
+}
+
+/** The retrain form for the selected model: its name, and the data set and target of its current version. */
+function presetRetrain() {
+  const name = modelName();
+  $("#rt-model").value = name || "";
+  const entry = (state.registry?.models || []).find((m) => m.name === name);
+  if (!entry?.dataset || !state.datasets.some((d) => d.id === entry.dataset)) return;
+  $("#rt-dataset").value = entry.dataset;
+  renderTargets();
+  if ([...$("#rt-target").options].some((o) => o.value === entry.target)) $("#rt-target").value = entry.target;
 }
 
 // --- retrain panel ----------------------------------------------------------------------------
@@ -482,8 +607,10 @@ function renderTargets() {
 async function loadDatasets(selectId = null) {
   const result = await api("GET", "/datasets");
   if (result.ok) {
+    const first = state.datasets.length === 0;
     state.datasets = result.body.datasets || [];
     renderDatasets(selectId);
+    if (first && !selectId) presetRetrain(); // the registry may have come first
   } else {
     showError($("#retrain-form"), result.error);
   }
@@ -523,6 +650,9 @@ async function upload(event) {
 function retrainBody() {
   const form = $("#retrain-form");
   const body = { dataset: form.elements.dataset.value || "iris" };
+  // A name the registry does not have yet creates that model; none (an old server): the default one.
+  const model = $("#rt-model-field").hidden ? "" : form.elements.model.value.trim();
+  if (model) body.model = model;
   for (const name of ["target", "task", "scoring", "promote"]) {
     if (form.elements[name].value) body[name] = form.elements[name].value;
   }
@@ -597,7 +727,7 @@ function renderJob(view) {
     parts.push(`${plural(p.pipelines_evaluated, "pipeline")} evaluated, ${p.pipelines_failed ?? 0} failed`);
   }
   if (p.training_rows !== undefined) parts.push(`${p.training_rows} search rows + ${p.holdout_rows} holdout rows, ${p.features} features`);
-  if (request.dataset) parts.unshift(`${request.dataset} → ${request.target} (${request.task})`);
+  if (request.dataset) parts.unshift(`${request.model ? `${request.model}: ` : ""}${request.dataset} → ${request.target} (${request.task})`);
   $("#job-progress").textContent = parts.join(" · ");
 }
 
@@ -651,15 +781,20 @@ async function finishJob(view) {
     return;
   }
   const r = view.result || {};
+  const model = namedOrDefault(view.request?.model);
+  const of = ofModel(model);
   const scores = ` (CV ${r.scoring || ""} ${fmtScore(r.cv_score)}, holdout ${fmtScore(r.holdout_score)})`;
+  // The run may have created a model, and its panels are where the new version is: show them.
+  if (state.registry) await loadRegistry();
+  if (state.registry && model !== state.model) await selectModel(model);
   if (!r.published) {
-    setOutcome("Stored version ", "", code(r.version), `${scores}, not promoted: ${r.gate?.reason || "promote was never"}. Activate it from the model panel if you want it.`);
+    setOutcome("Stored version ", "", code(r.version), `${of}${scores}, not promoted: ${r.gate?.reason || "promote was never"}. Activate it from the model panel if you want it.`);
     await refreshModels();
     return;
   }
-  setOutcome("Trained version ", "", code(r.version), `${scores}; waiting for the API to serve it…`);
-  if (await waitServed(r.version)) {
-    setOutcome("Now serving the new version ", "good", code(r.version), scores);
+  setOutcome("Trained version ", "", code(r.version), `${of}${scores}; waiting for the API to serve it…`);
+  if (await waitServed(r.version, model)) {
+    setOutcome("Now serving the new version ", "good", code(r.version), `${of}${scores}`);
   } else {
     setOutcome("Version ", "bad", code(r.version), " was published but the API has not loaded it yet; see GET /readyz (last_load_error).");
   }
@@ -679,6 +814,7 @@ function start() {
   $("#upload-form").addEventListener("submit", upload);
   $("#retrain-form").addEventListener("submit", startRetrain);
   $("#rt-dataset").addEventListener("change", renderTargets);
+  $("#model-select").addEventListener("change", (event) => selectModel(event.target.value));
   $("#job-cancel").addEventListener("click", cancelJob);
   $("#forget-key").addEventListener("click", () => {
     sessionStorage.removeItem(ADMIN_KEY);
@@ -686,15 +822,18 @@ function start() {
     updateKeyButton();
   });
   updateKeyButton();
-  refreshModels();
+  refreshModels(); // the default model, through the unnamed endpoints: no need to wait for the registry
+  loadRegistry();
   loadDatasets();
   const job = sessionStorage.getItem(JOB_KEY);
   if (job) followJob(job); // a reload keeps following the run
   // Someone else may retrain or roll back: notice it now and then.
   setInterval(async () => {
     if (document.hidden) return;
-    const result = await api("GET", "/models/current");
-    if (result.ok && result.body.version !== state.current?.version) refreshModels();
+    if (!state.registryMissing) loadRegistry(); // models created elsewhere
+    const selected = state.model;
+    const result = await api("GET", modelPaths(selected).current);
+    if (selected === state.model && result.ok && result.body.version !== state.current?.version) refreshModels();
   }, REFRESH_MS);
 }
 
