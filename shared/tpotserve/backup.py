@@ -1,40 +1,58 @@
-"""Backups of the model store and the uploaded data sets, consistent while the stack runs.
+"""Backups of every named model and the uploaded data sets, consistent while the stack runs.
 
     python -m tpotserve.backup create ARCHIVE|-            # - writes the archive to stdout
     python -m tpotserve.backup restore ARCHIVE|- [--force] [--only models|datasets]
 
-Both read MODEL_DIR and DATASET_DIR from :mod:`tpotserve.settings` unless
-``--model-dir``/``--dataset-dir`` (or ``--data-dir DIR``: the native run's
-layout ``DIR/models``, ``DIR/datasets``, ``DIR/signing.key``) say otherwise.
+Both read MODEL_DIR, DATASET_DIR and MODEL_NAME (the default model) from
+:mod:`tpotserve.settings` unless ``--model-dir``/``--dataset-dir`` (or
+``--data-dir DIR``: the native run's layout ``DIR/models``, ``DIR/datasets``,
+``DIR/signing.key``) say otherwise.
 
-The archive is a gzip tar:
+The archive (format version 2) is a gzip tar:
 
-    models/versions/<version>/model.joblib   every complete version, byte for byte
-    models/versions/<version>/meta.json
+    models/models/<name>/versions/<version>/model.joblib   every complete version of every model,
+    models/models/<name>/versions/<version>/meta.json      byte for byte
     datasets/<id>/data.csv, datasets/<id>/meta.json
-    signing.key                               only with --signing-key-file, when the file exists
-    models/current.json                       the pointer, as read when the backup started
-    manifest.json                             last: format, created_at, the pointer, every
-                                              version's and data set's sha256, every file's sha256
+    signing.key                         only with --signing-key-file, when the file exists
+    models/models/<name>/current.json   each model's pointer, as read when its copy started
+    manifest.json                       last: format, created_at, default_model, per model its
+                                        pointer and its versions' sha256, every data set's sha256,
+                                        every file's sha256
+
+The models are :meth:`tpotserve.registry.ModelRegistry.names`, each read through
+:meth:`~tpotserve.registry.ModelRegistry.store`: a volume still in the
+single-model layout (``<model dir>/versions``, ``<model dir>/current.json``) is
+backed up as the default model. A format 1 archive (before named models:
+``models/versions/<version>/...``, ``models/current.json``, one ``pointer`` and
+one ``versions`` list in the manifest) is restored as the default model, into
+``<model dir>/models/<default>/``.
 
 Why a backup of a running stack is consistent: versions and data sets are
 immutable once renamed into place, and temp directories (dot-prefixed) are
-never read. The pointer is read first and its version (and ``previous``)
-copied first; a version that retention deletes while the backup runs is left
-out with a note, except the pointer's, for which the pointer is read again
-(bounded). Every artifact is hashed as it streams into the archive and must
-match its metadata, so a corrupt or half-read file fails the backup instead of
-producing a bad archive. A backup file is written under a temp name beside the
-target (mode 0600: it may hold the signing key) and renamed when complete.
+never read. Models are copied one after another, and for each the pointer is
+read first and its version (and ``previous``) copied first; a version that
+retention deletes while the backup runs is left out with a note, except the
+pointer's, for which the pointer is read again (bounded). A model whose store
+moves while it is copied (the trainer moving a single-model volume under
+``models/<default>/`` at its start) is copied again from its new place
+(bounded; versions already copied are kept, they are immutable). Every
+artifact is hashed as it streams into the archive and must match its
+metadata, so a corrupt or half-read file fails the backup instead of producing
+a bad archive. A backup file is written under a temp name beside the target
+(mode 0600: it may hold the signing key) and renamed when complete.
 
-A restore refuses a model directory that already holds a store (unless
-``--force``), accepts only the member names above as regular files (checked
-with tarfile's ``data`` filter too), verifies every file against the manifest
-and every artifact against its metadata, stages versions and data sets in a
-dot-prefixed directory on the target filesystem, renames them into place, and
-writes ``current.json`` last, atomically. An interrupted or rejected restore
-therefore never leaves a pointer naming a missing version, and restoring
-under a running API is safe: its workers follow the pointer when it appears.
+A restore refuses when any model the archive holds already has a store on the
+volume (unless ``--force``): checked at the first member of each model, before
+its files are read, and again before the first rename. It accepts only the
+member names above (or format 1's) as regular files (checked with tarfile's
+``data`` filter too), with model names that
+:func:`tpotserve.registry.check_model_name` accepts; verifies every file
+against the manifest and every artifact against its metadata; stages versions
+and data sets in a dot-prefixed directory on the target filesystem, renames
+them into place, and writes each model's ``current.json`` last, atomically,
+after every model's versions. An interrupted or rejected restore therefore
+never leaves a pointer naming a missing version, and restoring under a running
+API is safe: its workers follow a pointer when it appears.
 """
 
 from __future__ import annotations
@@ -58,36 +76,51 @@ from typing import IO, Any
 
 from .atomic import DIR_MODE, FILE_MODE, TMP_PREFIX, fsync_dir, replace_file, sha256_file
 from .clock import utc_iso
+from .errors import InvalidInput
+from .registry import MIGRATING_PREFIX, MODELS_DIR, ModelRegistry, check_model_name
 from .store import ARTIFACT_NAME, META_NAME, POINTER_NAME, ModelStore
 
 __all__ = ["BackupError", "RestoreError", "create", "create_file", "main", "restore", "restore_file"]
 
 FORMAT = "tpotserve-backup"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""1: one store at the archive's ``models/`` (before named models), restored as the default model."""
 MANIFEST_NAME = "manifest.json"
 KEY_MEMBER = "signing.key"
-POINTER_MEMBER = f"models/{POINTER_NAME}"
 # The data set store's file names (tpotserve.datasets; not imported: it pulls in pandas).
 DATASET_DATA_NAME = "data.csv"
 DATASET_META_NAME = "meta.json"
 # How often the pointer is read again when its version vanished during a backup
 # (retention deleted it after a newer version was published and activated).
 POINTER_ATTEMPTS = 3
+# How often a model is copied again when its store moved while it was copied, and the pause
+# (times the attempt) before the next copy: the trainer's move is a few renames.
+MOVE_ATTEMPTS = 3
+MOVE_PAUSE_S = 0.2
 # Members read into memory (manifest, pointer, metadata, key) may not be larger.
 SMALL_MEMBER_MAX_BYTES = 16 * 1024 * 1024
 RESTORE_STAGING_PREFIX = ".restore-"
+LEGACY_STAGE = "-format-1"  # a format 1 archive's store while staged: no model name starts with "-"
 KEY_MODE = 0o600
 _CHUNK = 1 << 20
 
-_NAME = r"(?!\.)[^/\x00]{1,100}"  # a version or data set id: a plain name, as the stores require
+_NAME = r"(?!\.)[^/\x00]{1,100}"  # a version, data set id or model name: a plain name (checked further)
 _MEMBER = re.compile(
     rf"(?P<manifest>{re.escape(MANIFEST_NAME)})"
     rf"|(?P<key>{re.escape(KEY_MEMBER)})"
-    rf"|(?P<pointer>{re.escape(POINTER_MEMBER)})"
-    rf"|models/versions/(?P<version>{_NAME})/(?P<vfile>{re.escape(ARTIFACT_NAME)}|{re.escape(META_NAME)})"
+    # A model's store: models/models/<name>/... (format 2) or models/... (format 1, no name).
+    rf"|models/(?:{MODELS_DIR}/(?P<model>{_NAME})/)?"
+    rf"(?:(?P<pointer>{re.escape(POINTER_NAME)})"
+    rf"|versions/(?P<version>{_NAME})/(?P<vfile>{re.escape(ARTIFACT_NAME)}|{re.escape(META_NAME)}))"
     rf"|datasets/(?P<dataset>{_NAME})/"
     rf"(?P<dfile>{re.escape(DATASET_DATA_NAME)}|{re.escape(DATASET_META_NAME)})"
 )
+
+
+def _model_prefix(name: str | None) -> str:
+    """Where a model's store is in an archive: ``models/models/<name>``; None: format 1's ``models``."""
+    return "models" if name is None else f"models/{MODELS_DIR}/{name}"
 
 
 class BackupError(Exception):
@@ -216,14 +249,6 @@ def _copy_entry(
     return {"sha256": expected, "bytes": entry["bytes"]}, ""
 
 
-def _copy_version(writer: _ArchiveWriter, store: ModelStore, name: str) -> tuple[dict[str, Any] | None, str]:
-    entry, why = _copy_entry(
-        writer, store.versions_dir / name, f"models/versions/{name}", ARTIFACT_NAME, META_NAME,
-        f"model version {name!r}",
-    )
-    return ({"version": name, **entry} if entry else None), why
-
-
 def _copy_dataset(writer: _ArchiveWriter, root: Path, dataset_id: str) -> tuple[dict[str, Any] | None, str]:
     entry, why = _copy_entry(
         writer, root / dataset_id, f"datasets/{dataset_id}", DATASET_DATA_NAME, DATASET_META_NAME,
@@ -239,70 +264,127 @@ def _plain_entries(directory: Path) -> list[str]:
     return sorted(e.name for e in directory.iterdir() if not e.name.startswith(".") and e.is_dir())
 
 
+@dataclass
+class _ModelCopy:
+    """What the archive holds of one model."""
+
+    name: str
+    pointer_raw: bytes | None = None
+    pointer: dict[str, Any] | None = None
+    versions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def copy_version(self, writer: _ArchiveWriter, store: ModelStore, version: str) -> str:
+        """Copy a version unless it is held already: "" or why it was left out."""
+        if version in self.versions:
+            return ""
+        entry, why = _copy_entry(
+            writer, store.versions_dir / version, f"{_model_prefix(self.name)}/versions/{version}",
+            ARTIFACT_NAME, META_NAME, f"model {self.name!r} version {version!r}",
+        )
+        if entry is not None:
+            self.versions[version] = {"version": version, **entry}
+        return why
+
+    def copy_store(self, writer: _ArchiveWriter, store: ModelStore) -> None:
+        """One pass over ``store``: the pointer first, its versions at once (the window in which
+        they could go is tiny), then every other complete version."""
+        self.notes = []
+        self.pointer_raw, self.pointer = _read_pointer(store)
+        for attempt in range(1, POINTER_ATTEMPTS + 1):
+            if self.pointer is None:
+                break
+            wanted = [v for v in (self.pointer["version"], self.pointer["previous"]) if v]
+            for version in wanted:
+                self.copy_version(writer, store, version)
+            if all(version in self.versions for version in wanted):
+                break
+            if attempt < POINTER_ATTEMPTS:
+                # Retention deleted one: the pointer moved on since we read it. Follow it.
+                self.pointer_raw, self.pointer = _read_pointer(store)
+        # One that retention deletes meanwhile is left out.
+        for version in _plain_entries(store.versions_dir):
+            why = self.copy_version(writer, store, version)
+            if why:
+                reason = "deleted by retention while the backup ran" if why == "vanished" else why
+                self.notes.append(f"model {self.name!r} version {version!r} left out: {reason}")
+
+    def check_pointer(self) -> None:
+        """BackupError unless the pointer names a version the archive holds, with its sha256."""
+        pointer = self.pointer
+        if pointer is None:
+            return
+        held = self.versions.get(pointer["version"])
+        if held is None:
+            raise BackupError(
+                f"model {self.name!r}: the current version {pointer['version']!r} named by {POINTER_NAME} "
+                f"is not in the store (read {POINTER_ATTEMPTS} times); no backup was made"
+            )
+        if held["sha256"] != pointer["sha256"]:
+            raise BackupError(
+                f"model {self.name!r}: {POINTER_NAME} names version {pointer['version']!r} "
+                f"with sha256 {pointer['sha256'][:12]}..., "
+                f"but that version's metadata says {held['sha256'][:12]}...; no backup was made"
+            )
+        if pointer["previous"] and pointer["previous"] not in self.versions:
+            self.notes.append(
+                f"model {self.name!r}: the previous version {pointer['previous']!r} "
+                f"named by {POINTER_NAME} is not in the store"
+            )
+
+
+def _moving(registry: ModelRegistry, name: str, read: ModelStore) -> bool:
+    """Whether model ``name``'s store moved (or is moving) away from the one just read: the
+    trainer's :meth:`~tpotserve.registry.ModelRegistry.migrate_legacy` of a single-model volume."""
+    staging = registry.models_dir / f"{MIGRATING_PREFIX}{name}"
+    return registry.store(name).root != read.root or staging.exists()
+
+
+def _copy_model(writer: _ArchiveWriter, registry: ModelRegistry, name: str) -> _ModelCopy:
+    copied = _ModelCopy(name)
+    for attempt in range(1, MOVE_ATTEMPTS + 1):
+        store = registry.store(name)
+        copied.copy_store(writer, store)
+        if not _moving(registry, name, store):
+            copied.check_pointer()
+            return copied
+        if attempt < MOVE_ATTEMPTS:
+            time.sleep(MOVE_PAUSE_S * attempt)
+    raise BackupError(
+        f"model {name!r} was being moved under {registry.models_dir / name} while the backup ran "
+        f"(a trainer starting on a single-model volume; if none is, one that died while moving it left "
+        f"{registry.models_dir / (MIGRATING_PREFIX + name)}: starting the trainer finishes the move). "
+        "Run the backup again; no backup was made"
+    )
+
+
 def create(
     out: IO[bytes],
     model_dir: Path,
     dataset_dir: Path,
     signing_key_file: Path | None = None,
     *,
+    default_model: str,
     log: Log = _stderr,
 ) -> dict[str, Any]:
-    """Write a backup archive (gzip tar) to ``out``; returns its manifest."""
-    store = ModelStore(Path(model_dir))
+    """Write a backup archive (gzip tar) of every model and data set to ``out``; returns its manifest.
+
+    ``default_model``: MODEL_NAME, the name a single-model volume's store is archived under.
+    """
+    registry = ModelRegistry(Path(model_dir), None, default_model)
     dataset_root = Path(dataset_dir)
     notes: list[str] = []
-    versions: dict[str, dict[str, Any]] = {}
+    models: list[_ModelCopy] = []
 
     with tarfile.open(fileobj=out, mode="w|gz") as tar:
         writer = _ArchiveWriter(tar)
 
-        # 1. The pointer first, then its versions at once: the window in which they could go is tiny.
-        pointer_raw, pointer = _read_pointer(store)
-        for attempt in range(1, POINTER_ATTEMPTS + 1):
-            if pointer is None:
-                break
-            wanted = [v for v in (pointer["version"], pointer["previous"]) if v]
-            for name in wanted:
-                if name not in versions:
-                    entry, _why = _copy_version(writer, store, name)
-                    if entry is not None:
-                        versions[name] = entry
-            if all(name in versions for name in wanted):
-                break
-            if attempt < POINTER_ATTEMPTS:
-                # Retention deleted one: the pointer moved on since we read it. Follow it.
-                pointer_raw, pointer = _read_pointer(store)
-        if pointer is not None:
-            if pointer["version"] not in versions:
-                raise BackupError(
-                    f"the current version {pointer['version']!r} named by {POINTER_NAME} is not in the store "
-                    f"(read {POINTER_ATTEMPTS} times); no backup was made"
-                )
-            if versions[pointer["version"]]["sha256"] != pointer["sha256"]:
-                raise BackupError(
-                    f"{POINTER_NAME} names version {pointer['version']!r} "
-                    f"with sha256 {pointer['sha256'][:12]}..., "
-                    f"but that version's metadata says {versions[pointer['version']]['sha256'][:12]}...; "
-                    "no backup was made"
-                )
-            if pointer["previous"] and pointer["previous"] not in versions:
-                notes.append(
-                    f"the previous version {pointer['previous']!r} named by {POINTER_NAME} "
-                    "is not in the store"
-                )
+        # 1. Every model, one after the other (the default first).
+        for name in registry.names():
+            models.append(_copy_model(writer, registry, name))
+            notes += models[-1].notes
 
-        # 2. Every other complete version; one retention deletes meanwhile is left out.
-        for name in _plain_entries(store.versions_dir):
-            if name in versions:
-                continue
-            entry, why = _copy_version(writer, store, name)
-            if entry is None:
-                reason = "deleted by retention while the backup ran" if why == "vanished" else why
-                notes.append(f"model version {name!r} left out: {reason}")
-            else:
-                versions[name] = entry
-
-        # 3. The uploaded data sets.
+        # 2. The uploaded data sets.
         datasets: list[dict[str, Any]] = []
         for dataset_id in _plain_entries(dataset_root):
             entry, why = _copy_dataset(writer, dataset_root, dataset_id)
@@ -311,7 +393,7 @@ def create(
             else:
                 datasets.append(entry)
 
-        # 4. The native run's signing key, when asked for and present.
+        # 3. The native run's signing key, when asked for and present.
         key_included = False
         if signing_key_file is not None:
             try:
@@ -323,16 +405,23 @@ def create(
                 writer.add_bytes(KEY_MEMBER, key, mode=KEY_MODE)
                 key_included = True
 
-        # 5. The pointer as captured, then the manifest that describes everything.
-        if pointer_raw is not None:
-            writer.add_bytes(POINTER_MEMBER, pointer_raw)
+        # 4. The pointers as captured, then the manifest that describes everything.
+        for model in models:
+            if model.pointer_raw is not None:
+                writer.add_bytes(f"{_model_prefix(model.name)}/{POINTER_NAME}", model.pointer_raw)
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "created_at": utc_iso(),
             "tpotserve_version": _package_version(),
-            "pointer": pointer,
-            "versions": sorted(versions.values(), key=lambda v: v["version"]),
+            "default_model": registry.default_name,
+            "models": {
+                model.name: {
+                    "pointer": model.pointer,
+                    "versions": sorted(model.versions.values(), key=lambda v: v["version"]),
+                }
+                for model in models
+            },
             "datasets": datasets,
             "signing_key": key_included,
             "notes": notes,
@@ -342,9 +431,13 @@ def create(
 
     for note in notes:
         log(f"note: {note}")
-    current = f", current {pointer['version']}" if pointer else ", no current model"
+    described = "; ".join(
+        f"model {m.name}: {len(m.versions)} version(s), "
+        + (f"current {m.pointer['version']}" if m.pointer else "no current version")
+        for m in models
+    ) or "no models"
     log(
-        f"backup: {len(versions)} model version(s){current}, {len(datasets)} data set(s), "
+        f"backup: {described}; {len(datasets)} data set(s), "
         f"signing key {'included' if key_included else 'not included'}"
     )
     return manifest
@@ -356,6 +449,7 @@ def create_file(
     dataset_dir: Path,
     signing_key_file: Path | None = None,
     *,
+    default_model: str,
     log: Log = _stderr,
 ) -> dict[str, Any]:
     """Write the archive to ``target`` atomically (temp name beside it, then rename), mode 0600."""
@@ -368,7 +462,9 @@ def create_file(
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), KEY_MODE)
-            manifest = create(handle, model_dir, dataset_dir, signing_key_file, log=log)
+            manifest = create(
+                handle, model_dir, dataset_dir, signing_key_file, default_model=default_model, log=log
+            )
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
@@ -394,26 +490,32 @@ def _check_member(member: tarfile.TarInfo, dest: Path) -> re.Match[str]:
         raise RestoreError(
             f"archive member {member.name!r} is refused: not a file a tpotserve backup contains"
         )
+    if match["model"] is not None:
+        try:
+            check_model_name(match["model"])
+        except InvalidInput as exc:
+            raise RestoreError(f"archive member {member.name!r} is refused: {exc}") from exc
     if not member.isfile():
         raise RestoreError(f"archive member {member.name!r} is refused: not a regular file")
     return match
 
 
 def _store_in_use(store: ModelStore) -> list[str]:
-    """What makes a model directory non-empty for a restore: current.json and complete versions."""
+    """What makes a model's store non-empty for a restore: current.json and complete versions."""
     found = [POINTER_NAME] if store.pointer_path.exists() else []
     found += [f"versions/{name}" for name in _plain_entries(store.versions_dir)]
     return found
 
 
-def _refuse_non_empty(store: ModelStore) -> None:
+def _refuse_non_empty(registry: ModelRegistry, name: str) -> None:
+    store = registry.store(name)  # the default model: the single-model layout's, until it moved
     found = _store_in_use(store)
     if found:
         shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
         raise RestoreError(
-            f"{store.root} already holds a model store ({shown}); restore refuses to mix stores. "
-            "Restore into an empty model directory, or pass --force to add the archive's versions "
-            "and make its pointer current"
+            f"{store.root} already holds a model store of model {name!r} ({shown}); "
+            "restore refuses to mix stores. Restore into an empty model directory, or pass --force "
+            "to add the archive's versions and make its pointer current"
         )
 
 
@@ -465,16 +567,23 @@ class _Staging:
             self.roots[part] = path
         return self.roots[part]
 
-    def directory(self, part: str, parent: Path, name: str) -> Path:
-        path = self.root(part, parent) / name
-        if not path.is_dir():
-            path.mkdir(mode=DIR_MODE)
-            os.chmod(path, DIR_MODE)
+    def directory(self, part: str, parent: Path, *names: str) -> Path:
+        path = self.root(part, parent)
+        for name in names:
+            path = path / name
+            if not path.is_dir():
+                path.mkdir(mode=DIR_MODE)
+                os.chmod(path, DIR_MODE)
         return path
 
     def cleanup(self) -> None:
         for path in self.roots.values():
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _stage_key(model: str | None) -> str:
+    """A model's staging directory: its name, or format 1's single store."""
+    return LEGACY_STAGE if model is None else model
 
 
 def _json(data: bytes, what: str) -> Any:
@@ -484,14 +593,52 @@ def _json(data: bytes, what: str) -> Any:
         raise RestoreError(f"{what} is not valid JSON: {exc}") from exc
 
 
-def _verify(manifest: Any, received: dict[str, dict[str, Any]], small: dict[str, bytes]) -> None:
-    """Every file against the manifest, and every artifact against its metadata and the pointer."""
+@dataclass(frozen=True)
+class _Archived:
+    """One model of an archive, verified."""
+
+    name: str
+    """Its name on the volume: format 1's single store is the default model."""
+    member_name: str | None
+    """Its name in the archive's member names; None for format 1."""
+    pointer: dict[str, Any] | None
+    versions: dict[str, str]
+    """{version: sha256}, in the manifest's order."""
+
+    @property
+    def prefix(self) -> str:
+        return _model_prefix(self.member_name)
+
+
+def _manifest_models(
+    manifest: dict[str, Any], default_model: str
+) -> dict[str | None, tuple[str, dict[str, Any]]]:
+    """{name in member names: (name on the volume, its manifest entry)}, for either format."""
+    if manifest["format_version"] == 1:
+        single = {"pointer": manifest.get("pointer"), "versions": manifest.get("versions")}
+        return {None: (default_model, single)}
+    models = manifest.get("models")
+    if not isinstance(models, dict):
+        raise RestoreError(f"{MANIFEST_NAME} lists no models")
+    for name in models:
+        try:
+            check_model_name(name)
+        except InvalidInput as exc:
+            raise RestoreError(f"{MANIFEST_NAME} lists a model that cannot be restored: {exc}") from exc
+    return {name: (name, entry) for name, entry in models.items()}
+
+
+def _verify(
+    manifest: Any, received: dict[str, dict[str, Any]], small: dict[str, bytes], default_model: str
+) -> list[_Archived]:
+    """Every file against the manifest, and every artifact against its metadata and its model's
+    pointer; returns the archive's models."""
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise RestoreError(f"{MANIFEST_NAME} does not describe a {FORMAT} archive")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise RestoreError(
             f"archive format version {manifest.get('format_version')!r}; "
-            f"this tpotserve reads {FORMAT_VERSION}"
+            f"this tpotserve reads {' and '.join(map(str, READABLE_VERSIONS))}"
         )
     files = manifest.get("files")
     if not isinstance(files, dict):
@@ -512,13 +659,44 @@ def _verify(manifest: Any, received: dict[str, dict[str, Any]], small: dict[str,
                 "the archive is corrupt or was tampered with; nothing was restored"
             )
 
-    versions = _listed(
-        manifest.get("versions"), "version", "models/versions", ARTIFACT_NAME, META_NAME, received, small,
-        "model version",
-    )
-    in_archive = {m["version"] for m in _version_members(received)}
-    if in_archive != set(versions):
-        raise RestoreError("the archive's model files do not match the manifest's list of versions")
+    listed = _manifest_models(manifest, default_model)
+    members = [(name, _MEMBER.fullmatch(name)) for name in received]
+    in_archive: dict[str | None, set[str]] = {}
+    for name, match in members:
+        if match and (match["version"] or match["pointer"]):
+            if match["model"] not in listed:
+                raise RestoreError(
+                    f"archive member {name!r} belongs to no model its manifest lists "
+                    f"(a format {manifest['format_version']} archive)"
+                )
+            if match["version"]:
+                in_archive.setdefault(match["model"], set()).add(match["version"])
+
+    archived: list[_Archived] = []
+    for member_name, (name, entry) in listed.items():
+        prefix = _model_prefix(member_name)
+        versions = _listed(
+            entry.get("versions"), "version", f"{prefix}/versions", ARTIFACT_NAME, META_NAME, received, small,
+            f"model {name!r} version",
+        )
+        if in_archive.get(member_name, set()) != set(versions):
+            raise RestoreError(
+                f"the archive's files of model {name!r} do not match the manifest's list of its versions"
+            )
+        pointer_member = f"{prefix}/{POINTER_NAME}"
+        if pointer_member in received:
+            pointer = _json(small[pointer_member], pointer_member)
+            version = pointer.get("version") if isinstance(pointer, dict) else None
+            if version not in versions or pointer.get("sha256") != versions[version]:
+                raise RestoreError(
+                    f"{pointer_member} names {version!r}, which the archive does not hold as such"
+                )
+            described = entry.get("pointer") or {}
+            if described.get("version") != version or described.get("sha256") != pointer.get("sha256"):
+                raise RestoreError(f"{pointer_member} differs from the manifest's pointer")
+        elif entry.get("pointer"):
+            raise RestoreError(f"the archive lacks {pointer_member}")
+        archived.append(_Archived(name, member_name, entry.get("pointer"), versions))
 
     datasets = set(
         _listed(
@@ -526,19 +704,9 @@ def _verify(manifest: Any, received: dict[str, dict[str, Any]], small: dict[str,
             "data set",
         )
     )
-    if {m["dataset"] for m in _dataset_members(received)} != datasets:
+    if {m["dataset"] for _name, m in members if m and m["dataset"]} != datasets:
         raise RestoreError("the archive's data set files do not match the manifest's list of data sets")
-
-    if POINTER_MEMBER in received:
-        pointer = _json(small[POINTER_MEMBER], POINTER_MEMBER)
-        version = pointer.get("version") if isinstance(pointer, dict) else None
-        if version not in versions or pointer.get("sha256") != versions[version]:
-            raise RestoreError(f"{POINTER_MEMBER} names {version!r}, which the archive does not hold as such")
-        described = manifest.get("pointer") or {}
-        if described.get("version") != version or described.get("sha256") != pointer.get("sha256"):
-            raise RestoreError(f"{POINTER_MEMBER} differs from the manifest's pointer")
-    elif manifest.get("pointer"):
-        raise RestoreError(f"the archive lacks {POINTER_MEMBER}")
+    return archived
 
 
 def _listed(
@@ -564,14 +732,6 @@ def _listed(
             raise RestoreError(f"{what} {name!r}: {data_name}'s sha256 does not match its metadata")
         found[name] = entry["sha256"]
     return found
-
-
-def _version_members(names: Iterable[str]) -> list[re.Match[str]]:
-    return [m for m in (_MEMBER.fullmatch(n) for n in names) if m and m["version"]]
-
-
-def _dataset_members(names: Iterable[str]) -> list[re.Match[str]]:
-    return [m for m in (_MEMBER.fullmatch(n) for n in names) if m and m["dataset"]]
 
 
 def _same_tree(a: Path, b: Path, names: Iterable[str]) -> bool:
@@ -616,36 +776,44 @@ def restore(
     dataset_dir: Path,
     signing_key_file: Path | None = None,
     *,
+    default_model: str,
     force: bool = False,
     only: str | None = None,
     log: Log = _stderr,
 ) -> dict[str, Any]:
     """Restore an archive read from ``source`` (a stream is fine); returns its manifest.
 
-    ``only``: "models" (versions, pointer, signing key) or "datasets"; None: both.
+    ``default_model``: MODEL_NAME, the name a format 1 archive's store is restored under.
+    ``only``: "models" (every model's versions and pointer, the signing key) or "datasets"; None: both.
     """
     parts = {"models", "datasets"} if only is None else {only}
     if not parts <= {"models", "datasets"}:
         raise ValueError(f"only must be 'models' or 'datasets', not {only!r}")
-    store = ModelStore(Path(model_dir))
+    registry = ModelRegistry(Path(model_dir), None, default_model)
     dataset_root = Path(dataset_dir)
-    if "models" in parts and not force:
-        _refuse_non_empty(store)  # before reading a possibly large archive
 
     staging = _Staging()
     received: dict[str, dict[str, Any]] = {}
     small: dict[str, bytes] = {}
+    checked: set[str] = set()
     try:
         try:
             with tarfile.open(fileobj=source, mode="r|gz") as tar:
                 for member in tar:
-                    match = _check_member(member, store.root)
+                    match = _check_member(member, registry.root)
                     if member.name in received:
                         raise RestoreError(f"archive member {member.name!r} appears twice")
+                    model = match["model"] or registry.default_name
+                    if (match["version"] or match["pointer"]) and "models" in parts and not force:
+                        if model not in checked:  # before reading a possibly large model's files
+                            _refuse_non_empty(registry, model)
+                            checked.add(model)
                     handle = tar.extractfile(member)
                     assert handle is not None  # a regular file
                     if match["version"] and match["vfile"] == ARTIFACT_NAME and "models" in parts:
-                        target = staging.directory("models", store.root, match["version"])
+                        target = staging.directory(
+                            "models", registry.root, _stage_key(match["model"]), match["version"]
+                        )
                         received[member.name] = _write_stream(target / ARTIFACT_NAME, handle)
                     elif match["dataset"] and match["dfile"] == DATASET_DATA_NAME and "datasets" in parts:
                         target = staging.directory("datasets", dataset_root, match["dataset"])
@@ -664,9 +832,11 @@ def restore(
         del received[MANIFEST_NAME]
         manifest = _json(small[MANIFEST_NAME], MANIFEST_NAME)
         try:
-            _verify(manifest, received, small)
+            archived = _verify(manifest, received, small, registry.default_name)
         except (KeyError, TypeError, AttributeError) as exc:
             raise RestoreError(f"{MANIFEST_NAME} is malformed: {exc!r}") from exc
+        # A model with neither versions nor pointer has nothing to restore.
+        models = [model for model in archived if model.versions] if "models" in parts else []
 
         # Every check before the first rename: conflicts refuse the whole restore.
         key = small.get(KEY_MEMBER) if "models" in parts else None
@@ -681,8 +851,12 @@ def restore(
                         "Move it away or pass --force to replace it"
                     )
             write_key = not key_path.exists() or key_path.read_bytes() != key
-        if "models" in parts and not force:
-            _refuse_non_empty(store)  # again: something may have appeared while we read
+        if not force:
+            for model in models:  # again: something may have appeared while we read
+                _refuse_non_empty(registry, model.name)
+        # Each model goes to models/<name>/, also the default model of a volume not moved yet
+        # (the trainer's move keeps the restored pointer: see ModelRegistry.migrate_legacy).
+        stores = {model.name: ModelStore(registry.models_dir / model.name) for model in models}
 
         # Metadata beside the staged data files: each staged directory is now a complete entry.
         plan: list[tuple[Path, Path, tuple[str, ...], str]] = []
@@ -695,45 +869,49 @@ def restore(
                 fsync_dir(staged)
                 names = (DATASET_DATA_NAME, DATASET_META_NAME)
                 plan.append((staged, dataset_root / dataset_id, names, f"data set {dataset_id!r}"))
-        if "models" in parts:
-            for entry in manifest.get("versions") or []:
-                name = entry["version"]
-                staged = staging.directory("models", store.root, name)
-                _write_stream(staged / META_NAME, io.BytesIO(small[f"models/versions/{name}/{META_NAME}"]))
+        for model in models:
+            for version in model.versions:
+                staged = staging.directory("models", registry.root, _stage_key(model.member_name), version)
+                meta_raw = small[f"{model.prefix}/versions/{version}/{META_NAME}"]
+                _write_stream(staged / META_NAME, io.BytesIO(meta_raw))
                 fsync_dir(staged)
                 names = (ARTIFACT_NAME, META_NAME)
-                plan.append((staged, store.versions_dir / name, names, f"model version {name!r}"))
+                final = stores[model.name].versions_dir / version
+                plan.append((staged, final, names, f"model {model.name!r} version {version!r}"))
         if not force:
             for staged, final, names, what in plan:
                 if final.exists() and not _same_tree(staged, final, names):
-                    raise RestoreError(f"{what} already exists with other content; pass --force to replace it")
+                    raise RestoreError(
+                        f"{what} already exists with other content; pass --force to replace it"
+                    )
 
-        # Data sets, then versions, then the key; the pointer last.
+        # Data sets, then every model's versions, then the key; the pointers last.
         summary: dict[str, list[str]] = {"restored": [], "unchanged": [], "replaced": []}
         for staged, final, names, what in plan:
             final.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
             summary[_move_into_place(staged, final, names, force, what)].append(what)
         for directory in {final.parent for _staged, final, _names, _what in plan}:
             fsync_dir(directory)
+        if models:
+            fsync_dir(registry.models_dir)
         if "models" in parts:
-            store.versions_dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
             if write_key:
                 _write_key(Path(signing_key_file), key)  # type: ignore[arg-type]
             elif key is not None and signing_key_file is None:
                 log("note: the archive holds a signing key; not restored "
                     "(give --signing-key-file or --data-dir)")
-            # Last: the pointer, atomically. Until here the API kept serving what it served.
-            if POINTER_MEMBER in small:
-                store.root.mkdir(parents=True, exist_ok=True)
-                replace_file(store.pointer_path, small[POINTER_MEMBER])
+            # Last: each pointer, atomically. Until here the API kept serving what it served.
+            for model in models:
+                pointer_member = f"{model.prefix}/{POINTER_NAME}"
+                if pointer_member in small:
+                    replace_file(stores[model.name].pointer_path, small[pointer_member])
     finally:
         staging.cleanup()
 
-    pointer = manifest.get("pointer")
-    current = f"; current: {pointer['version']}" if "models" in parts and pointer else ""
+    current = "; ".join(f"{m.name} {m.pointer['version']}" for m in models if m.pointer)
     counts = ", ".join(f"{len(items)} {state}" for state, items in summary.items() if items)
     counts = counts or "nothing to restore"
-    log(f"restore: {counts}{current}")
+    log(f"restore: {counts}" + (f"; current: {current}" if current else ""))
     return manifest
 
 
@@ -753,7 +931,7 @@ def restore_file(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tpotserve.backup",
-        description="Back up and restore the model store and the uploaded data sets (docs/operations.md).",
+        description="Back up and restore every model and the uploaded data sets (docs/operations.md).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
@@ -767,7 +945,7 @@ def build_parser() -> argparse.ArgumentParser:
             type=Path,
             help="the native run's DATA_DIR: DIR/models, DIR/datasets, DIR/signing.key",
         )
-        sub.add_argument("--model-dir", type=Path, help="the model store (default: MODEL_DIR)")
+        sub.add_argument("--model-dir", type=Path, help="the model volume (default: MODEL_DIR)")
         sub.add_argument("--dataset-dir", type=Path, help="the uploaded data sets (default: DATASET_DIR)")
         sub.add_argument(
             "--signing-key-file",
@@ -776,13 +954,13 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if name == "restore":
             sub.add_argument(
-                "--force", action="store_true", help="restore into a model directory that holds a store"
+                "--force", action="store_true", help="restore models that already have a store on the volume"
             )
             sub.add_argument("--only", choices=("models", "datasets"), help="restore one part only")
     return parser
 
 
-def _paths(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
+def _paths(args: argparse.Namespace) -> tuple[Path, Path, Path | None, str]:
     from .settings import load_settings
 
     settings = load_settings()
@@ -790,23 +968,23 @@ def _paths(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
     model_dir = args.model_dir or (data_dir / "models" if data_dir else settings.model_dir)
     dataset_dir = args.dataset_dir or (data_dir / "datasets" if data_dir else settings.dataset_dir)
     key_file = args.signing_key_file or (data_dir / "signing.key" if data_dir else None)
-    return model_dir, dataset_dir, key_file
+    return model_dir, dataset_dir, key_file, settings.model_name
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    model_dir, dataset_dir, key_file = _paths(args)
+    model_dir, dataset_dir, key_file, default_model = _paths(args)
     try:
         if args.command == "create":
             if args.archive == "-":
                 if sys.stdout.isatty():
                     raise BackupError("refusing to write a binary archive to a terminal; redirect stdout")
-                create(sys.stdout.buffer, model_dir, dataset_dir, key_file)
+                create(sys.stdout.buffer, model_dir, dataset_dir, key_file, default_model=default_model)
                 sys.stdout.buffer.flush()
             else:
-                create_file(Path(args.archive), model_dir, dataset_dir, key_file)
+                create_file(Path(args.archive), model_dir, dataset_dir, key_file, default_model=default_model)
         else:
-            options = {"force": args.force, "only": args.only}
+            options = {"force": args.force, "only": args.only, "default_model": default_model}
             if args.archive == "-":
                 restore(sys.stdin.buffer, model_dir, dataset_dir, key_file, **options)
             else:

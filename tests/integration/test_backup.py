@@ -5,6 +5,9 @@ pointer is rewritten (activations); `make restore` puts it into a new, empty
 data dir; a second native stack (API + nginx, no training worker, so nothing
 trains) on that dir serves the same version, with the same sha256, and gives
 the same answer to the book's request, with the signing key from the archive.
+The session stack's volume holds named models (its trainer moved any
+single-model store under ``models/<MODEL_NAME>/`` at start): the default model
+is the one under test.
 
 Make runs with `-o setup`: the targets' `setup` prerequisite would switch the
 test venv (built by `setup-dev`) to the non-dev lock set.
@@ -31,7 +34,13 @@ from native.stack import NativeStack, free_port
 from .conftest import BOOK_REQUEST, SIGNING_KEY, LiveStack, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
+MODEL = "iris"  # MODEL_NAME's default, which the session stack runs with
 UPLOAD = b"width,height,kind\n1.0,2.0,a\n3.0,4.5,b\n5.5,6.0,a\n7.0,8.0,b\n"
+
+
+def model_store_dir(model_dir: Path) -> Path:
+    """The default model's store on a model volume: <MODEL_DIR>/models/<name>/."""
+    return model_dir / "models" / MODEL
 
 
 def make(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
@@ -67,8 +76,9 @@ def test_make_backup_of_a_serving_stack_restores_into_a_stack_that_serves_the_sa
     assert expected["model_version"] == current["version"]
 
     # A trainer about to rename a finished version into place: complete files under a temp name.
-    temp_version = stack.model_dir / "versions" / f".tmp-backup-test-{os.getpid()}"
-    shutil.copytree(stack.model_dir / "versions" / current["version"], temp_version)
+    versions_dir = model_store_dir(stack.model_dir) / "versions"
+    temp_version = versions_dir / f".tmp-backup-test-{os.getpid()}"
+    shutil.copytree(versions_dir / current["version"], temp_version)
 
     stop = threading.Event()
     statuses: list[int] = []
@@ -110,16 +120,20 @@ def test_make_backup_of_a_serving_stack_restores_into_a_stack_that_serves_the_sa
         names = tar.getnames()
         manifest = json.loads(tar.extractfile("manifest.json").read())
     assert not [name for name in names if ".tmp" in name]
-    assert manifest["pointer"]["version"] == current["version"]
-    assert manifest["pointer"]["sha256"] == current["sha256"]
+    assert f"models/models/{MODEL}/current.json" in names
+    assert manifest["format_version"] == 2 and manifest["default_model"] == MODEL
+    model = manifest["models"][MODEL]
+    assert model["pointer"]["version"] == current["version"]
+    assert model["pointer"]["sha256"] == current["sha256"]
     assert manifest["signing_key"] is True
     assert dataset["id"] in {d["id"] for d in manifest["datasets"]}
-    archived_versions = {v["version"] for v in manifest["versions"]}
+    archived_versions = {v["version"] for v in model["versions"]}
 
     # A new, empty data dir, restored with the documented command.
     restored_dir = tmp_path / "restored"
     restored = make("restore", f"DATA_DIR={restored_dir}", f"BACKUP={archive}")
     assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert (model_store_dir(restored_dir / "models") / "current.json").exists()
     assert (restored_dir / "signing.key").read_text() == SIGNING_KEY
     assert stat.S_IMODE((restored_dir / "signing.key").stat().st_mode) == 0o600
 
@@ -164,12 +178,13 @@ def test_restore_refuses_the_data_dir_of_a_running_stack_and_leaves_it_untouched
     archive = tmp_path / "stream.tar.gz"
     archive.write_bytes(created.stdout)
 
-    pointer_before = (stack.model_dir / "current.json").read_bytes()
-    versions_before = sorted(p.name for p in (stack.model_dir / "versions").iterdir())
+    store_dir = model_store_dir(stack.model_dir)
+    pointer_before = (store_dir / "current.json").read_bytes()
+    versions_before = sorted(p.name for p in (store_dir / "versions").iterdir())
     refused = make("restore", f"DATA_DIR={stack.native.data_dir}", f"BACKUP={archive}")
     assert refused.returncode != 0
-    assert "already holds a model store" in refused.stderr and "--force" in refused.stderr
-    assert (stack.model_dir / "current.json").read_bytes() == pointer_before
-    assert sorted(p.name for p in (stack.model_dir / "versions").iterdir()) == versions_before
-    assert not list(stack.model_dir.glob(".restore-*"))
+    assert f"already holds a model store of model '{MODEL}'" in refused.stderr and "--force" in refused.stderr
+    assert (store_dir / "current.json").read_bytes() == pointer_before
+    assert sorted(p.name for p in (store_dir / "versions").iterdir()) == versions_before
+    assert not list(stack.model_dir.rglob(".restore-*"))
     assert stack.predict_book().status_code == 200

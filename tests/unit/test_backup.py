@@ -1,8 +1,9 @@
-"""Unit tests for tpotserve.backup: archives of the model store and the data sets, and restores.
+"""Unit tests for tpotserve.backup: archives of every named model and the data sets, and restores.
 
 Real stores on a temp directory, real tar files; the only interference is at
-the copy step (``_open_for_copy``), where a real ``ModelStore.prune`` runs as
-if retention ran while the backup was copying.
+the copy step (``_open_for_copy``), where a real ``ModelStore.prune`` (or the
+trainer's ``ModelRegistry.migrate_legacy``) runs as if it ran while the backup
+was copying.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from tpotserve import backup
 from tpotserve import datasets as datasets_module
 from tpotserve.backup import BackupError, RestoreError
 from tpotserve.datasets import DataLimits, DatasetStore
+from tpotserve.registry import ModelRegistry
 from tpotserve.store import ModelStore, Pointer
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = b"unit-test-signing-key"
 LIMITS = DataLimits(max_rows=1000, max_columns=20, min_rows=1, holdout_fraction=0.2)
 CSV = b"x,y,label\n1,2,a\n3,4,b\n5,6,a\n"
+DEFAULT = "iris"  # MODEL_NAME's default
 
 
 def _dump(data: bytes):
@@ -49,12 +52,26 @@ def _dirs(root: Path) -> tuple[Path, Path, Path]:
     return root / "models", root / "datasets", root / "signing.key"
 
 
+def _store(root: Path, name: str = DEFAULT) -> ModelStore:
+    """Model ``name``'s store in the data dir ``root``: DIR/models/models/<name>/."""
+    return ModelStore(root / "models" / "models" / name, KEY)
+
+
+def _publish(store: ModelStore, *versions: str) -> ModelStore:
+    for name in versions:
+        store.write_version(name, _dump(f"model {name} ".encode() * 500), {"task": "classification"})
+        store.set_current(name)
+    return store
+
+
 @pytest.fixture
 def source(tmp_path: Path) -> Path:
-    """A data dir with versions v1..v3 (current v3, previous v2), one upload and a signing key."""
+    """A data dir whose default model has versions v1..v3 (current v3, previous v2), one upload
+    and a signing key."""
     root = tmp_path / "source"
     models, datasets, key = _dirs(root)
-    store = ModelStore(models, KEY)
+    store = ModelRegistry(models, KEY, DEFAULT).store(DEFAULT)
+    assert store.root == _store(root).root
     for name in ("v1", "v2", "v3"):
         store.write_version(name, _dump(f"model {name} ".encode() * 500), {"task": "classification"})
     store.set_current("v2")
@@ -65,14 +82,18 @@ def source(tmp_path: Path) -> Path:
     return root
 
 
-def _backup(root: Path, target: Path, with_key: bool = True) -> dict:
+def _backup(root: Path, target: Path, with_key: bool = True, default_model: str = DEFAULT) -> dict:
     models, datasets, key = _dirs(root)
-    return backup.create_file(target, models, datasets, key if with_key else None, log=lambda _m: None)
+    return backup.create_file(
+        target, models, datasets, key if with_key else None, default_model=default_model, log=lambda _m: None
+    )
 
 
-def _restore(archive: Path, root: Path, **kwargs) -> dict:
+def _restore(archive: Path, root: Path, default_model: str = DEFAULT, **kwargs) -> dict:
     models, datasets, key = _dirs(root)
-    return backup.restore_file(archive, models, datasets, key, log=lambda _m: None, **kwargs)
+    return backup.restore_file(
+        archive, models, datasets, key, default_model=default_model, log=lambda _m: None, **kwargs
+    )
 
 
 def _members(archive: Path) -> list[str]:
@@ -95,8 +116,6 @@ def _rewrite(archive: Path, target: Path, change) -> None:
 
 
 def _assert_nothing_restored(root: Path) -> None:
-    models, datasets, key = _dirs(root)
-    assert not (models / "current.json").exists()
     leftovers = [p for p in root.rglob("*") if p.is_file()]
     assert leftovers == [], f"a refused restore wrote {leftovers}"
 
@@ -111,37 +130,42 @@ def test_round_trip_restores_every_version_the_pointer_the_data_sets_and_the_key
     assert _mode(archive) == 0o600  # it holds the signing key
     assert [p.name for p in archive.parent.iterdir()] == ["b.tar.gz"]  # no temp file left beside it
     names = _members(archive)
-    assert names[-2:] == ["models/current.json", "manifest.json"]
-    assert {v["version"] for v in manifest["versions"]} == {"v1", "v2", "v3"}
-    assert manifest["pointer"]["version"] == "v3" and manifest["pointer"]["previous"] == "v2"
+    assert names[-2:] == ["models/models/iris/current.json", "manifest.json"]
+    assert "models/models/iris/versions/v1/model.joblib" in names
+    assert list(manifest["models"]) == ["iris"] and manifest["default_model"] == "iris"
+    iris = manifest["models"]["iris"]
+    assert {v["version"] for v in iris["versions"]} == {"v1", "v2", "v3"}
+    assert iris["pointer"]["version"] == "v3" and iris["pointer"]["previous"] == "v2"
     upload_id = DatasetStore(source / "datasets", LIMITS).list()[1]["id"]
     assert [d["id"] for d in manifest["datasets"]] == [upload_id]
     assert manifest["signing_key"] is True and manifest["notes"] == []
-    assert manifest["format"] == "tpotserve-backup" and manifest["format_version"] == 1
+    assert manifest["format"] == "tpotserve-backup" and manifest["format_version"] == 2
 
     target = tmp_path / "restored"
     _restore(archive, target)
 
     assert _tree(target) == _tree(source)  # byte for byte: versions, metadata, pointer, uploads, key
-    restored = ModelStore(target / "models", KEY)
+    restored = _store(target)
     pointer = restored.read_pointer()
-    assert pointer == ModelStore(source / "models").read_pointer()
+    assert pointer == _store(source).read_pointer()
     # The restored store serves: hash and signature check out with the restored key.
     assert restored.verified_artifact(pointer.version, pointer.sha256).exists()
     upload = DatasetStore(target / "datasets", LIMITS).list()[1]
     assert len(DatasetStore(target / "datasets", LIMITS).frame(upload["id"])) == 3
     assert _mode(target / "signing.key") == 0o600
-    assert _mode(target / "models" / "versions" / "v1" / "model.joblib") == 0o644
+    assert _mode(restored.versions_dir / "v1" / "model.joblib") == 0o644
     assert not [p for p in target.rglob(".*")]  # no staging directory left
 
 
 def test_an_empty_store_round_trips_without_a_pointer(tmp_path: Path) -> None:
     archive = tmp_path / "b.tar.gz"
     empty = tmp_path / "none"
-    manifest = backup.create_file(archive, empty / "models", empty / "datasets", log=print)
-    assert manifest["pointer"] is None and manifest["versions"] == [] and manifest["datasets"] == []
+    manifest = backup.create_file(
+        archive, empty / "models", empty / "datasets", default_model=DEFAULT, log=print
+    )
+    assert manifest["models"] == {} and manifest["datasets"] == []
     _restore(archive, tmp_path / "target")
-    assert not (tmp_path / "target" / "models" / "current.json").exists()
+    assert not (tmp_path / "target" / "models").exists()
 
 
 def test_without_a_key_file_the_key_is_neither_archived_nor_restored(source: Path, tmp_path: Path) -> None:
@@ -151,7 +175,7 @@ def test_without_a_key_file_the_key_is_neither_archived_nor_restored(source: Pat
     target = tmp_path / "restored"
     _restore(archive, target)
     assert not (target / "signing.key").exists()
-    assert (target / "models" / "current.json").exists()
+    assert _store(target).pointer_path.exists()
 
 
 def test_a_missing_key_file_is_a_note_not_an_error(source: Path, tmp_path: Path) -> None:
@@ -161,9 +185,244 @@ def test_a_missing_key_file_is_a_note_not_an_error(source: Path, tmp_path: Path)
     assert any("no signing key" in note for note in manifest["notes"])
 
 
+# --- named models, and the layouts before them ----------------------------------------
+def test_two_named_models_and_the_data_sets_round_trip(source: Path, tmp_path: Path) -> None:
+    _publish(_store(source, "wine"), "w1", "w2")
+    archive = tmp_path / "b.tar.gz"
+    manifest = _backup(source, archive)
+
+    assert list(manifest["models"]) == ["iris", "wine"]
+    assert manifest["models"]["wine"]["pointer"]["version"] == "w2"
+    assert [v["version"] for v in manifest["models"]["wine"]["versions"]] == ["w1", "w2"]
+    assert _members(archive)[-3:] == [
+        "models/models/iris/current.json", "models/models/wine/current.json", "manifest.json",
+    ]
+
+    target = tmp_path / "restored"
+    logged: list[str] = []
+    models, datasets, key = _dirs(target)
+    backup.restore_file(archive, models, datasets, key, default_model=DEFAULT, log=logged.append)
+
+    assert _tree(target) == _tree(source)
+    assert "current: iris v3; wine w2" in logged[-1]
+    assert ModelRegistry(models, KEY, DEFAULT).names() == ["iris", "wine"]
+    for name, version in (("iris", "v3"), ("wine", "w2")):
+        pointer = _store(target, name).read_pointer()
+        assert pointer.version == version
+        assert _store(target, name).verified_artifact(pointer.version, pointer.sha256).exists()
+    assert len(DatasetStore(datasets, LIMITS).list()) == 2  # the bundled iris and the upload
+
+
+def _as_format_1(archive: Path, target: Path) -> Path:
+    """A one-model archive as the code before named models wrote it: the store at ``models/``,
+    one ``pointer`` and one ``versions`` list in the manifest, format_version 1."""
+
+    def old_name(name: str) -> str:
+        return name.replace(f"models/models/{DEFAULT}/", "models/", 1)
+
+    with tarfile.open(archive) as src, tarfile.open(target, "w:gz") as out:
+        for info in src.getmembers():
+            data = src.extractfile(info).read()
+            if info.name == "manifest.json":
+                manifest = json.loads(data)
+                del manifest["default_model"]
+                (model,) = manifest.pop("models").values()
+                manifest.update(
+                    format_version=1, pointer=model["pointer"], versions=model["versions"],
+                    files={old_name(name): entry for name, entry in manifest["files"].items()},
+                )
+                data = json.dumps(manifest, indent=2, sort_keys=True).encode()
+            info.name = old_name(info.name)
+            info.size = len(data)
+            out.addfile(info, io.BytesIO(data))
+    return target
+
+
+@pytest.mark.parametrize("default_model", ["iris", "flowers"])
+def test_a_format_1_archive_restores_as_the_default_model(
+    source: Path, tmp_path: Path, default_model: str
+) -> None:
+    old = _as_format_1(_backup_to(source, tmp_path / "b.tar.gz"), tmp_path / "old.tar.gz")
+    names = _members(old)
+    assert names[-2:] == ["models/current.json", "manifest.json"]
+    assert "models/versions/v1/model.joblib" in names and not [n for n in names if "models/models" in n]
+    with tarfile.open(old) as tar:
+        assert set(json.loads(tar.extractfile("manifest.json").read())) == {
+            "format", "format_version", "created_at", "tpotserve_version", "pointer", "versions",
+            "datasets", "signing_key", "notes", "files",
+        }
+
+    target = tmp_path / "restored"
+    manifest = _restore(old, target, default_model=default_model)
+
+    assert manifest["format_version"] == 1
+    restored = _store(target, default_model)
+    assert _tree(restored.root) == _tree(_store(source).root)
+    pointer = restored.read_pointer()
+    assert pointer.version == "v3" and restored.verified_artifact(pointer.version, pointer.sha256)
+    assert ModelRegistry(target / "models", KEY, default_model).names() == [default_model]
+    assert not (target / "models" / "versions").exists()
+    assert not (target / "models" / "current.json").exists()
+    assert _tree(target / "datasets") == _tree(source / "datasets")
+    with pytest.raises(RestoreError, match=f"model store of model '{default_model}'"):
+        _restore(old, target, default_model=default_model)  # the refusal works on old archives too
+
+
+def _backup_to(root: Path, archive: Path) -> Path:
+    _backup(root, archive)
+    return archive
+
+
+def test_restore_refuses_files_of_a_model_its_manifest_does_not_list(source: Path, tmp_path: Path) -> None:
+    archive = _backup_to(source, tmp_path / "b.tar.gz")
+
+    def manifest_change(change):
+        def rewrite(info: tarfile.TarInfo, data: bytes) -> bytes:
+            if info.name != "manifest.json":
+                return data
+            manifest = json.loads(data)
+            change(manifest)
+            return json.dumps(manifest).encode()
+
+        return rewrite
+
+    # Format 2 files under a format 1 manifest: they are no model's.
+    relabeled = tmp_path / "relabeled.tar.gz"
+    _rewrite(archive, relabeled, manifest_change(lambda m: m.update(format_version=1)))
+    with pytest.raises(RestoreError, match="'models/models/iris/.*belongs to no model its manifest lists"):
+        _restore(relabeled, tmp_path / "target")
+    # A model the manifest leaves out.
+    dropped = tmp_path / "dropped.tar.gz"
+    _rewrite(archive, dropped, manifest_change(lambda m: m.update(models={})))
+    with pytest.raises(RestoreError, match="belongs to no model"):
+        _restore(dropped, tmp_path / "target")
+    # A name no model may have.
+    evil = tmp_path / "evil.tar.gz"
+    _rewrite(archive, evil, manifest_change(lambda m: m["models"].update({"../x": {"versions": []}})))
+    with pytest.raises(RestoreError, match="lists a model that cannot be restored"):
+        _restore(evil, tmp_path / "target")
+    newer = tmp_path / "newer.tar.gz"
+    _rewrite(archive, newer, manifest_change(lambda m: m.update(format_version=3)))
+    with pytest.raises(RestoreError, match="format version 3; this tpotserve reads 1 and 2"):
+        _restore(newer, tmp_path / "target")
+    _assert_nothing_restored(tmp_path / "target")
+
+
+@pytest.mark.parametrize("default_model", ["iris", "flowers"])
+def test_a_single_model_volume_not_moved_yet_is_backed_up_as_the_default_model(
+    tmp_path: Path, default_model: str
+) -> None:
+    root = tmp_path / "source"
+    legacy = _publish(ModelStore(root / "models", KEY), "v1", "v2")  # <model dir>/versions, /current.json
+    archive = tmp_path / "b.tar.gz"
+    manifest = _backup(root, archive, default_model=default_model)
+
+    assert list(manifest["models"]) == [default_model] and manifest["default_model"] == default_model
+    assert manifest["models"][default_model]["pointer"]["version"] == "v2"
+    prefix = f"models/models/{default_model}/"
+    assert [n for n in _members(archive) if n.startswith("models/")] == [
+        n for n in _members(archive) if n.startswith(prefix)
+    ]
+    target = tmp_path / "restored"
+    _restore(archive, target, default_model=default_model)
+    assert _tree(_store(target, default_model).root) == _tree(legacy.root)
+    assert _store(target, default_model).read_pointer() == legacy.read_pointer()
+
+
+def test_restore_refuses_when_any_model_it_holds_has_a_store(tmp_path: Path) -> None:
+    root = tmp_path / "source"
+    _publish(_store(root, "iris"), "v1")
+    _publish(_store(root, "wine"), "w1", "w2")
+    archive = _backup_to(root, tmp_path / "b.tar.gz")
+    target = tmp_path / "target"
+    mine = _publish(_store(target, "wine"), "mine")
+
+    with pytest.raises(RestoreError, match="already holds a model store of model 'wine'.*--force"):
+        _restore(archive, target)
+    assert not _store(target, "iris").root.exists()  # refused as a whole, not model by model
+    assert mine.read_pointer().version == "mine" and mine.list_version_ids() == ["mine"]
+    assert not list((target / "models").rglob(".restore-*"))
+
+    # A model the volume does not hold is no conflict: the others stay as they are.
+    only_iris = tmp_path / "only-iris"
+    shutil.copytree(_store(root, "iris").root, _store(only_iris, "iris").root)
+    _restore(_backup_to(only_iris, tmp_path / "iris.tar.gz"), target)
+    assert _store(target, "iris").read_pointer().version == "v1"
+    assert mine.read_pointer().version == "mine"
+
+    # --force: the archive's versions join each store and its pointers become current.
+    _restore(archive, target, force=True)
+    assert mine.read_pointer().version == "w2"
+    assert mine.list_version_ids() == ["mine", "w1", "w2"]
+    assert _store(target, "iris").read_pointer().version == "v1"
+
+
+def test_a_restore_into_a_volume_not_moved_yet_survives_the_trainers_move(
+    source: Path, tmp_path: Path
+) -> None:
+    archive = _backup_to(source, tmp_path / "b.tar.gz")
+    target = tmp_path / "target"
+    _publish(ModelStore(target / "models", KEY), "old")  # the single-model layout, still in place
+    registry = ModelRegistry(target / "models", KEY, DEFAULT)
+
+    with pytest.raises(RestoreError, match=r"models already holds a model store of model 'iris'"):
+        _restore(archive, target)
+    _restore(archive, target, force=True)
+    assert registry.store().root == _store(target).root  # what the API reads now
+    assert registry.store().read_pointer().version == "v3"
+
+    registry.migrate_legacy()  # the trainer, at its next start
+    assert registry.store().read_pointer().version == "v3"  # the restored pointer wins
+    assert (_store(target).root / "current.json.legacy").exists()  # the old one, kept beside
+    assert registry.store().list_version_ids() == ["old", "v1", "v2", "v3"]
+
+
+def test_a_single_model_volume_moved_during_the_backup_is_copied_from_its_new_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "source"
+    _publish(ModelStore(root / "models", KEY), "v1", "v2", "v3")
+    registry = ModelRegistry(root / "models", KEY, DEFAULT)
+    real_open = backup._open_for_copy
+    moved: list[str] = []
+
+    def open_while_the_trainer_starts(path: Path):
+        if not moved:
+            moved.extend(registry.migrate_legacy())  # the real move, right now
+        return real_open(path)
+
+    monkeypatch.setattr(backup, "_open_for_copy", open_while_the_trainer_starts)
+    monkeypatch.setattr(backup, "MOVE_PAUSE_S", 0.0)
+    archive = tmp_path / "b.tar.gz"
+    manifest = _backup(root, archive, with_key=False)
+
+    assert moved == ["current.json", "v1", "v2", "v3"]
+    iris = manifest["models"]["iris"]
+    assert iris["pointer"]["version"] == "v3" and iris["pointer"]["previous"] == "v2"
+    assert [v["version"] for v in iris["versions"]] == ["v1", "v2", "v3"]
+    assert manifest["notes"] == []
+    target = tmp_path / "restored"
+    _restore(archive, target)
+    assert _tree(_store(target).root) == _tree(_store(root).root)
+
+
+def test_a_half_done_move_fails_the_backup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "source"
+    legacy = _publish(ModelStore(root / "models", KEY), "v1")
+    # A trainer died moving the store: the pointer is in the staging directory, the versions not yet.
+    staging = root / "models" / "models" / ".migrating-iris"
+    staging.mkdir(parents=True)
+    os.replace(legacy.pointer_path, staging / "current.json")
+    monkeypatch.setattr(backup, "MOVE_PAUSE_S", 0.0)
+    archive = tmp_path / "out" / "b.tar.gz"
+    with pytest.raises(BackupError, match="model 'iris' was being moved.*starting the trainer finishes"):
+        _backup(root, archive)
+    assert list(archive.parent.iterdir()) == []
+
+
 # --- consistency while the stack writes ---------------------------------------------
 def test_temp_dirs_and_half_written_versions_are_never_captured(source: Path, tmp_path: Path) -> None:
-    models = source / "models"
+    models = _store(source).root
     # A trainer mid-write, a pointer mid-replace, a dead writer's leftover, a hand-made
     # directory without metadata, an upload mid-write: none of them is a complete entry.
     # A trainer that wrote both files and is about to rename its temp directory: complete
@@ -182,7 +441,7 @@ def test_temp_dirs_and_half_written_versions_are_never_captured(source: Path, tm
 
     names = _members(archive)
     assert not [n for n in names if ".tmp" in n or "incomplete" in n]
-    assert {v["version"] for v in manifest["versions"]} == {"v1", "v2", "v3"}
+    assert {v["version"] for v in manifest["models"]["iris"]["versions"]} == {"v1", "v2", "v3"}
     assert any("'v-incomplete' left out" in note and "meta.json" in note for note in manifest["notes"])
     assert not [note for note in manifest["notes"] if ".tmp" in note]  # temp entries are not even looked at
 
@@ -192,7 +451,7 @@ def test_a_version_deleted_by_retention_during_the_backup_is_left_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interrupted_file: str
 ) -> None:
     root = tmp_path / "source"
-    store = ModelStore(root / "models", KEY)
+    store = _store(root)
     for name in ("v1", "v2", "v3", "v4"):
         store.write_version(name, _dump(name.encode() * 100), {})
     store.set_current("v3")
@@ -211,20 +470,20 @@ def test_a_version_deleted_by_retention_during_the_backup_is_left_out(
     manifest = _backup(root, archive)
 
     assert pruned == ["v1", "v2"]
-    assert [v["version"] for v in manifest["versions"]] == ["v3", "v4"]
-    assert manifest["pointer"]["version"] == "v4"
+    assert [v["version"] for v in manifest["models"]["iris"]["versions"]] == ["v3", "v4"]
+    assert manifest["models"]["iris"]["pointer"]["version"] == "v4"
     assert sum("deleted by retention" in note for note in manifest["notes"]) == 2
     assert not [n for n in _members(archive) if "/v1/" in n or "/v2/" in n]
     target = tmp_path / "restored"
     _restore(archive, target)
-    assert ModelStore(target / "models", KEY).read_pointer().version == "v4"
+    assert _store(target).read_pointer().version == "v4"
 
 
 def test_when_the_pointers_version_is_deleted_during_the_backup_it_follows_the_pointer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = tmp_path / "source"
-    store = ModelStore(root / "models", KEY)
+    store = _store(root)
     store.write_version("v1", _dump(b"1" * 100), {})
     store.write_version("v2", _dump(b"2" * 100), {})
     store.set_current("v1")
@@ -248,18 +507,19 @@ def test_when_the_pointers_version_is_deleted_during_the_backup_it_follows_the_p
     manifest = _backup(root, archive)
 
     assert published == ["v3", "v4"]
-    assert manifest["pointer"]["version"] == "v4" and manifest["pointer"]["previous"] == "v3"
-    assert [v["version"] for v in manifest["versions"]] == ["v3", "v4"]
+    iris = manifest["models"]["iris"]
+    assert iris["pointer"]["version"] == "v4" and iris["pointer"]["previous"] == "v3"
+    assert [v["version"] for v in iris["versions"]] == ["v3", "v4"]
     target = tmp_path / "restored"
     _restore(archive, target)
-    restored = ModelStore(target / "models", KEY)
+    restored = _store(target)
     assert restored.read_pointer() == Pointer("v4", restored.read_meta("v4")["sha256"], previous="v3")
 
 
 def test_a_pointer_naming_a_missing_version_fails_the_backup(source: Path, tmp_path: Path) -> None:
-    shutil.rmtree(source / "models" / "versions" / "v3")  # deleted by hand
+    shutil.rmtree(_store(source).versions_dir / "v3")  # deleted by hand
     archive = tmp_path / "out" / "b.tar.gz"
-    with pytest.raises(BackupError, match="current version 'v3'"):
+    with pytest.raises(BackupError, match="model 'iris': the current version 'v3'"):
         _backup(source, archive)
     assert list(archive.parent.iterdir()) == []  # neither the archive nor its temp file
 
@@ -267,8 +527,8 @@ def test_a_pointer_naming_a_missing_version_fails_the_backup(source: Path, tmp_p
 @pytest.mark.parametrize(
     "what, corrupt",
     [
-        ("model version 'v1'", lambda root: _flip_byte(root / "models" / "versions" / "v1" / "model.joblib")),
-        ("model version 'v3'", lambda root: _truncate(root / "models" / "versions" / "v3" / "model.joblib")),
+        ("model 'iris' version 'v1'", lambda root: _flip_byte(_store(root).artifact_path("v1"))),
+        ("model 'iris' version 'v3'", lambda root: _truncate(_store(root).artifact_path("v3"))),
         ("data set", lambda root: _flip_byte(next((root / "datasets").glob("ds-*/data.csv")))),
     ],
 )
@@ -281,10 +541,10 @@ def test_a_corrupt_artifact_fails_the_backup_loudly(source: Path, tmp_path: Path
 
 
 def test_a_failed_backup_to_stdout_exits_non_zero(source: Path, tmp_path: Path) -> None:
-    _flip_byte(source / "models" / "versions" / "v2" / "model.joblib")
+    _flip_byte(_store(source).artifact_path("v2"))
     result = _cli("create", "-", "--data-dir", str(source))
     assert result.returncode == 1
-    assert b"create failed: model version 'v2'" in result.stderr
+    assert b"create failed: model 'iris' version 'v2'" in result.stderr
     # What did reach stdout is no archive a restore would take.
     (tmp_path / "partial.tar.gz").write_bytes(result.stdout)
     with pytest.raises(RestoreError):
@@ -303,21 +563,30 @@ def _truncate(path: Path) -> None:
 
 
 # --- restore: refusals ---------------------------------------------------------------
-def test_restore_refuses_a_model_dir_that_holds_a_store(source: Path, tmp_path: Path) -> None:
+def test_restore_refuses_a_model_dir_that_holds_a_store(
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     archive = tmp_path / "b.tar.gz"
     _backup(source, archive)
     target = tmp_path / "target"
-    other = ModelStore(target / "models", KEY)
+    other = _store(target)
     other.write_version("other", _dump(b"other"), {})  # a version, even without a pointer
 
-    with pytest.raises(RestoreError, match="already holds a model store.*--force"):
+    written: list[Path] = []
+    real_write = backup._write_stream
+
+    def write_stream(path: Path, *args, **kwargs):
+        written.append(path)
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(backup, "_write_stream", write_stream)
+    with pytest.raises(RestoreError, match="already holds a model store of model 'iris'.*--force"):
         _restore(archive, target)
-    garbage = tmp_path / "garbage.tar.gz"
-    garbage.write_bytes(b"not even gzip")
-    with pytest.raises(RestoreError, match="already holds a model store"):
-        _restore(garbage, target)  # refused before a byte of the archive is read
-    assert sorted(p.name for p in (target / "models" / "versions").iterdir()) == ["other"]
-    assert not (target / "models" / "current.json").exists()
+    assert written == []  # refused at the model's first member, before a byte of it was staged
+    monkeypatch.undo()
+    assert sorted(p.name for p in other.versions_dir.iterdir()) == ["other"]
+    assert not other.pointer_path.exists()
+    assert not [p for p in target.rglob("*") if p.is_file() and "other" not in p.parts]
 
     # --force: the archive's versions join the store and its pointer becomes current.
     _restore(archive, target, force=True)
@@ -329,8 +598,8 @@ def test_restore_refuses_a_store_with_only_a_pointer(source: Path, tmp_path: Pat
     archive = tmp_path / "b.tar.gz"
     _backup(source, archive)
     target = tmp_path / "target"
-    (target / "models").mkdir(parents=True)
-    (target / "models" / "current.json").write_text('{"version": "x", "sha256": "y"}')
+    _store(target).root.mkdir(parents=True)
+    _store(target).pointer_path.write_text('{"version": "x", "sha256": "y"}')
     with pytest.raises(RestoreError, match="current.json"):
         _restore(archive, target)
 
@@ -344,7 +613,7 @@ def test_restore_refuses_to_replace_another_signing_key(source: Path, tmp_path: 
     with pytest.raises(RestoreError, match="another signing key"):
         _restore(archive, target)
     assert (target / "signing.key").read_bytes() == b"another key"
-    assert not (target / "models" / "current.json").exists()
+    _assert_nothing_restored(target / "models")
 
 
 def test_restore_refuses_a_data_set_id_that_holds_other_bytes_before_writing_anything(
@@ -361,8 +630,7 @@ def test_restore_refuses_a_data_set_id_that_holds_other_bytes_before_writing_any
     (clash / "meta.json").write_text("{}")
     with pytest.raises(RestoreError, match=f"data set '{dataset_id}' already exists with other content"):
         _restore(archive, target)
-    assert not (target / "models" / "current.json").exists()
-    assert not (target / "models" / "versions").exists() or not list((target / "models" / "versions").iterdir())
+    assert not (target / "models" / "models").exists()  # no version, no pointer
     assert (clash / "data.csv").read_bytes() == b"other,bytes\n1,2\n"
     assert not (target / "datasets" / first).exists()  # refused as a whole, not halfway
     # An identical data set already there is simply kept.
@@ -382,7 +650,7 @@ def test_restore_rejects_a_tampered_artifact(source: Path, tmp_path: Path) -> No
 
     _rewrite(archive, tampered, swap_bytes)
     target = tmp_path / "target"
-    with pytest.raises(RestoreError, match="models/versions/v2/model.joblib.*tampered"):
+    with pytest.raises(RestoreError, match="models/models/iris/versions/v2/model.joblib.*tampered"):
         _restore(tampered, target)
     _assert_nothing_restored(target)
 
@@ -401,7 +669,7 @@ def test_restore_rejects_an_artifact_whose_manifest_was_tampered_along(source: P
             manifest = json.loads(data)
             import hashlib
 
-            manifest["files"]["models/versions/v1/model.joblib"] = {
+            manifest["files"]["models/models/iris/versions/v1/model.joblib"] = {
                 "sha256": hashlib.sha256(evil).hexdigest(), "bytes": len(evil)
             }
             return json.dumps(manifest).encode()
@@ -409,7 +677,7 @@ def test_restore_rejects_an_artifact_whose_manifest_was_tampered_along(source: P
 
     _rewrite(archive, tampered, replace_and_cover)
     target = tmp_path / "target"
-    with pytest.raises(RestoreError, match="'v1'.*does not match its metadata"):
+    with pytest.raises(RestoreError, match="model 'iris' version 'v1'.*does not match its metadata"):
         _restore(tampered, target)
     _assert_nothing_restored(target)
 
@@ -435,15 +703,23 @@ def _info(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfi
     [
         _info("../escaped"),
         _info("/tmp/tpotserve-absolute-escape"),
-        _info("models/versions/../../escaped"),
-        _info("models/versions/v1/../../../escaped"),
-        _info("models/versions/v1/model.joblib", tarfile.SYMTYPE, "/etc/passwd"),
-        _info("models/versions/v1/model.joblib", tarfile.SYMTYPE, "meta.json"),  # a link that stays inside
+        _info("models/models/iris/versions/../../../../escaped"),
+        _info("models/models/../../escaped/current.json"),
+        _info("models/versions/v1/../../../escaped"),  # format 1's names are checked alike
+        _info("models/models/iris/versions/v1/model.joblib", tarfile.SYMTYPE, "/etc/passwd"),
+        _info("models/models/iris/versions/v1/model.joblib", tarfile.SYMTYPE, "meta.json"),  # stays inside
         _info("models/versions/v1/model.joblib", tarfile.LNKTYPE, "../../../escaped"),
-        _info("models/versions/v1/model.joblib", tarfile.FIFOTYPE),
+        _info("models/models/iris/versions/v1/model.joblib", tarfile.FIFOTYPE),
         _info("models/versions/v1/model.joblib", tarfile.CHRTYPE),
-        _info("models/versions/v1"),
-        _info("models/versions/.tmp-v1-00000000/model.joblib"),
+        _info("models/models/iris/versions/v1"),
+        _info("models/models/iris"),
+        _info("models/models/iris/versions/.tmp-v1-00000000/model.joblib"),
+        _info("models/models/.migrating-iris/current.json"),
+        _info("models/models/current/current.json"),  # reserved: /models/current is the default's
+        _info("models/models/no spaces/current.json"),
+        _info("models/models/-dash/versions/v1/meta.json"),
+        _info("models/models/iris/.publish.lock"),
+        _info("models/models/iris/versions/v1/other.txt"),
         _info("somewhere/else.txt"),
     ],
     ids=lambda m: f"{m.name}:{m.type!r}",
@@ -465,12 +741,13 @@ def test_restore_rejects_a_member_the_manifest_does_not_list(source: Path, tmp_p
     with tarfile.open(archive) as src, tarfile.open(extended, "w:gz") as out:
         for info in src.getmembers():
             if info.name == "manifest.json":
-                extra = _info("models/versions/v9/model.joblib")
+                extra = _info("models/models/iris/versions/v9/model.joblib")
                 extra.size = 5
                 out.addfile(extra, io.BytesIO(b"extra"))
             out.addfile(info, src.extractfile(info))
     target = tmp_path / "target"
-    with pytest.raises(RestoreError, match="'models/versions/v9/model.joblib' is not in the manifest"):
+    extra_name = "models/models/iris/versions/v9/model.joblib"
+    with pytest.raises(RestoreError, match=f"'{extra_name}' is not in the manifest"):
         _restore(extended, target)
     _assert_nothing_restored(target)
 
@@ -530,10 +807,10 @@ def test_a_restore_that_fails_while_renaming_versions_into_place_writes_no_point
     with pytest.raises(OSError, match="Input/output"):
         _restore(archive, target)
     monkeypatch.undo()
-    models = target / "models"
-    assert (models / "versions" / "v1").is_dir()  # versions went in before the failure...
-    assert not (models / "current.json").exists()  # ...but the pointer comes only after all of them
-    assert not [p for p in models.iterdir() if p.name.startswith(".restore-")]  # staging removed
+    restored = _store(target)
+    assert (restored.versions_dir / "v1").is_dir()  # versions went in before the failure...
+    assert not restored.pointer_path.exists()  # ...but the pointer comes only after all of them
+    assert not list((target / "models").rglob(".restore-*"))  # staging removed
 
 
 # --- parts, streams and the command line ---------------------------------------------------
@@ -570,17 +847,25 @@ def test_the_cli_streams_through_stdout_and_stdin_with_dirs_from_the_settings(
     created = _cli("create", "-", env=source_env)
     assert created.returncode == 0, created.stderr.decode()
     assert gzip.decompress(created.stdout)  # a complete gzip stream
-    assert b"3 model version(s), current v3, 1 data set(s)" in created.stderr
+    assert b"backup: model iris: 3 version(s), current v3; 1 data set(s)" in created.stderr
 
     target = tmp_path / "target"
     env = {"MODEL_DIR": str(target / "models"), "DATASET_DIR": str(target / "datasets")}
     restored = _cli("restore", "-", stdin=created.stdout, env=env)
     assert restored.returncode == 0, restored.stderr.decode()
-    assert ModelStore(target / "models").read_pointer().version == "v3"
+    assert b"current: iris v3" in restored.stderr
+    assert _store(target).read_pointer().version == "v3"
     assert _tree(target / "models") == _tree(source / "models")
 
     again = _cli("restore", "-", stdin=created.stdout, env=env)
-    assert again.returncode == 1 and b"already holds a model store" in again.stderr
+    assert again.returncode == 1 and b"already holds a model store of model 'iris'" in again.stderr
+
+    # MODEL_NAME names the model a single-model volume is backed up as.
+    legacy = tmp_path / "legacy"
+    shutil.copytree(_store(source).root, legacy)
+    renamed = _cli("create", "-", env={**source_env, "MODEL_DIR": str(legacy), "MODEL_NAME": "flowers"})
+    assert renamed.returncode == 0, renamed.stderr.decode()
+    assert b"backup: model flowers: 3 version(s), current v3" in renamed.stderr
 
 
 def test_the_store_file_names_are_the_stores_own() -> None:
