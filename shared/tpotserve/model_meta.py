@@ -47,6 +47,8 @@ class ModelMeta(BaseModel):
 
     # Where it came from and how good it is: always written by the trainer, not needed to serve.
     created_at: str | None = None
+    model: str | None = None
+    """The named model this version belongs to (written since named models)."""
     dataset: str | None = None
     target: str | None = None
     dataset_sha256: str | None = None

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import InvalidInput
+from .registry import check_model_name
 from .settings import Settings
 
 
@@ -60,7 +61,11 @@ class RetrainRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    dataset: str = "iris"
+    model: str | None = None
+    """Which named model to train a new version of; the default model (MODEL_NAME) when omitted."""
+    dataset: str | None = None
+    """Omitted: the data set (and target and task) the model's current version was trained on,
+    or the bundled iris for a model that has none."""
     target: str | None = None
     task: Task | None = None
     max_time_mins: float | None = Field(default=None, gt=0, allow_inf_nan=False)
@@ -79,6 +84,8 @@ class TrainingPayload(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    model: str | None = None
+    """The named model this run trains; None (a job enqueued before named models): the default."""
     dataset: str
     dataset_sha256: str | None = None
     target: str
@@ -103,11 +110,14 @@ def parse_retrain_request(body: Any) -> RetrainRequest:
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object", field=None)
     try:
-        return RetrainRequest.model_validate(body)
+        request = RetrainRequest.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or None
         raise InvalidInput(f"{field}: {first['msg']}", field=field) from exc
+    if request.model is not None:
+        check_model_name(request.model)
+    return request
 
 
 def check_caps(request: RetrainRequest, settings: Settings) -> None:
@@ -132,8 +142,10 @@ def build_training_payload(
     task: str,
     dataset_sha256: str | None = None,
     reason: str = "retrain",
+    dataset: str | None = None,
 ) -> TrainingPayload:
-    """Apply the server's caps and defaults to a request whose data was already checked."""
+    """Apply the server's caps and defaults to a request whose data was already checked.
+    ``dataset``: the data set it trains on when the request names none."""
     check_caps(request, settings)
     scorers = CLASSIFICATION_SCORERS if task == "classification" else REGRESSION_SCORERS
     scoring = request.scoring or DEFAULT_SCORER[task]
@@ -143,7 +155,8 @@ def build_training_payload(
             field="scoring",
         )
     return TrainingPayload(
-        dataset=request.dataset,
+        model=request.model or settings.model_name,
+        dataset=request.dataset or dataset or "iris",
         dataset_sha256=dataset_sha256,
         target=target,
         task=task,

@@ -109,7 +109,14 @@ class Settings(BaseSettings):
     """MAX_BATCH_ROWS: largest ``instances`` list one /predict accepts (and rows one V2 infer)."""
 
     model_name: str = Field(default="iris", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    """MODEL_NAME: the served model's name in the Open Inference Protocol (``/v2/models/<name>``)."""
+    """MODEL_NAME: the default model: what ``POST /predict`` and every endpoint without a model
+    name serve, what the first training (bootstrap) trains, and its name under ``/models/<name>``
+    and ``/v2/models/<name>``."""
+
+    max_loaded_models: int = Field(default=16, ge=1)
+    """MAX_LOADED_MODELS: most models one API worker holds in memory. The default model always
+    stays; beyond the limit the least recently used one is dropped and loaded again on its next
+    request (docs/models.md has the memory and load-time figures)."""
 
     max_body_bytes: int = 8 * 1024 * 1024
     """MAX_BODY_BYTES: largest request body (and CSV upload); nginx is rendered with the same."""

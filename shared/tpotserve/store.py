@@ -122,6 +122,14 @@ class ModelStore:
                 continue  # not a complete version; never served, not listed
         return metas
 
+    def list_version_ids(self) -> list[str]:
+        """Ids of the stored versions, oldest first (without reading their metadata)."""
+        if not self.versions_dir.is_dir():
+            return []
+        return sorted(
+            entry.name for entry in self.versions_dir.iterdir() if entry.is_dir() and not entry.name.startswith(".")
+        )
+
     def verified_artifact(self, version: str, expected_sha256: str) -> Path:
         """The artifact's path once its bytes hash to ``expected_sha256`` and, with a
         signing key, carry a valid signature. Call before unpickling, always."""
@@ -214,11 +222,7 @@ class ModelStore:
         """Delete the oldest versions beyond ``keep``; never the current one or the one before it."""
         pointer = self.read_pointer_quietly()
         protected = {pointer.version, pointer.previous} if pointer else set()
-        names = sorted(
-            entry.name
-            for entry in self.versions_dir.iterdir()
-            if entry.is_dir() and not entry.name.startswith(".")
-        ) if self.versions_dir.is_dir() else []
+        names = self.list_version_ids()
         removable = [name for name in names if name not in protected]
         excess = len(names) - keep
         removed = []

@@ -34,6 +34,7 @@ from tpotserve.errors import ArtifactRejected, ModelNotReady
 from tpotserve.model_meta import ModelMeta
 from tpotserve.schema import feature_schema
 from tpotserve.settings import Settings, load_settings
+from tpotserve.registry import ModelRegistry
 from tpotserve.store import ModelStore, Pointer
 from tpotserve_api import model_holder as model_holder_module
 from tpotserve_api.app import JsonApi, create_app
@@ -105,7 +106,7 @@ def write_pointer(store: ModelStore, version: str, sha256: str) -> None:
 
 @pytest.fixture
 def store(tmp_path: Path) -> ModelStore:
-    return ModelStore(tmp_path / "models", SIGNING_KEY.encode())
+    return ModelStore(tmp_path / "models" / "models" / "iris", SIGNING_KEY.encode())  # the default model's store
 
 
 @pytest.fixture
@@ -115,13 +116,13 @@ def v1(store: ModelStore, model, iris) -> dict:
 
 def settings_for(store: ModelStore, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
-        "model_dir": store.root,
+        "model_dir": store.root.parents[1],
         "api_key": KEY,
         "model_signing_key": SIGNING_KEY,
         "redis_url": DEAD_REDIS,
         "redis_timeout_s": 0.2,
         # Beside the model volume, in the test's tmp_path: never the default ./.data/datasets.
-        "dataset_dir": store.root.parent / "datasets",
+        "dataset_dir": store.root.parents[2] / "datasets",
     }
     values.update(overrides)
     return load_settings(**values)
@@ -489,7 +490,7 @@ def test_a_published_version_is_served_after_refresh(store, v1, model, iris) -> 
     publish(store, "v2", model, make_meta(model, iris[0]))
     # Without polling, the served model only changes on refresh().
     assert client.post("/predict", json=BOOK).get_json()["model_version"] == "v1"
-    assert app.extensions["tpotserve"].holder.refresh() is True
+    assert app.extensions["tpotserve"].models.default.refresh() is True
     resp = client.post("/predict", json=BOOK)
     assert resp.get_json()["model_version"] == "v2"
     assert resp.headers["X-Model-Version"] == "v2"
@@ -527,7 +528,7 @@ def test_classifier_without_predict_proba_maps_to_class_names(iris) -> None:
 # --- the model holder ----------------------------------------------------------------
 @pytest.fixture
 def holder(store: ModelStore, v1) -> ModelHolder:
-    h = ModelHolder(store, poll_interval_s=60)
+    h = ModelHolder(ModelRegistry(store.root.parents[1], store.signing_key, "iris"), "iris")
     assert h.refresh() is True
     assert h.current().version == "v1"
     return h
@@ -548,7 +549,7 @@ def count_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_holder_on_an_empty_store_is_not_ready(store: ModelStore) -> None:
-    h = ModelHolder(store, poll_interval_s=60)
+    h = ModelHolder(ModelRegistry(store.root.parents[1], store.signing_key, "iris"), "iris")
     assert h.refresh() is False
     with pytest.raises(ModelNotReady):
         h.current()
@@ -812,7 +813,7 @@ def assert_created(resp, raw: bytes) -> dict:
 def test_upload_as_multipart_is_201(client, store) -> None:
     body = assert_created(upload(client, multipart=True), UPLOAD)
     assert body["filename"] == "pets.csv"
-    stored = store.root.parent / "datasets" / body["id"] / "data.csv"
+    stored = store.root.parents[2] / "datasets" / body["id"] / "data.csv"
     assert stored.read_bytes() == UPLOAD  # in the configured dataset_dir, byte for byte
 
 
@@ -834,7 +835,7 @@ def test_upload_without_the_key_is_401(client, store, multipart: bool) -> None:
         resp = upload(client, multipart=multipart, headers=headers)
         assert_error(resp, 401, "unauthorized")
         assert "WWW-Authenticate" in resp.headers
-    assert not (store.root.parent / "datasets").exists()  # nothing was stored
+    assert not (store.root.parents[2] / "datasets").exists()  # nothing was stored
 
 
 def test_upload_with_a_json_content_type_is_415(client) -> None:
@@ -877,7 +878,7 @@ def test_a_chunked_upload_over_max_body_bytes_is_413_and_not_stored(v1, make_cli
     big = labelled_csv({"cat": 100, "dog": 100})
     # Cut at the limit, the start of this file is still a valid CSV: it must be refused, not stored.
     assert_error(_upload_chunked(client, big), 413, "payload_too_large")
-    assert len(list((store.root.parent / "datasets").iterdir())) == 1
+    assert len(list((store.root.parents[2] / "datasets").iterdir())) == 1
 
 
 def test_upload_of_a_bad_csv_is_422_naming_the_field(client) -> None:

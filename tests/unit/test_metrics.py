@@ -33,6 +33,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from native.stack import free_port, require_binary
 from tpotserve.model_meta import ModelMeta
 from tpotserve.settings import Settings, load_settings
+from tpotserve.registry import ModelRegistry
 from tpotserve.store import ModelStore
 from tpotserve_api import metrics
 from tpotserve_api.app import create_app
@@ -85,13 +86,13 @@ def unique(prefix: str) -> str:
 
 @pytest.fixture
 def store(tmp_path: Path) -> ModelStore:
-    return ModelStore(tmp_path / "models", SIGNING_KEY.encode())
+    return ModelStore(tmp_path / "models" / "models" / "iris", SIGNING_KEY.encode())  # the default model's store
 
 
 def make_app(store: ModelStore):
     settings = load_settings(
-        model_dir=store.root,
-        dataset_dir=store.root.parent / "datasets",
+        model_dir=store.root.parents[1],
+        dataset_dir=store.root.parents[2] / "datasets",
         model_signing_key=SIGNING_KEY,
         redis_url=DEAD_REDIS,
         redis_timeout_s=0.2,
@@ -151,6 +152,7 @@ def test_predictions_are_counted_by_model_version_and_predicted_class(store, cla
         dict(labels)["predicted_class"]: v
         for (name, labels), v in samples.items()
         if name == "tpotserve_predictions_total" and dict(labels)["model_version"] == version
+        and dict(labels)["model"] == "iris"
     }
     assert counted == expected
 
@@ -166,39 +168,39 @@ def test_a_regression_prediction_is_counted_without_a_class(store, iris) -> None
     rows = [dict(zip(FEATURES[:3], map(float, X[i, :3]))) for i in range(4)]
     assert client.post("/predict", json={"instances": rows}).status_code == 200
     samples = scrape(client)
-    assert value(samples, "tpotserve_predictions_total", model_version=version, predicted_class="") == 4
+    assert value(samples, "tpotserve_predictions_total", model="iris", model_version=version, predicted_class="") == 4
 
 
 def test_model_loads_failures_and_the_served_version(store, classifier, iris) -> None:
     first, second, broken = unique("load"), unique("load"), unique("load")
     publish(store, first, classifier, meta_for(classifier, iris[0]))
-    before = parse(metrics.exposition(store, Redis.from_url(DEAD_REDIS)).decode())
+    before = parse(metrics.exposition(ModelRegistry(store.root.parents[1], None, "iris"), Redis.from_url(DEAD_REDIS)).decode())
     app = make_app(store)  # loads `first`
-    holder = app.extensions["tpotserve"].holder
+    holder = app.extensions["tpotserve"].models.default
     client = app.test_client()
     samples = scrape(client)
-    assert value(samples, "tpotserve_model_serving", version=first) == 1
-    assert value(samples, "tpotserve_model_load_seconds_count") - value(
-        before, "tpotserve_model_load_seconds_count"
+    assert value(samples, "tpotserve_model_serving", model="iris", version=first) == 1
+    assert value(samples, "tpotserve_model_load_seconds_count", model="iris") - value(
+        before, "tpotserve_model_load_seconds_count", model="iris"
     ) == 1
     assert value(samples, "tpotserve_api_workers") >= 1
 
     publish(store, second, classifier, meta_for(classifier, iris[0]))
     assert holder.refresh()
     samples = scrape(client)
-    assert value(samples, "tpotserve_model_serving", version=second) == 1
-    assert value(samples, "tpotserve_model_serving", version=first) == 0, "the old version goes to 0"
+    assert value(samples, "tpotserve_model_serving", model="iris", version=second) == 1
+    assert value(samples, "tpotserve_model_serving", model="iris", version=first) == 0, "the old version goes to 0"
 
     # A version whose artifact does not match its pointer is refused: the old model stays.
     store.write_version(broken, lambda path: joblib.dump(classifier, path), meta_for(classifier, iris[0]))
     store.pointer_path.write_text(json.dumps({"version": broken, "sha256": "0" * 64}))
-    failures_before = value(samples, "tpotserve_model_load_failures_total")
+    failures_before = value(samples, "tpotserve_model_load_failures_total", model="iris")
     assert not holder.refresh()
     assert not holder.refresh(), "the same bad pointer is not retried (nor counted) again"
     samples = scrape(client)
-    assert value(samples, "tpotserve_model_load_failures_total") - failures_before == 1
-    assert value(samples, "tpotserve_model_serving", version=second) == 1
-    assert value(samples, "tpotserve_model_serving", version=broken) == 0
+    assert value(samples, "tpotserve_model_load_failures_total", model="iris") - failures_before == 1
+    assert value(samples, "tpotserve_model_serving", model="iris", version=second) == 1
+    assert value(samples, "tpotserve_model_serving", model="iris", version=broken) == 0
 
 
 def test_stored_versions_expose_their_training_figures(store, classifier, iris) -> None:
@@ -206,9 +208,9 @@ def test_stored_versions_expose_their_training_figures(store, classifier, iris) 
     figures = {"training_seconds": 42.5, "cv_score": 0.953, "holdout_score": 0.9667, "scoring": "accuracy"}
     publish(store, version, classifier, meta_for(classifier, iris[0], **figures))
     samples = scrape(make_app(store).test_client())
-    assert value(samples, "tpotserve_training_duration_seconds", version=version) == 42.5
-    assert value(samples, "tpotserve_training_cv_score", version=version, scoring="accuracy") == 0.953
-    assert value(samples, "tpotserve_training_holdout_score", version=version, scoring="accuracy") == 0.9667
+    assert value(samples, "tpotserve_training_duration_seconds", model="iris", version=version) == 42.5
+    assert value(samples, "tpotserve_training_cv_score", model="iris", version=version, scoring="accuracy") == 0.953
+    assert value(samples, "tpotserve_training_holdout_score", model="iris", version=version, scoring="accuracy") == 0.9667
 
 
 def test_without_redis_metrics_still_answer_and_say_the_queue_is_down(store, classifier, iris) -> None:
@@ -289,10 +291,10 @@ MULTIPROCESS_DRIVER = textwrap.dedent(
         from tpotserve_api import metrics  # imported after the fork, as with preload_app = False
         metrics.API_WORKERS.set(1)
         metrics.REQUESTS.labels("POST", "/predict", "200").inc(requests)
-        metrics.record_predictions(versions[-1], ["setosa"] * requests, True)
+        metrics.record_predictions("iris", versions[-1], ["setosa"] * requests, True)
         previous = None
         for version in versions:
-            metrics.record_model_loaded(previous, version, 0.25)
+            metrics.record_model_loaded("iris", previous, version, 0.25)
             previous = version
 
     fork = multiprocessing.get_context("fork")
@@ -304,10 +306,10 @@ MULTIPROCESS_DRIVER = textwrap.dedent(
     gunicorn_config.child_exit(None, types.SimpleNamespace(pid=dead.pid))  # Gunicorn reaped it
 
     from redis import Redis
-    from tpotserve.store import ModelStore
+    from tpotserve.registry import ModelRegistry
     from tpotserve_api import metrics
 
-    body = metrics.exposition(ModelStore(Path(sys.argv[1])), Redis.from_url("redis://127.0.0.1:1/0"))
+    body = metrics.exposition(ModelRegistry(Path(sys.argv[1]), None, "iris"), Redis.from_url("redis://127.0.0.1:1/0"))
     print(json.dumps({"env": os.environ["PROMETHEUS_MULTIPROC_DIR"],
                       "files": sorted(os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"])),
                       "body": body.decode()}))
@@ -333,10 +335,10 @@ def test_multiprocess_mode_sums_workers_and_forgets_a_dead_workers_gauges(tmp_pa
     samples = parse(out["body"])
     # Counters and histograms: both workers, the dead one included.
     assert value(samples, "tpotserve_http_requests_total", method="POST", route="/predict", status="200") == 5
-    assert value(samples, "tpotserve_predictions_total", model_version="v1", predicted_class="setosa") == 2
-    assert value(samples, "tpotserve_predictions_total", model_version="v2", predicted_class="setosa") == 3
-    assert value(samples, "tpotserve_model_load_seconds_count") == 3
+    assert value(samples, "tpotserve_predictions_total", model="iris", model_version="v1", predicted_class="setosa") == 2
+    assert value(samples, "tpotserve_predictions_total", model="iris", model_version="v2", predicted_class="setosa") == 3
+    assert value(samples, "tpotserve_model_load_seconds_count", model="iris") == 3
     # Live gauges: only the live worker. It moved from v1 to v2; the dead one served v1.
     assert value(samples, "tpotserve_api_workers") == 1
-    assert value(samples, "tpotserve_model_serving", version="v2") == 1
-    assert value(samples, "tpotserve_model_serving", version="v1") == 0
+    assert value(samples, "tpotserve_model_serving", model="iris", version="v2") == 1
+    assert value(samples, "tpotserve_model_serving", model="iris", version="v1") == 0

@@ -60,7 +60,7 @@ def make_app(tmp_path: Path, estimator: Any = None, task: str = "classification"
     else:
         y = bunch.target.astype(float)
     model = (estimator if estimator is not None else LogisticRegression(max_iter=1000)).fit(bunch.data, y)
-    store = ModelStore(tmp_path / "models", SIGNING_KEY.encode())
+    store = ModelStore(tmp_path / "models" / "models" / "iris", SIGNING_KEY.encode())  # the default model's store
     meta = ModelMeta(
         task=task,
         dataset="iris",
@@ -74,7 +74,7 @@ def make_app(tmp_path: Path, estimator: Any = None, task: str = "classification"
     store.write_version("v1", lambda path: joblib.dump(model, path), meta)
     store.set_current("v1")
     settings = load_settings(
-        model_dir=store.root,
+        model_dir=store.root.parents[1],
         dataset_dir=tmp_path / "datasets",
         api_key=KEY,
         model_signing_key=SIGNING_KEY,

@@ -290,7 +290,7 @@ def test_features_without_a_recorded_range_are_not_checked() -> None:
 def test_an_empty_retrain_body_is_all_defaults(body) -> None:
     request = parse_retrain_request(body)
     assert request == RetrainRequest()
-    assert request.dataset == "iris"
+    assert (request.model, request.dataset) == (None, None)  # the default model, on its own data set
     assert (request.target, request.task, request.scoring) == (None, None, None)
     assert (request.max_time_mins, request.generations, request.population_size, request.cv) == (None,) * 4
     assert request.promote == "auto"
@@ -298,7 +298,7 @@ def test_an_empty_retrain_body_is_all_defaults(body) -> None:
 
 
 def test_every_retrain_field_is_parsed() -> None:
-    body = {"dataset": "ds-0123456789ab", "target": "label", "task": "regression", "max_time_mins": 0.5,
+    body = {"model": "housing", "dataset": "ds-0123456789ab", "target": "label", "task": "regression", "max_time_mins": 0.5,
             "generations": 2, "population_size": 4, "cv": 3, "scoring": "r2", "promote": "never",
             "queue": True}
     assert parse_retrain_request(body).model_dump() == body
@@ -330,7 +330,10 @@ def test_lower_bounds_are_enforced_naming_the_field(field: str, value) -> None:
         ("max_time_mins", "1.5"),
         ("max_time_mins", True),
         ("dataset", 1),
-        ("dataset", None),
+        ("model", 1),
+        ("model", "current"),
+        ("model", "../iris"),
+        ("model", ""),
         ("scoring", ["accuracy"]),
         ("target", 1),
         ("target", ["species"]),
@@ -419,7 +422,7 @@ def test_defaults_come_from_settings() -> None:
     )
     for body in (None, {}):
         assert _payload(body, settings) == TrainingPayload(
-            dataset="iris", target="species", task="classification", max_time_mins=2.5, generations=4,
+            model="iris", dataset="iris", target="species", task="classification", max_time_mins=2.5, generations=4,
             population_size=9, cv=3, scoring="accuracy", n_jobs=2, random_state=42, holdout_fraction=0.3,
             promote="auto", model_keep=4, reason="retrain", dataset_sha256=None,
         )

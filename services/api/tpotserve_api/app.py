@@ -14,11 +14,11 @@ from tpotserve import logs
 from tpotserve.datasets import DatasetStore
 from tpotserve.offline import disable_tpot_update_check
 from tpotserve.settings import Settings, load_settings, signing_key
-from tpotserve.store import ModelStore
+from tpotserve.registry import ModelRegistry
 
 from . import metrics, resources, v2
 from .errors import to_response
-from .model_holder import ModelHolder
+from .model_pool import ModelPool
 from .queue import JobQueue
 
 
@@ -27,8 +27,8 @@ class AppContext:
     """What the resources need, built once per process."""
 
     settings: Settings
-    store: ModelStore
-    holder: ModelHolder
+    registry: ModelRegistry
+    models: ModelPool
     queue: JobQueue
     datasets: DatasetStore
 
@@ -54,8 +54,8 @@ def _preload_tpot() -> None:
 
 
 def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
-    """Build the API. Loads the current model before returning, so a worker
-    that accepts requests already serves what the pointer names."""
+    """Build the API. Loads the default model (and others while there is room) before
+    returning, so a worker that accepts requests already serves what the pointers name."""
     settings = settings or load_settings()
     logs.configure("api")
     _preload_tpot()
@@ -66,15 +66,15 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
 
     # Refuses to build the app (so Gunicorn refuses to start) without a signing key,
     # unless the insecure development flag is set.
-    store = ModelStore(settings.model_dir, signing_key(settings))
-    holder = ModelHolder(store, settings.model_poll_interval_s)
-    holder.refresh()
+    registry = ModelRegistry(settings.model_dir, signing_key(settings), settings.model_name)
+    models = ModelPool(registry, settings.model_poll_interval_s, settings.max_loaded_models)
+    models.preload()
     if poll:
-        holder.start_polling()
+        models.start_polling()
     app.extensions["tpotserve"] = AppContext(
         settings=settings,
-        store=store,
-        holder=holder,
+        registry=registry,
+        models=models,
         queue=JobQueue(settings),
         datasets=DatasetStore.from_settings(settings),
     )
@@ -88,6 +88,13 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
     api.add_resource(resources.Models, "/models")
     api.add_resource(resources.CurrentModel, "/models/current")
     api.add_resource(resources.Activate, "/models/<string:version>/activate")
+    # Named models; the routes above are the default model's (/models/current is a static
+    # route, so "current" is reserved as a name).
+    api.add_resource(resources.Registry, "/registry")
+    api.add_resource(resources.NamedPredict, "/models/<string:name>/predict")
+    api.add_resource(resources.NamedModel, "/models/<string:name>")
+    api.add_resource(resources.NamedVersions, "/models/<string:name>/versions")
+    api.add_resource(resources.NamedActivate, "/models/<string:name>/versions/<string:version>/activate")
     api.add_resource(resources.Healthz, "/healthz")
     api.add_resource(resources.OpenApi, "/openapi.json")
     api.add_resource(resources.AdminCheck, "/auth/admin")

@@ -28,6 +28,8 @@ class LoadedModel:
     fast_proba: Callable[[np.ndarray], np.ndarray | None] | None = field(default=None, repr=False)
     """A shortcut for ``model.predict_proba``, checked at load to give identical answers
     (:func:`tpotserve_api.fast_path.compile_fast_proba`); None: scikit-learn's own call."""
+    name: str = ""
+    """The named model this is a version of."""
 
     @property
     def version(self) -> str:

@@ -35,7 +35,7 @@ from rq.queue import Queue
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
 from tpotserve import jobs
-from tpotserve.store import ModelStore
+from tpotserve.registry import ModelRegistry
 
 # The classic text format (0.0.4): what every Prometheus version reads.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -59,24 +59,27 @@ REQUEST_SECONDS = Histogram(
 )
 PREDICTIONS = Counter(
     "tpotserve_predictions",
-    "Rows predicted, by model version and predicted class (empty for a regression model).",
-    ["model_version", "predicted_class"],
+    "Rows predicted, by model name, model version and predicted class (empty for a regression model).",
+    ["model", "model_version", "predicted_class"],
 )
 MODEL_LOAD_SECONDS = Histogram(
     "tpotserve_model_load_seconds",
     "Time an API worker took to load a model version it then served: hash and signature check, "
-    "unpickling, smoke prediction.",
+    "unpickling, smoke prediction; by model name.",
+    ["model"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
 MODEL_LOAD_FAILURES = Counter(
     "tpotserve_model_load_failures",
     "Model versions an API worker refused to serve (bad hash or signature, unpickling or smoke "
-    "prediction failed); it kept serving the model it had.",
+    "prediction failed); it kept serving the version it had. By model name.",
+    ["model"],
 )
 MODEL_SERVING = Gauge(
     "tpotserve_model_serving",
-    "1 for each model version a live API worker serves, 0 for a version one served before.",
-    ["version"],
+    "1 for each model version a live API worker serves, 0 for a version one served before; "
+    "by model name and version.",
+    ["model", "version"],
     # The largest value over live workers: during a swap both versions are 1; a dead
     # worker's file is dropped (gunicorn_config.child_exit), so it cannot pin an old version.
     multiprocess_mode="livemax",
@@ -94,26 +97,26 @@ def multiprocess_dir() -> str | None:
 
 
 # --- recording -------------------------------------------------------------------
-def record_predictions(model_version: str, predictions: Sequence[Any], is_classifier: bool) -> None:
-    """Count one answered /predict: each row under its predicted class."""
+def record_predictions(model: str, model_version: str, predictions: Sequence[Any], is_classifier: bool) -> None:
+    """Count one answered prediction request: each row under its predicted class."""
     if not is_classifier:
-        PREDICTIONS.labels(model_version, "").inc(len(predictions))
+        PREDICTIONS.labels(model, model_version, "").inc(len(predictions))
         return
     for predicted_class, count in Tally(str(p) for p in predictions).items():
-        PREDICTIONS.labels(model_version, predicted_class).inc(count)
+        PREDICTIONS.labels(model, model_version, predicted_class).inc(count)
 
 
-def record_model_loaded(previous_version: str | None, version: str, seconds: float) -> None:
-    """A worker swapped ``version`` in (after ``previous_version``, if any)."""
-    MODEL_LOAD_SECONDS.observe(seconds)
+def record_model_loaded(model: str, previous_version: str | None, version: str, seconds: float) -> None:
+    """A worker swapped ``version`` of ``model`` in (after ``previous_version``, if any)."""
+    MODEL_LOAD_SECONDS.labels(model).observe(seconds)
     if previous_version is not None and previous_version != version:
-        MODEL_SERVING.labels(previous_version).set(0)
-    MODEL_SERVING.labels(version).set(1)
+        MODEL_SERVING.labels(model, previous_version).set(0)
+    MODEL_SERVING.labels(model, version).set(1)
 
 
-def record_model_load_failed() -> None:
-    """A worker refused a version and kept the model it had."""
-    MODEL_LOAD_FAILURES.inc()
+def record_model_load_failed(model: str) -> None:
+    """A worker refused a version of ``model`` and kept the one it had."""
+    MODEL_LOAD_FAILURES.labels(model).inc()
 
 
 # --- the trainer's side, read at scrape time ----------------------------------------
@@ -178,39 +181,40 @@ class QueueCollector:
 class StoreCollector:
     """Each stored version's training figures, from its meta.json on the model volume.
 
-    Bounded by MODEL_KEEP; a version pruned from the store leaves these metrics.
+    Bounded by MODEL_KEEP per model; a version pruned from the store leaves these metrics.
     """
 
-    def __init__(self, store: ModelStore) -> None:
-        self.store = store
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
 
     def collect(self) -> Iterator[Metric]:
         seconds = GaugeMetricFamily(
             "tpotserve_training_duration_seconds",
             "Wall-clock seconds of the training run that produced each stored model version.",
-            labels=["version"],
+            labels=["model", "version"],
         )
         cv = GaugeMetricFamily(
             "tpotserve_training_cv_score",
             "Best cross-validation score TPOT found in the run that produced each stored version "
             "(higher is better, in the run's scoring).",
-            labels=["version", "scoring"],
+            labels=["model", "version", "scoring"],
         )
         holdout = GaugeMetricFamily(
             "tpotserve_training_holdout_score",
             "Each stored version's score on the rows held out of its search (the promotion gate's score).",
-            labels=["version", "scoring"],
+            labels=["model", "version", "scoring"],
         )
         try:
-            metas = self.store.list_versions()
+            metas = [(name, meta) for name in self.registry.names()
+                     for meta in self.registry.store(name).list_versions()]
         except OSError:
             metas = []
-        for meta in metas:
+        for name, meta in metas:
             version, scoring = str(meta.get("version")), str(meta.get("scoring") or "")
             for family, key, labels in (
-                (seconds, "training_seconds", [version]),
-                (cv, "cv_score", [version, scoring]),
-                (holdout, "holdout_score", [version, scoring]),
+                (seconds, "training_seconds", [name, version]),
+                (cv, "cv_score", [name, version, scoring]),
+                (holdout, "holdout_score", [name, version, scoring]),
             ):
                 value = meta.get(key)
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -228,7 +232,7 @@ class _Forward:
         yield from self.registry.collect()
 
 
-def exposition(store: ModelStore, redis: Redis) -> bytes:
+def exposition(models: ModelRegistry, redis: Redis) -> bytes:
     """The whole /metrics body."""
     registry = CollectorRegistry()
     path = multiprocess_dir()
@@ -237,7 +241,7 @@ def exposition(store: ModelStore, redis: Redis) -> bytes:
     else:
         registry.register(_Forward(REGISTRY))
     registry.register(QueueCollector(redis))
-    registry.register(StoreCollector(store))
+    registry.register(StoreCollector(models))
     return generate_latest(registry)
 
 
@@ -263,6 +267,6 @@ def init_app(app: Flask) -> None:
 
     def metrics() -> Response:
         ctx = current_app.extensions["tpotserve"]
-        return Response(exposition(ctx.store, ctx.queue.redis), content_type=CONTENT_TYPE)
+        return Response(exposition(ctx.registry, ctx.queue.redis), content_type=CONTENT_TYPE)
 
     app.add_url_rule("/metrics", endpoint="metrics", view_func=metrics, methods=["GET"])

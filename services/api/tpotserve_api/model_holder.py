@@ -1,7 +1,8 @@
-"""Each Gunicorn worker's model holder: load beside, verify, then swap.
+"""A model holder: one named model in one Gunicorn worker; load beside, verify, then swap.
 
-A daemon thread polls the store's pointer every ``poll_interval`` seconds (a
-read of one small file). When the pointer names a new version, the holder
+The worker's :class:`~tpotserve_api.model_pool.ModelPool` calls :meth:`ModelHolder.refresh`
+of every model it holds every ``MODEL_POLL_INTERVAL_S`` (a read of one small file per
+model). When the pointer names a new version, the holder
 loads it beside the one it serves, checks its sha256 and a smoke prediction,
 and only then swaps one reference. A failed load keeps the old model and is
 recorded for /readyz. Requests never block on loading: they read whichever
@@ -20,6 +21,7 @@ import joblib
 from tpotserve.clock import utc_iso
 from tpotserve.errors import ArtifactRejected, ModelNotReady, NotFound
 from tpotserve.model_meta import ModelMeta
+from tpotserve.registry import ModelRegistry
 from tpotserve.store import ModelStore, Pointer
 
 from . import metrics
@@ -30,22 +32,29 @@ log = logging.getLogger(__name__)
 
 
 class ModelHolder:
-    """Holds the model one worker serves and follows the store's pointer."""
+    """Holds one named model in one worker and follows that model's pointer."""
 
-    def __init__(self, store: ModelStore, poll_interval_s: float) -> None:
-        self.store = store
-        self.poll_interval_s = poll_interval_s
+    def __init__(self, registry: ModelRegistry, name: str) -> None:
+        self.registry = registry
+        self.name = name
         self._current: LoadedModel | None = None
         self._last_error: dict[str, Any] | None = None
         self._failed_pointer: Pointer | None = None
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+
+    @property
+    def store(self) -> ModelStore:
+        # Resolved each time: the default model's store moves once, when the trainer
+        # migrates a single-model volume (same versions, so nothing is reloaded).
+        return self.registry.store(self.name)
 
     # --- serving -----------------------------------------------------------
     def current(self) -> LoadedModel:
         model = self._current
         if model is None:
-            raise ModelNotReady("no model is loaded yet; the first training may still be running")
+            if self.name == self.registry.default_name:
+                raise ModelNotReady("no model is loaded yet; the first training may still be running")
+            raise ModelNotReady(f"model {self.name!r} has no current version yet (none was published)")
         return model
 
     def status(self) -> dict[str, Any]:
@@ -60,9 +69,10 @@ class ModelHolder:
     # --- following the pointer ---------------------------------------------
     def refresh(self) -> bool:
         """Load the pointer's version if it changed; True when a new model was swapped in."""
-        with self._lock:  # the poll thread and a start-up call must not load twice
+        with self._lock:  # the poll thread and a first request must not load twice
+            store = self.store
             try:
-                pointer = self.store.read_pointer()
+                pointer = store.read_pointer()
             except ArtifactRejected as exc:
                 self._record_failure(None, str(exc))
                 return False
@@ -78,54 +88,40 @@ class ModelHolder:
                 return False  # versions are immutable: the same pointer fails the same way
             started = time.perf_counter()
             try:
-                loaded = self._load(pointer)
+                loaded = self._load(store, pointer)
             except Exception as exc:  # noqa: BLE001 - any failure must leave the old model serving
                 self._record_failure(pointer, f"{type(exc).__name__}: {exc}")
-                metrics.record_model_load_failed()
+                metrics.record_model_load_failed(self.name)
                 return False
             self._current = loaded
             metrics.record_model_loaded(
-                current.version if current else None, pointer.version, time.perf_counter() - started
+                self.name, current.version if current else None, pointer.version, time.perf_counter() - started
             )
             self._failed_pointer = None
             self._last_error = None
             log.info(
-                "serving model %s (loaded in %.0f ms)",
+                "serving model %s version %s (loaded in %.0f ms)",
+                self.name,
                 pointer.version,
                 (time.perf_counter() - started) * 1000,
             )
             return True
 
-    def start_polling(self) -> None:
-        """Start the daemon thread that follows the pointer (once per process)."""
-        if self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self._poll_forever, name="model-poll", daemon=True)
-        self._thread.start()
-
-    def _poll_forever(self) -> None:
-        while True:
-            time.sleep(self.poll_interval_s)
-            try:
-                self.refresh()
-            except Exception:  # noqa: BLE001 - the poller must never die
-                log.exception("model poll failed")
-
-    def _load(self, pointer: Pointer) -> LoadedModel:
+    def _load(self, store: ModelStore, pointer: Pointer) -> LoadedModel:
         try:
-            meta = ModelMeta.from_json(self.store.read_meta(pointer.version), pointer.version)
+            meta = ModelMeta.from_json(store.read_meta(pointer.version), pointer.version)
         except NotFound as exc:
             raise ArtifactRejected(str(exc)) from exc
         if meta.sha256 != pointer.sha256:
             raise ArtifactRejected(f"{pointer.version}: pointer and metadata disagree on sha256")
         # Hash first: joblib.load runs pickle, which must only ever see verified bytes.
-        path = self.store.verified_artifact(pointer.version, pointer.sha256)
+        path = store.verified_artifact(pointer.version, pointer.sha256)
         model = joblib.load(path)
         pinned = pin_single_thread(model)
         fast_proba, how = compile_fast_proba(model, meta)
-        loaded = LoadedModel(pointer=pointer, meta=meta, model=model, fast_proba=fast_proba)
+        loaded = LoadedModel(pointer=pointer, meta=meta, model=model, fast_proba=fast_proba, name=self.name)
         pins = f" ({', '.join(pinned)}=1)" if pinned else ""
-        log.info("model %s predicts with %s%s", pointer.version, how, pins)
+        log.info("model %s version %s predicts with %s%s", self.name, pointer.version, how, pins)
         predictions, _ = loaded.predict([smoke_row(meta)])
         if len(predictions) != 1:
             raise ArtifactRejected(f"{pointer.version}: smoke prediction returned {predictions!r}")
@@ -138,4 +134,4 @@ class ModelHolder:
             "message": message,
             "at": utc_iso(),
         }
-        log.error("refused model %s: %s", pointer.version if pointer else "?", message)
+        log.error("refused model %s version %s: %s", self.name, pointer.version if pointer else "?", message)

@@ -27,9 +27,10 @@ from tpotserve.settings import Settings
 
 
 ENQUEUE_LOCK = "tpotserve:lock:enqueue-training"
-"""Makes "is a training queued or running? if not, enqueue" one step across API workers,
-so two simultaneous POST /retrain get one 202 and one 409. (That trainings then run one
-at a time is the training queue's doing: it has one consumer.)"""
+"""Makes "is a training of this model queued or running? if not, enqueue" one step across
+API workers, so two simultaneous POST /retrain of one model get one 202 and one 409.
+(That trainings then run one at a time, whichever model they train, is the training
+queue's doing: it has one consumer.)"""
 
 
 @contextmanager
@@ -60,14 +61,17 @@ class JobQueue:
             return False
 
     def enqueue_retrain(self, payload: TrainingPayload, *, queue_behind: bool = False) -> Job:
-        """Enqueue a training; Conflict (409) while another is queued or running, unless asked to queue."""
+        """Enqueue a training; Conflict (409) while another of the same model is queued or
+        running, unless asked to queue. A training of another model queues behind."""
+        model = payload.model or self.settings.model_name
         with _redis_errors():
             # A short lock makes "check, then enqueue" one step across API workers.
             with self.redis.lock(ENQUEUE_LOCK, timeout=10, blocking_timeout=5):
-                active = self.active_training()
+                active = self.active_training(model)
                 if active is not None and not queue_behind:
+                    what = "a training" if model == self.settings.model_name else f"a training of {model!r}"
                     raise Conflict(
-                        f"a training is already {active['status']}: job {active['id']}; "
+                        f"{what} is already {active['status']}: job {active['id']}; "
                         "wait for it, cancel it, or send \"queue\": true",
                         field=None,
                         job_id=active["id"],
@@ -79,21 +83,27 @@ class JobQueue:
                     job_timeout=jobs.job_timeout(payload, self.settings.job_timeout_margin_s),
                     result_ttl=jobs.RESULT_TTL_S,
                     failure_ttl=jobs.FAILURE_TTL_S,
-                    meta={"kind": payload.reason, "payload": payload.model_dump()},
+                    meta={"kind": payload.reason, "model": model, "payload": payload.model_dump()},
                 )
 
-    def active_training(self) -> dict[str, str] | None:
-        """The running (or else the oldest queued) training job, if any."""
+    def active_training(self, model: str | None = None) -> dict[str, str] | None:
+        """The running (or else the oldest queued) training job of ``model`` (None: of any)."""
         with _redis_errors():
             registry = StartedJobRegistry(queue=self.training)
             registry.cleanup()  # a dead worker's job is failed, not running
-            running = registry.get_job_ids()
-            if running:
-                return {"id": running[0], "status": "running"}
-            queued = self.training.get_job_ids(0, 1)  # the oldest one (a length of 0 is no job at all)
-            if queued:
-                return {"id": queued[0], "status": "queued"}
+            for status, ids in (("running", registry.get_job_ids()), ("queued", self.training.get_job_ids())):
+                for job_id in ids:
+                    if model is None or self._trains(job_id) == model:
+                        return {"id": job_id, "status": status}
             return None
+
+    def _trains(self, job_id: str) -> str:
+        """The model a training job trains (jobs from before named models: the default)."""
+        try:
+            name = Job.fetch(job_id, connection=self.redis).meta.get("model")
+        except NoSuchJobError:  # expired meanwhile
+            name = None
+        return name or self.settings.model_name
 
     def cancel(self, job: Job) -> str:
         """Cancel a queued job or stop a running one; returns the status to report."""
@@ -112,19 +122,21 @@ class JobQueue:
                 return "canceling"
             raise Conflict(f"job {job.id} has already ended ({jobs.STATUS_MAP.get(status, status)})", field=None)
 
-    def activate(self, version: str, wait_s: float) -> Job:
-        """Ask the control worker to point current.json at ``version``; wait up to ``wait_s``
+    def activate(self, version: str, wait_s: float, model: str | None = None) -> Job:
+        """Ask the control worker to point ``model``'s current.json (None: the default model's)
+        at ``version``; wait up to ``wait_s``
         for it, blocked in Redis on the job's result stream (no polling): it takes milliseconds
         (the control worker runs it without a fork), and ``wait_s`` only bounds how long a
         busy or dead control worker can hold this API worker."""
         with _redis_errors():
+            named = {"model": model} if model is not None else {}
             job = self.control.enqueue(
                 jobs.ACTIVATE_FUNC,
-                kwargs={"version": version},
+                kwargs={"version": version, **named},
                 job_timeout=jobs.ACTIVATE_TIMEOUT_S,
                 result_ttl=jobs.RESULT_TTL_S,
                 failure_ttl=jobs.FAILURE_TTL_S,
-                meta={"kind": "activate", "version": version},
+                meta={"kind": "activate", "version": version, **named},
             )
             # Below the connection's socket timeout, or the blocked read would raise instead.
             block_ms = int(1000 * min(wait_s, 0.8 * self.settings.redis_timeout_s))
@@ -159,7 +171,8 @@ class JobQueue:
                 "enqueued_at": _iso(job.enqueued_at),
                 "started_at": _iso(job.started_at),
                 "ended_at": _iso(job.ended_at),
-                "request": job.meta.get("payload") or _without_none({"version": job.meta.get("version")}),
+                "request": job.meta.get("payload")
+                or _without_none({"model": job.meta.get("model"), "version": job.meta.get("version")}),
                 "progress": job.meta.get("progress"),
                 "result": None,
                 "error": None,

@@ -12,7 +12,8 @@ from flask import Response, current_app, request
 from flask_restful import Resource
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from tpotserve.errors import InvalidInput, NotConfigured, Unauthorized, UnsupportedMedia
+from tpotserve.errors import InvalidInput, NotConfigured, TpotServeError, Unauthorized, UnsupportedMedia
+from tpotserve.registry import check_model_name
 from tpotserve.schema import parse_retrain_request
 from tpotserve.training import plan_training
 
@@ -54,16 +55,23 @@ def _json_body(required: bool = True) -> Any:
 
 
 class Predict(Resource):
+    """``POST /predict``: the default model (the book's request and answer)."""
+
     def post(self) -> Response:
+        return self.answer(None)
+
+    def answer(self, name: str | None) -> Response:
         ctx = _ctx()
         require_predict(ctx.settings)
         body = _json_body()
-        model = ctx.holder.current()
+        model = ctx.models.get(name)
         parsed = parse_predict(body, model.feature_names, ctx.settings.max_batch_rows)
         predictions, probabilities = model.predict(parsed.rows)
-        metrics.record_predictions(model.version, predictions, model.is_classifier)
+        metrics.record_predictions(model.name, model.version, predictions, model.is_classifier)
         warnings = range_warnings(parsed.rows, model.feature_schema, single=parsed.single)
         headers = {"X-Model-Version": model.version}
+        if name is not None:
+            headers["X-Model-Name"] = model.name
         if parsed.single:
             # The book's answer: In_<feature> echoes, Prediction, Probability.
             answer: dict[str, Any] = {f"In_{k}": v for k, v in parsed.originals[0].items()}
@@ -103,7 +111,8 @@ class Retrain(Resource):
         require_admin(ctx.settings)
         request_body = parse_retrain_request(_json_body(required=False))
         # The data is checked here, so bad data gets a 4xx and nothing is enqueued.
-        payload = plan_training(request_body, ctx.settings, ctx.datasets)
+        store = ctx.registry.store(request_body.model)
+        payload = plan_training(request_body, ctx.settings, ctx.datasets, store=store)
         job = ctx.queue.enqueue_retrain(payload, queue_behind=request_body.queue)
         location = f"/jobs/{job.id}"
         return (
@@ -164,36 +173,109 @@ def _csv_upload(limit: int) -> tuple[bytes, str | None]:
 
 
 class Models(Resource):
+    """``GET /models``: the default model's versions."""
+
     def get(self) -> dict:
-        store = _ctx().store
-        pointer = store.read_pointer()
-        current = pointer.version if pointer else None
-        versions = [{**meta, "current": meta.get("version") == current} for meta in store.list_versions()]
-        return {"current": current, "versions": versions}
+        return _versions(_ctx().registry.store())
 
 
 class CurrentModel(Resource):
+    """``GET /models/current``: the default model as this worker serves it."""
+
     def get(self) -> tuple[dict, int, dict]:
-        model = _ctx().holder.current()
+        model = _ctx().models.get(None)
         return {**model.meta.to_json(), "version": model.version}, 200, {"X-Model-Version": model.version}
 
 
 class Activate(Resource):
+    """``POST /models/<version>/activate``: roll the default model to a stored version."""
+
     def post(self, version: str) -> tuple[dict, int, dict]:
+        return _activate(None, version)
+
+
+class NamedPredict(Predict):
+    def post(self, name: str) -> Response:  # type: ignore[override]
+        return self.answer(check_model_name(name, field="name"))
+
+
+class NamedModel(Resource):
+    def get(self, name: str) -> tuple[dict, int, dict]:
         ctx = _ctx()
-        require_admin(ctx.settings)
-        meta = ctx.store.read_meta(version)  # 404 before anything is enqueued
-        job = ctx.queue.activate(meta["version"], wait_s=ACTIVATE_WAIT_S)
-        view = ctx.queue.describe(job)
-        location = f"/jobs/{job.id}"
-        if view["status"] == "finished":
-            return {"version": version, "activated": True, "job_id": job.id}, 200, {"Location": location}
-        if view["status"] == "failed":
-            raise InvalidInput(f"could not activate {version!r}: {view['error']}", field="version")
-        # The worker is busy or slow: the activation is queued and will happen.
-        return {"version": version, "activated": False, "job_id": job.id, "status": view["status"]}, 202, {
-            "Location": location
-        }
+        _existing(name)
+        model = ctx.models.get(name)
+        body = {**model.meta.to_json(), "model": model.name, "version": model.version}
+        return body, 200, {"X-Model-Version": model.version, "X-Model-Name": model.name}
+
+
+class NamedVersions(Resource):
+    def get(self, name: str) -> dict:
+        return {"model": name, **_versions(_existing(name))}
+
+
+class NamedActivate(Resource):
+    def post(self, name: str, version: str) -> tuple[dict, int, dict]:
+        return _activate(check_model_name(name, field="name"), version)
+
+
+class Registry(Resource):
+    """``GET /registry``: every model on the volume, the default first."""
+
+    def get(self) -> dict:
+        ctx = _ctx()
+        held = ctx.models.status()
+        models = []
+        for name in ctx.registry.names():
+            store = ctx.registry.store(name)
+            pointer = store.read_pointer_quietly()
+            meta: dict[str, Any] = {}
+            if pointer is not None:
+                try:
+                    meta = store.read_meta(pointer.version)
+                except TpotServeError:
+                    meta = {}
+            models.append({
+                "name": name,
+                "default": name == ctx.registry.default_name,
+                "current_version": pointer.version if pointer else None,
+                "versions": len(store.list_version_ids()),
+                **{key: meta.get(key) for key in ("task", "dataset", "target", "scoring", "holdout_score",
+                                                  "created_at")},
+                "loaded": held.get(name, {}).get("model_version") is not None,
+            })
+        return {"default": ctx.registry.default_name, "max_loaded_models": ctx.settings.max_loaded_models,
+                "models": models}
+
+
+def _existing(name: str) -> Any:
+    """The store of an existing model named in a URL: 400 for a bad name, 404 for an unknown one."""
+    return _ctx().registry.existing_store(check_model_name(name, field="name"))
+
+
+def _versions(store: Any) -> dict:
+    pointer = store.read_pointer()
+    current = pointer.version if pointer else None
+    versions = [{**meta, "current": meta.get("version") == current} for meta in store.list_versions()]
+    return {"current": current, "versions": versions}
+
+
+def _activate(name: str | None, version: str) -> tuple[dict, int, dict]:
+    ctx = _ctx()
+    require_admin(ctx.settings)
+    store = ctx.registry.existing_store(name) if name is not None else ctx.registry.store()
+    meta = store.read_meta(version)  # 404 before anything is enqueued
+    job = ctx.queue.activate(meta["version"], model=name, wait_s=ACTIVATE_WAIT_S)
+    view = ctx.queue.describe(job)
+    location = f"/jobs/{job.id}"
+    named = {"model": name} if name is not None else {}
+    if view["status"] == "finished":
+        return {**named, "version": version, "activated": True, "job_id": job.id}, 200, {"Location": location}
+    if view["status"] == "failed":
+        raise InvalidInput(f"could not activate {version!r}: {view['error']}", field="version")
+    # The worker is busy or slow: the activation is queued and will happen.
+    return {**named, "version": version, "activated": False, "job_id": job.id, "status": view["status"]}, 202, {
+        "Location": location
+    }
 
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
@@ -227,7 +309,7 @@ class Readyz(Resource):
     def get(self) -> tuple[dict, int]:
         ctx = _ctx()
         body = {
-            **ctx.holder.status(),
+            **ctx.models.default.status(),
             "queue": "ok" if ctx.queue.ping() else "unavailable",
             # Which Gunicorn worker answered: lets operators (and tests) see every worker's version.
             "worker_pid": os.getpid(),

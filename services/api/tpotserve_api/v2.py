@@ -6,8 +6,9 @@ A thin adapter over the same data plane as ``POST /predict``: which model
 predict (:meth:`LoadedModel.infer`). Errors are the protocol's ``{"error": "..."}`` (400
 for a bad request), mapped in ``tpotserve_api.errors`` like every other error.
 
-One stack serves one model, under the name ``MODEL_NAME`` (default ``iris``), and of it the
-version ``current.json`` names; another stored version answers 404 until it is activated.
+Every named model on the volume is served under its name (the default model under
+``MODEL_NAME``, ``iris``), and of each the version its ``current.json`` names; another
+stored version answers 404 until it is activated.
 
     GET  /v2                                           server metadata
     GET  /v2/health/live, /v2/health/ready             liveness, readiness
@@ -36,6 +37,7 @@ from flask import Response, current_app, request
 from flask_restful import Resource
 
 from tpotserve.errors import InvalidInput, NotFound, UnsupportedMedia
+from tpotserve.registry import check_model_name
 
 from . import metrics
 from .auth import require_predict
@@ -55,9 +57,11 @@ def _ctx() -> Any:
 def served(name: str, version: str | None) -> LoadedModel:
     """The model this worker serves under ``name`` (and ``version``, if given); NotFound otherwise."""
     ctx = _ctx()
-    if name != ctx.settings.model_name:
-        raise NotFound(f"no model named {name[:100]!r}; this server serves {ctx.settings.model_name!r}")
-    model = ctx.holder.current()
+    try:
+        check_model_name(name, field="name")
+    except InvalidInput as exc:
+        raise NotFound(f"no model named {name[:100]!r}") from exc
+    model = ctx.models.get(name)
     if version is not None and version != model.version:
         raise NotFound(
             f"model {name!r} version {version[:100]!r} is not served; the served version is {model.version!r}"
@@ -268,7 +272,7 @@ class ServerLive(Resource):
 
 class ServerReady(Resource):
     def get(self) -> Response:
-        ready = _ctx().holder.status()["model_loaded"]
+        ready = _ctx().models.default.status()["model_loaded"]
         return _json({"ready": ready}, 200 if ready else 503)
 
 
@@ -303,7 +307,7 @@ class ModelInfer(Resource):
         model = served(name, version)
         parsed = parse_infer(body, model.feature_names, ctx.settings.max_batch_rows)
         predictions, proba = model.infer(parsed.X)
-        metrics.record_predictions(model.version, predictions, model.is_classifier)
+        metrics.record_predictions(model.name, model.version, predictions, model.is_classifier)
         rows = len(predictions)
         outputs = []
         wanted = parsed.outputs or list(OUTPUTS)

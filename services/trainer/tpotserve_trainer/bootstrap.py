@@ -1,9 +1,11 @@
 """Before the training worker starts: make sure a first model will exist.
 
 The book's rule: if no trained model exists, train one first. With an empty
-model volume this enqueues one iris training, under a fixed job id so that
-restarts do not pile up duplicates. It also clears temp leftovers of a
-writer that died mid-write.
+model volume this enqueues one iris training of the default model (MODEL_NAME),
+under a fixed job id so that restarts do not pile up duplicates. Before that it
+moves a single-model volume's store under the default name (the layout before
+named models; :meth:`tpotserve.registry.ModelRegistry.migrate_legacy`) and
+clears every model's temp leftovers of a writer that died mid-write.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from tpotserve import jobs, logs
 from tpotserve.datasets import DatasetStore
 from tpotserve.schema import parse_retrain_request
 from tpotserve.settings import Settings, load_settings, signing_key
-from tpotserve.store import ModelStore
+from tpotserve.registry import ModelRegistry
 from tpotserve.training import plan_training
 
 log = logging.getLogger("tpotserve_trainer.bootstrap")
@@ -35,9 +37,12 @@ BOOTSTRAP_RETRIES = 2
 
 def ensure_first_model(settings: Settings) -> str | None:
     """Enqueue the bootstrap training if no model is current; returns the job id, if any."""
-    store = ModelStore(settings.model_dir, signing_key(settings))
-    for name in store.remove_stale_temp(older_than_s=STALE_TEMP_S):
-        log.warning("removed temp leftover %s", name)
+    registry = ModelRegistry(settings.model_dir, signing_key(settings), settings.model_name)
+    registry.migrate_legacy()
+    for model in registry.names():
+        for name in registry.store(model).remove_stale_temp(older_than_s=STALE_TEMP_S):
+            log.warning("removed temp leftover %s of model %s", name, model)
+    store = registry.store()
     if not settings.bootstrap_on_start or store.read_pointer() is not None:
         return None
 

@@ -25,7 +25,8 @@ from tpotserve.datasets import DatasetStore
 from tpotserve.errors import TpotServeError, TrainingFailed
 from tpotserve.model_meta import ModelMeta
 from tpotserve.schema import TrainingPayload
-from tpotserve.settings import load_settings, signing_key
+from tpotserve.registry import ModelRegistry
+from tpotserve.settings import Settings, load_settings, signing_key
 from tpotserve.store import ModelStore, new_version_id
 
 from . import automl, data
@@ -36,18 +37,20 @@ log = logging.getLogger(__name__)
 def retrain(payload: dict[str, Any]) -> dict[str, Any]:
     """Run TPOT for ``payload``, store a new immutable version, publish it if it passes the gate."""
     settings = load_settings()
-    store = ModelStore(settings.model_dir, signing_key(settings))
     datasets = DatasetStore.from_settings(settings)
     started = time.monotonic()
     report = _Progress(budget_mins=payload.get("max_time_mins"), started=started)
     resources = ExitStack()
     try:
         run = TrainingPayload.model_validate(payload)
+        # The named model's own store: its versions, pointer, gate, retention and lock.
+        store = registry_for(settings).store(run.model)
         stop_if_canceled()
         if run.reason == "bootstrap" and store.read_pointer_quietly() is not None:
             # A model was published (or restored) after the bootstrap was enqueued.
             report("done", skipped="a model is already current")
-            return {"version": None, "published": False, "skipped": "a model is already current"}
+            return {"model": run.model or settings.model_name, "version": None, "published": False,
+                    "skipped": "a model is already current"}
         with store.publishing():
             # The one training that runs is this one: any versions/.tmp-* is a dead writer's.
             store.remove_stale_temp()
@@ -72,6 +75,7 @@ def retrain(payload: dict[str, Any]) -> dict[str, Any]:
         report("publishing", cv_score=result.cv_score, holdout_score=new_score)
         meta = ModelMeta(
             created_at=utc_iso(),
+            model=run.model or settings.model_name,
             task=run.task,
             dataset=run.dataset,
             dataset_sha256=run.dataset_sha256,
@@ -84,7 +88,7 @@ def retrain(payload: dict[str, Any]) -> dict[str, Any]:
             scoring=run.scoring,
             training_rows=len(X_train),
             holdout_rows=len(X_hold),
-            tpot_settings=run.model_dump(exclude={"reason", "model_keep"}),
+            tpot_settings=run.model_dump(exclude={"reason", "model_keep", "model"}),
             pipeline=result.pipeline_text,
             evaluated_pipelines=result.evaluated_pipelines,
             training_seconds=round(time.monotonic() - started, 1),
@@ -120,6 +124,7 @@ def retrain(payload: dict[str, Any]) -> dict[str, Any]:
             "fields": {
                 "event": "job_finished",
                 "job_id": _job_id(),
+                "model": run.model or settings.model_name,
                 "dataset": run.dataset,
                 "task": run.task,
                 "version": version,
@@ -132,6 +137,7 @@ def retrain(payload: dict[str, Any]) -> dict[str, Any]:
         },
     )
     return {
+        "model": run.model or settings.model_name,
         "version": version,
         "cv_score": result.cv_score,
         "holdout_score": new_score,
@@ -203,11 +209,12 @@ def _current_comparable(store: ModelStore, run: TrainingPayload, features: list[
     return pointer.version, meta, joblib.load(path)
 
 
-def activate(version: str) -> dict[str, Any]:
-    """Point current.json at a stored version (rollback), after verifying its hash."""
+def activate(version: str, model: str | None = None) -> dict[str, Any]:
+    """Point a model's current.json at one of its stored versions (rollback), after
+    verifying its hash. ``model`` None: the default model."""
     settings = load_settings()
-    store = ModelStore(settings.model_dir, signing_key(settings))
     try:
+        store = registry_for(settings).existing_store(model)
         with store.publishing():
             pointer = store.set_current(str(version))
     except TpotServeError as exc:
@@ -216,7 +223,11 @@ def activate(version: str) -> dict[str, Any]:
             job.meta["error"] = exc.message
             job.save_meta()
         raise
-    return {"version": pointer.version, "sha256": pointer.sha256}
+    return {"model": model or settings.model_name, "version": pointer.version, "sha256": pointer.sha256}
+
+
+def registry_for(settings: Settings) -> ModelRegistry:
+    return ModelRegistry(settings.model_dir, signing_key(settings), settings.model_name)
 
 
 def stop_if_canceled() -> None:

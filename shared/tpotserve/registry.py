@@ -1,0 +1,163 @@
+"""Named models on the model volume: one :class:`~tpotserve.store.ModelStore` per name.
+
+    <root>/models/<name>/versions/<version>/{model.joblib,meta.json}
+    <root>/models/<name>/current.json
+    <root>/models/<name>/.publish.lock
+
+Each name is a store of its own: its own versions, pointer, publish lock, gate and
+retention, so publishing, activating or breaking one model never touches another.
+The default model (``MODEL_NAME``, ``iris``) is what the book's ``POST /predict`` and
+every unnamed endpoint serve.
+
+Before named models, the volume held one store at its root (``<root>/versions``,
+``<root>/current.json``). :meth:`ModelRegistry.migrate_legacy` (the trainer runs it
+at start) moves that store under the default name without losing a version, and
+until it has, :meth:`ModelRegistry.store` reads the default model from the old
+place, so an API upgraded first keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+from .atomic import fsync_dir
+from .errors import InvalidInput, NotFound
+from .store import POINTER_NAME, ModelStore
+
+__all__ = ["MODEL_NAME_PATTERN", "ModelRegistry", "check_model_name"]
+
+log = logging.getLogger(__name__)
+
+MODELS_DIR = "models"
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+RESERVED_NAMES = frozenset({"current"})
+"""``/models/current`` is the default model's endpoint, so no model may be called that."""
+_NAME = re.compile(MODEL_NAME_PATTERN)
+MIGRATING_PREFIX = ".migrating-"
+
+
+def check_model_name(name: object, field: str = "model") -> str:
+    """``name`` if it can name a model (it is a path segment on disk and in URLs)."""
+    if not isinstance(name, str) or not _NAME.match(name) or name in RESERVED_NAMES:
+        shown = name[:100] if isinstance(name, str) else name
+        raise InvalidInput(
+            f"{shown!r} is not a model name: 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit, and not 'current'",
+            field=field,
+        )
+    return name
+
+
+class ModelRegistry:
+    """Finds (and in the trainer, creates) the store of each model name under ``root``."""
+
+    def __init__(self, root: Path, signing_key: bytes | None, default_name: str) -> None:
+        self.root = Path(root)
+        self.signing_key = signing_key
+        self.default_name = check_model_name(default_name, field="MODEL_NAME")
+        self.models_dir = self.root / MODELS_DIR
+
+    def store(self, name: str | None = None) -> ModelStore:
+        """The store of model ``name`` (the default model when None), existing or not."""
+        name = self.default_name if name is None else check_model_name(name)
+        path = self.models_dir / name
+        if name == self.default_name and not path.is_dir() and self._legacy_present():
+            return ModelStore(self.root, self.signing_key)  # not migrated yet
+        return ModelStore(path, self.signing_key)
+
+    def existing_store(self, name: str | None = None) -> ModelStore:
+        """The store of a model that exists (has any version or a pointer); NotFound otherwise."""
+        store = self.store(name)
+        if not _holds_a_store(store.root):
+            shown = self.default_name if name is None else name
+            raise NotFound(f"no model named {shown!r}; GET /registry lists them", field="model")
+        return store
+
+    def names(self) -> list[str]:
+        """Every model name on the volume, the default first (when it exists), then by name."""
+        found = set()
+        if self.models_dir.is_dir():
+            for entry in self.models_dir.iterdir():
+                if _NAME.match(entry.name) and entry.name not in RESERVED_NAMES and _holds_a_store(entry):
+                    found.add(entry.name)
+        if self._legacy_present():
+            found.add(self.default_name)
+        rest = sorted(found - {self.default_name})
+        return [self.default_name, *rest] if self.default_name in found else rest
+
+    def _legacy_present(self) -> bool:
+        return (self.root / POINTER_NAME).exists() or (self.root / "versions").is_dir()
+
+    # --- the trainer only -------------------------------------------------------------
+    def migrate_legacy(self) -> list[str]:
+        """Move a single-model volume's store under the default name; returns what moved.
+
+        Order is what keeps readers serving: the pointer leaves the old place first (an
+        API polling it sees "no pointer" and keeps the model it has), then the versions,
+        into a dot-named staging directory that one rename makes the default model's
+        directory, complete. A crash anywhere is resumed by the next call. Versions are
+        immutable and uniquely named, so one already under the default name is never
+        overwritten.
+        """
+        if not self._legacy_present() and not self._staging_dirs():
+            return []
+        legacy = ModelStore(self.root, self.signing_key)
+        moved: list[str] = []
+        with legacy.publishing():  # against a trainer or activate still on the old layout
+            target = self.models_dir / self.default_name
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+            staging = self.models_dir / f"{MIGRATING_PREFIX}{self.default_name}"
+            into = target if target.is_dir() else staging
+            into.mkdir(exist_ok=True)
+            old_pointer = self.root / POINTER_NAME
+            if old_pointer.exists():
+                if (into / POINTER_NAME).exists():
+                    # The default model already has a pointer (migrated before, then the old
+                    # place was written again): it wins; the old one is kept beside, not lost.
+                    os.replace(old_pointer, into / f"{POINTER_NAME}.legacy")
+                    log.warning("kept the newer pointer of %s; the old one is %s.legacy",
+                                self.default_name, POINTER_NAME)
+                else:
+                    os.replace(old_pointer, into / POINTER_NAME)
+                moved.append(POINTER_NAME)
+            old_versions = self.root / "versions"
+            if old_versions.is_dir():
+                if not (into / "versions").exists():
+                    old_versions.rename(into / "versions")
+                    moved.extend(sorted(p.name for p in (into / "versions").iterdir()))
+                else:
+                    for entry in sorted(old_versions.iterdir()):
+                        dest = into / "versions" / entry.name
+                        if dest.exists():
+                            continue  # the same immutable version, moved before a crash
+                        entry.rename(dest)
+                        moved.append(entry.name)
+                    _remove_if_empty_of_versions(old_versions)
+            fsync_dir(into)
+            if into is staging:
+                staging.rename(target)
+            fsync_dir(self.models_dir)
+            fsync_dir(self.root)
+        if moved:
+            log.info("moved the single-model store under the name %r: %s", self.default_name, ", ".join(moved))
+        return moved
+
+    def _staging_dirs(self) -> list[Path]:
+        if not self.models_dir.is_dir():
+            return []
+        return [p for p in self.models_dir.iterdir() if p.name.startswith(MIGRATING_PREFIX)]
+
+
+def _holds_a_store(path: Path) -> bool:
+    return (path / "versions").is_dir() or (path / POINTER_NAME).exists()
+
+
+def _remove_if_empty_of_versions(directory: Path) -> None:
+    """Delete the old versions/ once only temp leftovers remain (a dead writer's)."""
+    import shutil
+
+    if all(entry.name.startswith(".") for entry in directory.iterdir()):
+        shutil.rmtree(directory, ignore_errors=True)
