@@ -304,6 +304,6 @@ def test_a_backup_streams_through_compose_as_documented(stack: ComposeStack) -> 
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
         names = tar.getnames()
         manifest = json.load(tar.extractfile("manifest.json"))
-    assert "models/current.json" in names
+    assert "models/models/iris/current.json" in names
     served = stack.post("/predict", json=BOOK_REQUEST).json()["model_version"]
     assert served in json.dumps(manifest)

@@ -58,6 +58,11 @@ class LiveStack:
     def model_dir(self) -> Path:
         return self.native.model_dir
 
+    @property
+    def store_dir(self) -> Path:
+        """The default model's store: <MODEL_DIR>/models/iris (shared/tpotserve/registry.py)."""
+        return self.native.model_dir / "models" / "iris"
+
     def redis(self) -> Redis:
         return Redis(port=self.native.redis_port)
 

@@ -146,7 +146,7 @@ lazy = schemathesis.pytest.from_fixture("contract")
 def test_every_operation_keeps_its_contract(case: schemathesis.Case, stack: LiveStack, training_jobs: set[str]) -> None:
     if case.operation.path == "/models/{version}/activate":
         # Never a real version: activating one would change the served model under later tests.
-        real = {entry.name for entry in (stack.model_dir / "versions").iterdir()}
+        real = {entry.name for entry in (stack.store_dir / "versions").iterdir()}
         assert case.path_parameters.get("version") not in real, case.path_parameters
     if case.operation.path == "/retrain":
         _pace_retrain()

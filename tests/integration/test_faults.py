@@ -176,7 +176,7 @@ def readyz_by_worker(stack: LiveStack, min_requests: int = 12, timeout_s: float 
 
 
 def pointer(stack: LiveStack) -> dict:
-    return json.loads((stack.model_dir / "current.json").read_text())
+    return json.loads((stack.store_dir / "current.json").read_text())
 
 
 def log_offset(stack: LiveStack, name: str) -> int:
@@ -317,11 +317,11 @@ def _replace_pointer(store_dir: Path, body: bytes) -> None:
 def test_bad_artifact_made_current_by_hand_is_refused_before_unpickling(
     stack: LiveStack, tmp_path: Path, variant: str
 ) -> None:
-    good_pointer_bytes = (stack.model_dir / "current.json").read_bytes()
+    good_pointer_bytes = (stack.store_dir / "current.json").read_bytes()
     good = json.loads(good_pointer_bytes)
     good_version = good["version"]
     assert set(stack.worker_versions().values()) == {good_version}
-    good_meta = json.loads((stack.model_dir / "versions" / good_version / "meta.json").read_text())
+    good_meta = json.loads((stack.store_dir / "versions" / good_version / "meta.json").read_text())
 
     marker = tmp_path / "unpickled-marker"
     if variant == "truncated":
@@ -329,7 +329,7 @@ def test_bad_artifact_made_current_by_hand_is_refused_before_unpickling(
         # as soon as unpickling starts; meta and pointer keep the real version's sha256.
         import joblib
 
-        model = joblib.load(stack.model_dir / "versions" / good_version / "model.joblib")
+        model = joblib.load(stack.store_dir / "versions" / good_version / "model.joblib")
 
         def planted(path: Path) -> bytes:
             # Protocol 2: no frames, so an unpickler runs each opcode as it reads it (with
@@ -375,11 +375,11 @@ def test_bad_artifact_made_current_by_hand_is_refused_before_unpickling(
             expect = "signature"
 
     api_log = log_offset(stack, "api")
-    target = _write_version_by_hand(stack.model_dir, bad, artifact, meta)
+    target = _write_version_by_hand(stack.store_dir, bad, artifact, meta)
     planted = time.monotonic()
     try:
         _replace_pointer(
-            stack.model_dir, json.dumps({"version": bad, "sha256": pointer_sha, "previous": good_version}).encode()
+            stack.store_dir, json.dumps({"version": bad, "sha256": pointer_sha, "previous": good_version}).encode()
         )
 
         def refused_everywhere() -> dict | None:
@@ -412,9 +412,9 @@ def test_bad_artifact_made_current_by_hand_is_refused_before_unpickling(
             f"moved; message: {next(iter(states.values()))[1]['last_load_error']['message']!r}"
         )
     finally:
-        tmp = stack.model_dir / ".tmp-pointer-by-hand"
+        tmp = stack.store_dir / ".tmp-pointer-by-hand"
         tmp.write_bytes(good_pointer_bytes)
-        os.replace(tmp, stack.model_dir / "current.json")
+        os.replace(tmp, stack.store_dir / "current.json")
 
     def cleared() -> bool:
         return all(
@@ -625,7 +625,7 @@ def test_no_failed_request_while_versions_swap_every_2s_under_32_clients(
 @on_the_session_stack
 def test_training_worker_sigkilled_mid_search(stack: LiveStack) -> None:
     native = stack.native
-    pointer_bytes = (stack.model_dir / "current.json").read_bytes()
+    pointer_bytes = (stack.store_dir / "current.json").read_bytes()
     served = json.loads(pointer_bytes)["version"]
     response = retrain(stack, promote="never", **LONG)
     assert response.status_code == 202, response.text
@@ -646,7 +646,7 @@ def test_training_worker_sigkilled_mid_search(stack: LiveStack) -> None:
             wait_for(lambda: not any(alive(pid) for pid in tree), timeout_s=10, what="the worker's whole tree gone")
             job = stack.wait_job(job_id, timeout_s=KILLED_JOB_BOUND_S + 30)
             measured["kill -> job reported failed"] = time.monotonic() - killed_at
-            assert (stack.model_dir / "current.json").read_bytes() == pointer_bytes
+            assert (stack.store_dir / "current.json").read_bytes() == pointer_bytes
             restarted_at = time.monotonic()
             native.start_service("worker")
             load.stop()  # predictions ran through the kill, the failure and the restart
@@ -668,14 +668,14 @@ def test_training_worker_sigkilled_mid_search(stack: LiveStack) -> None:
     assert "stopped unexpectedly" in job["error"]
     assert measured["kill -> job reported failed"] < KILLED_JOB_BOUND_S
     # The served model is untouched, and no temp leftover is current or listed.
-    assert (stack.model_dir / "current.json").read_bytes() == pointer_bytes
+    assert (stack.store_dir / "current.json").read_bytes() == pointer_bytes
     assert set(stack.worker_versions().values()) == {served}
     listed = stack.get("/models").json()
     assert listed["current"] == served
     assert not [m["version"] for m in listed["versions"] if m["version"].startswith(".tmp-")]
     assert follow_job["status"] == "finished", (follow_job["status"], follow_job["error"])
     assert follow_job["result"]["published"] is False
-    assert not [p.name for p in (stack.model_dir / "versions").iterdir() if p.name.startswith(".")]
+    assert not [p.name for p in (stack.store_dir / "versions").iterdir() if p.name.startswith(".")]
 
 
 # --- 6. the disk full while the trainer writes ---------------------------------------
@@ -735,11 +735,12 @@ def test_disk_full_while_the_trainer_writes(tmp_path: Path) -> None:
         assert job["status"] == "failed", job
         assert any(word in (job["error"] or "").lower() for word in ("no space", "disk")), job["error"]
         # Nothing half-written became current, or is listed, or is left on the volume.
-        assert not (models / "current.json").exists()
+        store = models / "models" / "iris"  # the default model's store
+        assert not (store / "current.json").exists()
         assert requests.get(url + "/models", timeout=10).json() == {"current": None, "versions": []}
-        leftovers = [p.name for p in models.iterdir() if p.name.startswith(".tmp-")]
-        if (models / "versions").is_dir():
-            leftovers += [p.name for p in (models / "versions").iterdir()]
+        leftovers = [p.name for p in store.iterdir() if p.name.startswith(".tmp-")] if store.is_dir() else []
+        if (store / "versions").is_dir():
+            leftovers += [p.name for p in (store / "versions").iterdir()]
         assert leftovers == []
         assert _free_bytes(models) == FREE_BYTES  # the partial write was removed
         ready = requests.get(url + "/readyz", timeout=10)

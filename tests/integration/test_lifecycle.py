@@ -68,7 +68,7 @@ def test_models_lists_every_version_with_its_metadata(stack: LiveStack, retraine
     import joblib
     import numpy as np
 
-    model = joblib.load(stack.model_dir / "versions" / new / "model.joblib")
+    model = joblib.load(stack.store_dir / "versions" / new / "model.joblib")
     assert set(model.predict(np.array([[5.1, 3.5, 1.4, 0.2]]))) <= {"setosa", "versicolor", "virginica"}
 
 

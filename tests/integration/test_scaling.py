@@ -68,11 +68,11 @@ class Scaled:
         return Job.fetch(job_id, connection=self.redis())
 
     def pointer(self) -> dict[str, Any] | None:
-        path = self.native.model_dir / "current.json"
+        path = self.native.model_dir / "models" / "iris" / "current.json"
         return json.loads(path.read_text()) if path.exists() else None
 
     def meta(self, version: str) -> dict[str, Any]:
-        return json.loads((self.native.model_dir / "versions" / version / "meta.json").read_text())
+        return json.loads((self.native.model_dir / "models" / "iris" / "versions" / version / "meta.json").read_text())
 
     def instance_of(self, worker_pid: int) -> str:
         """Which API instance a Gunicorn worker belongs to: its parent is that instance's master."""
