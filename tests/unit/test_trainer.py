@@ -375,3 +375,30 @@ def test_auto_with_a_corrupted_current_artifact_still_decides(store, split, fitt
     artifact.write_bytes(artifact.read_bytes() + b"tampered")
     result = gate(store, split, 0.5)
     assert result["promoted"] is True
+
+
+# --- the worker's start: a single-model volume moves under the default name ---------------
+def test_the_workers_start_moves_a_single_model_volume_without_losing_a_version(tmp_path: Path) -> None:
+    from tpotserve.registry import ModelRegistry
+    from tpotserve.settings import load_settings
+    from tpotserve_trainer import bootstrap
+
+    legacy = ModelStore(tmp_path / "models")  # the layout before named models
+    X, y = iris_frame().drop(columns="species"), iris_frame()["species"]
+    fitted = LogisticRegression(max_iter=500).fit(X, y)
+    meta = {"task": "classification", "features": [{"name": c} for c in X.columns], "classes": list(fitted.classes_)}
+    for version in ("v1", "v2", "v3"):
+        legacy.write_version(version, lambda path: joblib.dump(fitted, path), meta)
+    legacy.set_current("v1")
+    legacy.set_current("v2")
+    before = legacy.read_pointer()
+    settings = load_settings(model_dir=tmp_path / "models", dataset_dir=tmp_path / "datasets",
+                             allow_unsigned_models=True, redis_url="redis://127.0.0.1:1/0")
+    # A model is current, so no bootstrap training is enqueued (and Redis is never needed).
+    assert bootstrap.ensure_first_model(settings) is None
+    store = ModelRegistry(settings.model_dir, None, "iris").store()
+    assert store.root == tmp_path / "models" / "models" / "iris"
+    assert store.list_version_ids() == ["v1", "v2", "v3"]
+    assert store.read_pointer() == before  # same version, hash and previous: no worker reloads
+    assert not (tmp_path / "models" / "versions").exists() and not (tmp_path / "models" / "current.json").exists()
+    store.verified_artifact("v2", before.sha256)
