@@ -28,7 +28,8 @@ import requests
 
 from bench.models import BOOK_ROW, forest_model
 from native.stack import NativeStack, free_port
-from tpotserve.store import ModelStore, new_version_id
+from tpotserve.registry import ModelRegistry
+from tpotserve.store import new_version_id
 
 API_KEY = "bench-activate-key"
 SIGNING_KEY = "bench-activate-signing-key"
@@ -37,7 +38,7 @@ PREDICT_WINDOW_S = 8.0
 
 def _store_two_versions(model_dir: Path, work: Path) -> list[str]:
     model = forest_model(work)
-    store = ModelStore(model_dir, SIGNING_KEY.encode())
+    store = ModelRegistry(model_dir, SIGNING_KEY.encode(), "iris").store()  # the default model
     versions = []
     for _ in range(2):
         version = new_version_id()

@@ -117,13 +117,13 @@ def _app_for(bench_model: BenchModel) -> tuple[Any, Any]:
     import logging
 
     from tpotserve.settings import load_settings
-    from tpotserve.store import ModelStore
+    from tpotserve.registry import ModelRegistry
     from tpotserve_api.app import create_app
 
     tmp = Path(tempfile.mkdtemp(prefix="micro-", dir=WORK))
     atexit.register(shutil.rmtree, tmp, True)
     key = "micro-signing-key"
-    store = ModelStore(tmp / "models", key.encode())
+    store = ModelRegistry(tmp / "models", key.encode(), "iris").store()  # the default model
     publish(store, bench_model)
     settings = load_settings(
         model_dir=tmp / "models",
@@ -133,8 +133,7 @@ def _app_for(bench_model: BenchModel) -> tuple[Any, Any]:
     )
     app = create_app(settings, poll=False)
     logging.getLogger("tpotserve_api.access").setLevel(logging.WARNING)  # no log line per call
-    holder = app.extensions["tpotserve"].holder
-    return app, holder.current()
+    return app, app.extensions["tpotserve"].models.get(None)
 
 
 def publish(store: Any, bench_model: BenchModel) -> str:

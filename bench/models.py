@@ -94,11 +94,11 @@ def forest_model(work: Path) -> BenchModel:
 
 def tpot_model(work: Path, log: Path) -> BenchModel:
     """The trainer's own output on iris: run once, then reused from ``work/tpot-store``."""
-    from tpotserve.store import ModelStore
+    from tpotserve.registry import ModelRegistry
 
     store_dir = work / "tpot-store"
     key = b"bench-tpot-store"
-    store = ModelStore(store_dir, key)
+    store = ModelRegistry(store_dir, key, "iris").store()  # the default model, which the trainer trains
     pointer = store.read_pointer_quietly()
     if pointer is None:
         _train_tpot(store_dir, key, log)

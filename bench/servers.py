@@ -171,9 +171,9 @@ class ProductServer(Server):
         )
         shutil.rmtree(data_dir, ignore_errors=True)
         self.stack = NativeStack(data_dir=data_dir, gateway_port=free_port(), env=dict(self.env))
-        from tpotserve.store import ModelStore
+        from tpotserve.registry import ModelRegistry
 
-        store = ModelStore(self.stack.model_dir, self.stack.signing_key().encode())
+        store = ModelRegistry(self.stack.model_dir, self.stack.signing_key().encode(), "iris").store()
         self.version = publish(store, self.model)
         # Only what serves /predict: Redis (readyz), the API, nginx. No trainer.
         self.stack.start(services=("redis", "api", "nginx"))
