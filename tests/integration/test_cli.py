@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from native.stack import free_port
-from tpotserve_cli.main import MODEL_COLUMNS
+from tpotserve_cli.main import MODEL_COLUMNS, REGISTRY_COLUMNS
 
 from .conftest import API_KEY, LiveStack
 
@@ -95,6 +95,25 @@ def test_models_table_marks_the_current_version(stack: LiveStack) -> None:
     assert marked[0][3:5] == ["iris", "classification"]
 
 
+def test_registry_and_model_flag_on_the_default_model(stack: LiveStack) -> None:
+    """--model with the default model's name gives what the unnamed endpoints give (no training here)."""
+    registry = stack.get("/registry").json()
+    listed = tpotserve(stack, "registry")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split() == list(REGISTRY_COLUMNS)
+    marked = [line.split() for line in lines[1:] if line.startswith("*")]
+    assert [row[1:3] for row in marked] == [[registry["default"], registry["models"][0]["current_version"]]]
+
+    named = tpotserve(stack, "models", "--model", registry["default"])
+    assert named.returncode == 0, named.stderr
+    assert named.stdout == tpotserve(stack, "models").stdout
+    predicted = tpotserve(stack, "predict", "--model", registry["default"], stdin=json.dumps(ROWS))
+    assert predicted.returncode == 0, predicted.stderr
+    assert [row["prediction"] for row in json.loads(predicted.stdout)] == _api_predictions(stack)
+    assert f"3 predictions by model {registry['default']}, version " in predicted.stderr
+
+
 def test_retrain_wait_shows_progress_and_keeps_the_served_model(stack: LiveStack) -> None:
     served = _served(stack)
     run = tpotserve(stack, "retrain", *TINY, "--promote", "never", "--queue", "--wait",
@@ -150,6 +169,8 @@ def test_datasets_upload_and_list(stack: LiveStack, tmp_path) -> None:
         (["retrain", *TINY], "wrong-key", "tpotserve: error: 401 unauthorized: the API key is not valid"),
         (["activate", "19990101T000000Z-000000"], API_KEY, "tpotserve: error: 404 not_found: "),
         (["jobs", "no-such-job"], API_KEY, "tpotserve: error: 404 not_found: no job 'no-such-job'"),
+        (["models", "--model", "no-such-model"], API_KEY,
+         "tpotserve: error: 404 not_found: no model named 'no-such-model'"),
     ],
 )
 def test_api_errors_are_one_line_and_exit_1(

@@ -152,6 +152,33 @@ def test_prediction_form_from_the_model_schema(page: Page, stack: LiveStack) -> 
     page.locator("#predict-panel").screenshot(path=IMAGES / "prediction.png")
 
 
+def test_model_selector_from_the_registry(page: Page, stack: LiveStack) -> None:
+    registry = stack.get("/registry").json()
+    _open(page)
+    select = page.locator("#model-select")
+    expect(select).to_have_value(registry["default"])  # the default model, as before named models
+    expect(select.locator("option")).to_have_count(len(registry["models"]))
+    expect(page.locator("#serving")).to_contain_text(f"serving {registry['default']}")
+    expect(page.locator("#rt-model")).to_have_value(registry["default"])
+    # A name the API refuses: the error sits next to the model field, and nothing is queued.
+    page.locator("#rt-model").fill("not a name")
+    page.get_by_role("button", name="Start training").click()
+    page.locator("#key-input").fill(API_KEY)
+    page.get_by_role("button", name="Use this key").click()
+    expect(_field_error(page, "#retrain-form", "model")).to_contain_text("is not a model name")
+    expect(page.locator("#job")).to_be_hidden()
+
+    # A server from before named models (no /registry): no selector, the unnamed endpoints only.
+    page.route("**/registry", lambda route: route.fulfill(
+        status=404, content_type="application/json", body='{"error": {"code": "not_found", "message": "no"}}'))
+    with page.expect_response("**/registry"):
+        _open(page)
+    expect(page.locator("#feature-fields input")).to_have_count(len(IRIS_FEATURES))
+    expect(page.locator("#serving")).to_have_text(re.compile(r"^serving \d{8}T"))  # a version, no name
+    expect(page.locator("#model-pick")).to_be_hidden()
+    expect(page.locator("#rt-model-field")).to_be_hidden()
+
+
 def test_retrain_panel_trains_and_serves_a_new_version(
     page: Page, stack: LiveStack, restore_current: str
 ) -> None:
@@ -203,6 +230,7 @@ def test_retrain_panel_trains_and_serves_a_new_version(
     new_version = job["result"]["version"]
     assert new_version != restore_current
     assert job["result"]["published"] is True
+    assert job["request"]["model"] == "iris"  # the selected (default) model, named in the form
     assert len(seen) >= 3, seen  # the text changed as the run went on
     assert any("stage searching" in text for text in seen), seen
     assert re.search(r"generation \d+ of 2", seen[-1]), seen
