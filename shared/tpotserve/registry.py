@@ -41,7 +41,7 @@ MIGRATING_PREFIX = ".migrating-"
 
 def check_model_name(name: object, field: str = "model") -> str:
     """``name`` if it can name a model (it is a path segment on disk and in URLs)."""
-    if not isinstance(name, str) or not _NAME.match(name) or name in RESERVED_NAMES:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in RESERVED_NAMES:
         shown = name[:100] if isinstance(name, str) else name
         raise InvalidInput(
             f"{shown!r} is not a model name: 1-64 letters, digits, '_', '.' or '-', "
@@ -81,7 +81,7 @@ class ModelRegistry:
         found = set()
         if self.models_dir.is_dir():
             for entry in self.models_dir.iterdir():
-                if _NAME.match(entry.name) and entry.name not in RESERVED_NAMES and _holds_a_store(entry):
+                if _NAME.fullmatch(entry.name) and entry.name not in RESERVED_NAMES and _holds_a_store(entry):
                     found.add(entry.name)
         if self._legacy_present():
             found.add(self.default_name)

@@ -434,3 +434,8 @@ def test_pool_an_unreadable_pointer_of_one_model_leaves_the_others_alone(registr
     assert pool.get("b") is b_v1
     assert "unreadable" in pool.status()["b"]["last_load_error"]["message"]
     assert pool.get().version == "v2"
+
+
+def test_a_trailing_newline_is_not_a_model_name() -> None:
+    with pytest.raises(InvalidInput):
+        check_model_name("iris\n")

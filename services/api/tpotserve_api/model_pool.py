@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from tpotserve.errors import NotFound
+from tpotserve.errors import ModelNotReady, NotFound
 from tpotserve.registry import ModelRegistry, check_model_name
 
 from .loaded_model import LoadedModel
@@ -56,8 +56,15 @@ class ModelPool:
             holder = self._holders.get(name)
             if holder is not None:
                 self._holders.move_to_end(name)
-                return holder.current()
-        return self._load_on_request(name).current()
+        if holder is None:
+            return self._load_on_request(name).current()
+        try:
+            return holder.current()
+        except ModelNotReady:
+            # Held before its first version was published: look now rather than answer
+            # 503 until the next poll (one small read, only on this path).
+            holder.refresh()
+            return holder.current()
 
     def holder(self, name: str | None = None) -> ModelHolder | None:
         """The holder of a loaded model, if this worker holds it."""
