@@ -401,7 +401,7 @@ def test_bad_artifact_made_current_by_hand_is_refused_before_unpickling(
             assert response.status_code == 200, response.text
             assert response.headers["X-Model-Version"] == good_version
         logged = wait_for(
-            lambda: log_since(stack, "api", api_log).count(f"refused model {bad}") >= API_WORKERS,
+            lambda: log_since(stack, "api", api_log).count(f"refused model iris version {bad}") >= API_WORKERS,
             timeout_s=10,
             what="the refusal in the api log",
         )

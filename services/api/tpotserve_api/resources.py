@@ -12,7 +12,7 @@ from flask import Response, current_app, request
 from flask_restful import Resource
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from tpotserve.errors import InvalidInput, NotConfigured, TpotServeError, Unauthorized, UnsupportedMedia
+from tpotserve.errors import InvalidInput, NotConfigured, NotFound, TpotServeError, Unauthorized, UnsupportedMedia
 from tpotserve.registry import check_model_name
 from tpotserve.schema import parse_retrain_request
 from tpotserve.training import plan_training
@@ -196,7 +196,7 @@ class Activate(Resource):
 
 class NamedPredict(Predict):
     def post(self, name: str) -> Response:  # type: ignore[override]
-        return self.answer(check_model_name(name, field="name"))
+        return self.answer(_url_name(name))
 
 
 class NamedModel(Resource):
@@ -215,7 +215,7 @@ class NamedVersions(Resource):
 
 class NamedActivate(Resource):
     def post(self, name: str, version: str) -> tuple[dict, int, dict]:
-        return _activate(check_model_name(name, field="name"), version)
+        return _activate(_url_name(name), version)
 
 
 class Registry(Resource):
@@ -247,9 +247,17 @@ class Registry(Resource):
                 "models": models}
 
 
+def _url_name(name: str) -> str:
+    """A model name from a URL: one that cannot name a model names none (404, as an unknown one)."""
+    try:
+        return check_model_name(name, field="name")
+    except InvalidInput as exc:
+        raise NotFound(f"no model named {name[:100]!r}; GET /registry lists them", field="name") from exc
+
+
 def _existing(name: str) -> Any:
-    """The store of an existing model named in a URL: 400 for a bad name, 404 for an unknown one."""
-    return _ctx().registry.existing_store(check_model_name(name, field="name"))
+    """The store of an existing model named in a URL; 404 for an unknown (or impossible) name."""
+    return _ctx().registry.existing_store(_url_name(name))
 
 
 def _versions(store: Any) -> dict:
