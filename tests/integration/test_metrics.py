@@ -127,11 +127,12 @@ def test_metrics_add_up_across_every_gunicorn_worker(stack: LiveStack) -> None:
     assert {key: v for key, v in counted.items() if v} == dict(expected)
 
     # The model: what every worker serves, and that each loaded one.
-    serving = {dict(labels)["version"] for labels, v in series(after, "tpotserve_model_serving").items() if v}
+    serving = {dict(labels)["version"] for labels, v in series(after, "tpotserve_model_serving").items()
+               if v and dict(labels)["model"] == "iris"}
     assert serving == {current}
     assert value(after, "tpotserve_api_workers") == API_WORKERS
     assert value(after, "tpotserve_model_load_seconds_count", model="iris") >= API_WORKERS
-    assert value(after, "tpotserve_model_load_seconds_sum") > 0
+    assert value(after, "tpotserve_model_load_seconds_sum", model="iris") > 0
 
     # The trainer's side: RQ's registries and the stored versions.
     assert value(after, "tpotserve_queue_up") == 1
