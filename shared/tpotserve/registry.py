@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 
 from .atomic import fsync_dir
@@ -157,7 +158,5 @@ def _holds_a_store(path: Path) -> bool:
 
 def _remove_if_empty_of_versions(directory: Path) -> None:
     """Delete the old versions/ once only temp leftovers remain (a dead writer's)."""
-    import shutil
-
     if all(entry.name.startswith(".") for entry in directory.iterdir()):
         shutil.rmtree(directory, ignore_errors=True)

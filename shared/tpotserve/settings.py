@@ -33,6 +33,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .registry import MODEL_NAME_PATTERN
+
 
 class Settings(BaseSettings):
     """Typed configuration; each field documents its environment variable."""
@@ -108,7 +110,7 @@ class Settings(BaseSettings):
     max_batch_rows: int = 10_000
     """MAX_BATCH_ROWS: largest ``instances`` list one /predict accepts (and rows one V2 infer)."""
 
-    model_name: str = Field(default="iris", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    model_name: str = Field(default="iris", pattern=MODEL_NAME_PATTERN)
     """MODEL_NAME: the default model: what ``POST /predict`` and every endpoint without a model
     name serve, what the first training (bootstrap) trains, and its name under ``/models/<name>``
     and ``/v2/models/<name>``."""

@@ -83,7 +83,7 @@ class ModelPool:
         self.registry.existing_store(name)  # NotFound before anything is loaded
         started = time.perf_counter()
         holder = self._holder(name)
-        log.info("loaded model %s on its first request in %.0f ms", name, (time.perf_counter() - started) * 1000)
+        log.info("model %s: its first request here waited %.0f ms for it", name, (time.perf_counter() - started) * 1000)
         return holder
 
     def _holder(self, name: str) -> ModelHolder:
