@@ -148,10 +148,10 @@ def test_metrics_add_up_across_every_gunicorn_worker(stack: LiveStack) -> None:
     for meta in stored:
         version, scoring = meta["version"], meta.get("scoring") or ""
         if meta.get("cv_score") is not None:
-            cv = value(after, "tpotserve_training_cv_score", version=version, scoring=scoring)
+            cv = value(after, "tpotserve_training_cv_score", model="iris", version=version, scoring=scoring)
             assert cv == meta["cv_score"]
         if meta.get("training_seconds") is not None:
-            seconds = value(after, "tpotserve_training_duration_seconds", version=version)
+            seconds = value(after, "tpotserve_training_duration_seconds", model="iris", version=version)
             assert seconds == meta["training_seconds"]
 
 
