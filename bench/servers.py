@@ -164,11 +164,13 @@ class ProductServer(Server):
         }
         self.stack: NativeStack | None = None
 
+    def data_dir(self) -> Path:
+        """This server's own DATA_DIR: servers run side by side, and start() empties it."""
+        variant = f"-{self.variant.replace(':', '-')}" if self.variant else ""
+        return self.work / f"stack-{self.model.name}{variant}"
+
     def start(self) -> None:
-        data_dir = (
-            self.work
-            / f"stack-{self.model.name}{'-' + self.variant.replace(':', '-') if self.variant else ''}"
-        )
+        data_dir = self.data_dir()
         shutil.rmtree(data_dir, ignore_errors=True)
         self.stack = NativeStack(data_dir=data_dir, gateway_port=free_port(), env=dict(self.env))
         from tpotserve.registry import ModelRegistry
@@ -445,6 +447,11 @@ class ProductV2Server(ProductServer):
     def url(self) -> str:
         assert self.stack is not None
         return f"{self.stack.gateway_url}/v2/models/iris/infer"
+
+    def data_dir(self) -> Path:
+        # Not the JSON server's: emptying that would pull its stack's files out from under it
+        # (a smoke run once got a 502 from the product after the V2 server started).
+        return self.work / f"stack-{self.model.name}-v2"
 
     def start(self) -> None:
         super().start()

@@ -447,6 +447,20 @@ def test_wrk_summary_line_is_parsed() -> None:
         bench_run.parse_wrk("nothing")
 
 
+def test_every_product_server_of_a_run_has_a_data_dir_of_its_own(tmp_path: Path) -> None:
+    # They run side by side and start() empties the directory: a shared one pulled the JSON
+    # server's files out from under it when the V2 server started (a 502 in a smoke run).
+    from bench.models import BenchModel
+    from bench.servers import ProductServer, ProductV2Server
+
+    model = BenchModel(name="forest", artifact=tmp_path / "model.joblib", meta={}, description="")
+    servers = [ProductServer(tmp_path, model), ProductV2Server(tmp_path, model),
+               ProductServer(tmp_path, model, variant="sync:2"), ProductServer(tmp_path, model, variant="gthread:2")]
+    dirs = [server.data_dir() for server in servers]
+    assert len(set(dirs)) == len(servers), dirs
+    assert all(d.parent == tmp_path for d in dirs)
+
+
 def test_cpu_ticks_reads_this_process() -> None:
     ticks = bench_run.cpu_ticks({os.getpid(), 999_999_999})
     assert list(ticks) == [os.getpid()]
