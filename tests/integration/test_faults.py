@@ -7,8 +7,8 @@
     3. Redis stopped: /predict keeps answering, the queue endpoints fail fast with a JSON 503,
        and after Redis comes back (AOF) everything recovers without restarting anything else
     1. versions activated back and forth every 2 s under 32 concurrent clients: zero errors
-    2. the training worker SIGKILLed mid-TPOT: predictions never fail, the job is reported
-       failed within the documented bound, the served model is untouched
+    2. the training worker SIGKILLed mid-TPOT: in test_supervision.py (b), where `make run`'s
+       supervisor brings the workers back as compose does
     6. the disk fills up while the trainer writes (its own stack on a tiny tmpfs): the job
        fails cleanly and nothing half-written becomes current
 
@@ -46,13 +46,11 @@ from .conftest import API_KEY, API_WORKERS, BOOK_REQUEST, SIGNING_KEY, LiveStack
 
 SERVICES = ("redis", "worker-control", "worker", "api", "nginx")
 SMALL = {"max_time_mins": 0.25, "generations": 2, "population_size": 6, "cv": 3}
-LONG = {"max_time_mins": 3, "generations": 100, "population_size": 6, "cv": 3}
 # The retrains that prove a recovery: small, but with room for TPOT's per-pipeline limit
 # (half the budget) on a busy machine, so a slow start is not mistaken for a failed recovery.
 RECOVERY = {**SMALL, "max_time_mins": 0.5}
 SWAP_DEADLINE_S = 2.0
 QUEUE_503_DEADLINE_S = 2.0
-KILLED_JOB_BOUND_S = 90.0  # docs/api.md: about 65 s after the last heartbeat
 
 
 def say(message: str) -> None:
@@ -619,63 +617,6 @@ def test_no_failed_request_while_versions_swap_every_2s_under_32_clients(
     assert final_stale <= SWAP_DEADLINE_S, stale_after
     assert {s.version for s in watched} == {final}
     assert stack.wait_all_workers_serve(final, timeout_s=10) <= SWAP_DEADLINE_S
-
-
-# --- 2. the training worker SIGKILLed in the middle of a TPOT run --------------------
-@on_the_session_stack
-def test_training_worker_sigkilled_mid_search(stack: LiveStack) -> None:
-    native = stack.native
-    pointer_bytes = (stack.store_dir / "current.json").read_bytes()
-    served = json.loads(pointer_bytes)["version"]
-    response = retrain(stack, promote="never", **LONG)
-    assert response.status_code == 202, response.text
-    job_id = response.json()["job_id"]
-
-    def searching() -> dict | None:
-        body = stack.get(f"/jobs/{job_id}").json()
-        progress = body.get("progress") or {}
-        return body if body["status"] == "started" and progress.get("generation") else None
-
-    wait_for(searching, timeout_s=120, interval_s=0.25, what="TPOT past its first generation")
-    tree = descendants(native.processes["worker"].popen.pid) | {native.processes["worker"].popen.pid}
-    measured: dict[str, float] = {}
-    try:
-        with PredictLoad(stack.url, 4, pause_s=0.05) as load:
-            killed_at = time.monotonic()
-            native.stop_service("worker", sig=signal.SIGKILL, timeout_s=5)
-            wait_for(lambda: not any(alive(pid) for pid in tree), timeout_s=10, what="the worker's whole tree gone")
-            job = stack.wait_job(job_id, timeout_s=KILLED_JOB_BOUND_S + 30)
-            measured["kill -> job reported failed"] = time.monotonic() - killed_at
-            assert (stack.store_dir / "current.json").read_bytes() == pointer_bytes
-            restarted_at = time.monotonic()
-            native.start_service("worker")
-            load.stop()  # predictions ran through the kill, the failure and the restart
-            follow = retrain(stack, promote="never", **RECOVERY)
-            assert follow.status_code == 202, follow.text
-            follow_job = stack.wait_job(follow.json()["job_id"], timeout_s=180)
-            measured["worker restart -> next retrain finished"] = time.monotonic() - restarted_at
-    finally:
-        if not running(stack, "worker"):
-            native.start_service("worker")
-
-    say(f"training worker SIGKILLed mid-search ({len(tree)} processes), predictions throughout: {load.summary()}")
-    for what, seconds in measured.items():
-        say(f"  {what}: {seconds:.1f} s")
-    say(f"  job error: {job['error']!r}")
-    assert load.failures() == [], load.failures()[:5]
-    assert {s.version for s in load.snapshot()} == {served}
-    assert job["status"] == "failed", job
-    assert "stopped unexpectedly" in job["error"]
-    assert measured["kill -> job reported failed"] < KILLED_JOB_BOUND_S
-    # The served model is untouched, and no temp leftover is current or listed.
-    assert (stack.store_dir / "current.json").read_bytes() == pointer_bytes
-    assert set(stack.worker_versions().values()) == {served}
-    listed = stack.get("/models").json()
-    assert listed["current"] == served
-    assert not [m["version"] for m in listed["versions"] if m["version"].startswith(".tmp-")]
-    assert follow_job["status"] == "finished", (follow_job["status"], follow_job["error"])
-    assert follow_job["result"]["published"] is False
-    assert not [p.name for p in (stack.store_dir / "versions").iterdir() if p.name.startswith(".")]
 
 
 # --- 6. the disk full while the trainer writes ---------------------------------------

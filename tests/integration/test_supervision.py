@@ -7,8 +7,10 @@ One launcher (`python -m native.stack`, as `make run` starts it) for the module:
        line; the book's request answers 200 afterwards, and throughout for the processes
        predictions do not go through (Redis, the workers)
     b. every RQ process (both workers and the training's work-horse) SIGKILLed mid-TPOT:
-       predictions answer 200 throughout, the job ends `failed`, nothing of the old worker's
-       tree (TPOT's Dask processes) is left, the workers come back and the next retrain runs
+       predictions answer 200 throughout, all from the version served before, the job ends
+       `failed` within the documented bound, the served model and its current.json are
+       untouched and no half-written version is left, nothing of the old worker's tree
+       (TPOT's Dask processes) is left, the workers come back and the next retrain runs
     b2. the training worker alone SIGKILLed mid-TPOT: its orphaned work-horse and TPOT's
        processes are killed before the new worker starts
     c. a service that keeps dying waits 1, 2, 4 ... s between restarts, and another one dying
@@ -20,6 +22,7 @@ Numbers are printed with a ``[supervision]`` prefix (run with ``-s`` to see them
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -37,6 +40,7 @@ from redis import Redis
 from rq import Worker
 
 from native.stack import REPO, descendants, free_port
+from tpotserve.registry import ModelRegistry
 from tpotserve.settings import load_settings
 
 from .conftest import API_KEY, BOOK_REQUEST, BOOTSTRAP_TIMEOUT_S, BUDGET, wait_for
@@ -94,6 +98,7 @@ LEADERS: dict[str, Callable[[str], bool]] = {
 class Launcher:
     popen: subprocess.Popen
     url: str
+    data_dir: Path
     lines: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -169,6 +174,10 @@ class Launcher:
         body = self.job(job_id)
         return body if body["status"] in ("finished", "failed", "canceled") else None
 
+    def store_dir(self) -> Path:
+        """The default model's store (as native/stack.py lays out DATA_DIR)."""
+        return ModelRegistry(self.data_dir / "models", None, "iris").store().root
+
     def registered(self) -> set[int]:
         """The pids of the RQ workers registered in Redis."""
         return {worker.pid for worker in Worker.all(connection=self.redis())}
@@ -181,6 +190,7 @@ class PredictLoop:
         self.url = url + "/predict"
         self.count = 0
         self.failures: list[str] = []
+        self.versions: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -199,6 +209,8 @@ class PredictLoop:
                     response = session.post(self.url, json=BOOK_REQUEST, timeout=10)
                     if response.status_code != 200:
                         self.failures.append(f"{response.status_code} {response.text[:200]}")
+                    else:
+                        self.versions.add(response.headers["X-Model-Version"])
                 except requests.RequestException as exc:
                     self.failures.append(repr(exc)[:200])
                 self.count += 1
@@ -208,9 +220,10 @@ class PredictLoop:
 @pytest.fixture(scope="module")
 def launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
     port = free_port()
+    data_dir = tmp_path_factory.mktemp("supervised") / "data"
     env = {
         **os.environ,
-        "DATA_DIR": str(tmp_path_factory.mktemp("supervised") / "data"),
+        "DATA_DIR": str(data_dir),
         "GATEWAY_PORT": str(port),
         "API_KEY": API_KEY,
         **BUDGET,
@@ -224,7 +237,7 @@ def launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
         text=True,
         start_new_session=True,
     )
-    run = Launcher(popen, f"http://127.0.0.1:{port}")
+    run = Launcher(popen, f"http://127.0.0.1:{port}", data_dir)
     threading.Thread(target=run.read, daemon=True).start()
     try:
         wait_for(lambda: "\nready: " in run.output() or popen.poll() is not None, timeout_s=120,
@@ -302,6 +315,9 @@ def test_b_every_rq_process_sigkilled_mid_training(launcher: Launcher) -> None:
         return body["status"] == "started" and bool((body.get("progress") or {}).get("generation"))
 
     wait_for(searching, timeout_s=180, interval_s=0.25, what="TPOT past its first generation")
+    pointer = launcher.store_dir() / "current.json"
+    pointer_bytes = pointer.read_bytes()
+    served = json.loads(pointer_bytes)["version"]
     old_tree = descendants(worker) | {worker}
     rq = {pid for pid in descendants(launcher.popen.pid) if is_rq(cmdline(pid))}
     assert {worker, control} < rq, (worker, control, rq)  # the two workers and the horse at least
@@ -312,6 +328,7 @@ def test_b_every_rq_process_sigkilled_mid_training(launcher: Launcher) -> None:
         job = wait_for(lambda: launcher.ended(job_id), timeout_s=KILLED_JOB_BOUND_S + 30, interval_s=0.25,
                        what=f"job {job_id} ended")
         failed_s = time.monotonic() - killed_at
+        assert pointer.read_bytes() == pointer_bytes
         new_worker = launcher.replaced("worker", worker)
         new_control = launcher.replaced("worker-control", control)
         wait_for(lambda: {new_worker, new_control} <= launcher.registered(), timeout_s=RESTART_TIMEOUT_S,
@@ -325,10 +342,18 @@ def test_b_every_rq_process_sigkilled_mid_training(launcher: Launcher) -> None:
         f"{job['status']} {failed_s:.1f} s after the kill; predictions meanwhile {loop.count}, failed "
         f"{len(loop.failures)}; next retrain {follow_job['status']}")
     assert loop.failures == [], loop.failures[:5]
+    assert loop.versions == {served}, loop.versions
     assert job["status"] == "failed", job
     assert "stopped unexpectedly" in job["error"], job["error"]
     assert failed_s < KILLED_JOB_BOUND_S
     assert follow_job["status"] == "finished", (follow_job["status"], follow_job["error"])
+    assert follow_job["result"]["published"] is False  # promote=never: the served model stays
+    # The served model is untouched, and nothing half-written is current, listed or left behind.
+    assert pointer.read_bytes() == pointer_bytes
+    listed = requests.get(launcher.url + "/models", timeout=10).json()
+    assert listed["current"] == served
+    assert not [m["version"] for m in listed["versions"] if m["version"].startswith(".")]
+    assert not [p.name for p in (launcher.store_dir() / "versions").iterdir() if p.name.startswith(".")]
     assert launcher.said_back("worker", new_worker) and launcher.said_back("worker-control", new_control)
 
 
