@@ -158,7 +158,7 @@ class JobQueue:
             raw_status = jobs.rq_status(job)
             if raw_status == "started":
                 # A killed worker leaves its job "started"; RQ's cleanup fails it once
-                # its heartbeat has expired (see JOB_MONITORING_INTERVAL_S in tpotserve.jobs).
+                # its heartbeat has expired (--job-monitoring-interval in services/trainer/entrypoint.sh).
                 StartedJobRegistry(job.origin, connection=self.redis).cleanup()
                 raw_status = jobs.rq_status(job)
             status = jobs.STATUS_MAP.get(raw_status, "queued")
