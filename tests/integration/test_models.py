@@ -98,6 +98,17 @@ def test_two_models_from_two_csvs_side_by_side_with_swaps_under_load(stack: Live
     assert (second["request"]["dataset"], second["request"]["target"]) == (seeds_data, "label")
     assert stack.wait_job(second["job_id"], timeout_s=240)["status"] == "finished"
 
+    # Batches: the regressor answers numbers, the classifier its own text labels and
+    # probabilities over exactly those.
+    houses_batch = stack.post(f"/models/{HOUSES}/predict", json={"instances": [_row(HOUSES)] * 2}).json()
+    assert all(isinstance(p, float) for p in houses_batch["predictions"]) and "probabilities" not in houses_batch
+    seeds_rows = [_row(SEEDS), {"length": 9.5, "width": 9.5, "groove": 1.0}, {"length": 0.5, "width": 0.5,
+                                                                               "groove": 1.0}]
+    seeds_batch = stack.post(f"/models/{SEEDS}/predict", json={"instances": seeds_rows}).json()
+    labels = {"kama", "rosa", "canadian"}
+    assert len(seeds_batch["predictions"]) == 3 and set(seeds_batch["predictions"]) <= labels, seeds_batch
+    assert all(set(p) == labels for p in seeds_batch["probabilities"]), seeds_batch
+
     listing = stack.get("/registry").json()
     assert [m["name"] for m in listing["models"]][:1] == ["iris"] and listing["default"] == "iris"
     by_name = {m["name"]: m for m in listing["models"]}

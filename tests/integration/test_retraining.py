@@ -1,5 +1,6 @@
-"""Retraining as a product, on the real stack: uploads, regression and classification on
-other data, live progress, cancel, one training at a time, the promotion gate, bad data."""
+"""Retraining as a product, on the real stack: uploads, the default model retrained as a
+regressor on other data with live progress, cancel, one training at a time, the promotion
+gate, bad data. (A classifier with text labels on another CSV: test_models.py's seeds.)"""
 
 from __future__ import annotations
 
@@ -116,23 +117,6 @@ def test_regression_on_an_uploaded_csv_with_live_progress(stack: LiveStack) -> N
     assert book.json()["error"]["field"]
 
 
-def test_classifier_on_another_csv(stack: LiveStack) -> None:
-    wine = load_wine(as_frame=True)
-    frame = wine.frame.drop(columns=["target"])
-    frame["cultivar"] = [f"cultivar_{i}" for i in wine.target]
-    dataset = _upload(stack, _csv(frame), "wine.csv")
-    response = _retrain(stack, dataset=dataset["id"], target="cultivar", **SMALL)
-    assert response.status_code == 202, response.text
-    assert response.json()["request"]["task"] == "classification"
-    job = stack.wait_job(response.json()["job_id"], timeout_s=180)
-    assert job["status"] == "finished", job
-    stack.wait_all_workers_serve(job["result"]["version"], timeout_s=10)
-    rows = frame.drop(columns=["cultivar"]).iloc[[0, 80, 170]].to_dict("records")
-    answer = stack.post("/predict", json={"instances": rows}).json()
-    assert set(answer["predictions"]) <= {"cultivar_0", "cultivar_1", "cultivar_2"}
-    assert all(set(p) == {"cultivar_0", "cultivar_1", "cultivar_2"} for p in answer["probabilities"])
-
-
 def test_promotion_gate_keeps_the_better_current_model(stack: LiveStack) -> None:
     """A deliberately bad data set version: the search rows of setosa and virginica
     swap their measurements; the holdout rows stay true. The new model learns
@@ -204,11 +188,8 @@ def test_one_training_at_a_time_and_cancel(stack: LiveStack) -> None:
     assert _served(stack) == served
     again = stack.session.delete(f"{stack.url}/jobs/{first_id}", headers=stack.admin(), timeout=10)
     assert again.status_code == 409
-    # The worker is free again.
-    follow = _retrain(stack, dataset="iris", promote="never", **SMALL)
-    assert follow.status_code == 202, follow.text
-    assert stack.wait_job(follow.json()["job_id"], timeout_s=180)["status"] == "finished"
-    assert _served(stack) == served  # promote=never: stored, not served
+    # That the worker then takes the next training at once is test_scaling.py's
+    # test_canceling_a_running_training_lets_the_queued_one_run_at_once.
 
 
 BAD_UPLOADS = [
