@@ -30,6 +30,7 @@ REGRESSION_SCORERS = (
     "neg_root_mean_squared_error",
     "neg_mean_absolute_error",
 )
+DESCRIPTION_MAX_CHARS = 2000
 DEFAULT_SCORER = {"classification": "accuracy", "regression": "r2"}
 
 
@@ -77,6 +78,10 @@ class RetrainRequest(BaseModel):
     """auto: publish only if not worse than the current model on the holdout; always; never."""
     queue: bool = False
     """Queue behind a running training instead of answering 409."""
+    baselines: bool = True
+    """Fit scikit-learn's defaults beside the search and publish the best by CV score."""
+    description: str | None = Field(default=None, max_length=DESCRIPTION_MAX_CHARS)
+    """Free text for the version's model card."""
 
 
 class TrainingPayload(BaseModel):
@@ -101,6 +106,8 @@ class TrainingPayload(BaseModel):
     promote: Promote = "auto"
     model_keep: int = 10
     reason: str = "retrain"
+    baselines: bool = True
+    description: str | None = None
 
 
 def parse_retrain_request(body: Any) -> RetrainRequest:
@@ -171,4 +178,6 @@ def build_training_payload(
         promote=request.promote,
         model_keep=settings.model_keep,
         reason=reason,
+        baselines=request.baselines,
+        description=request.description,
     )

@@ -2,6 +2,7 @@
 
     <root>/versions/<version>/model.joblib   the fitted scikit-learn pipeline, plain joblib
     <root>/versions/<version>/meta.json      schema, classes, scores, settings, sha256, library versions
+    <root>/versions/<version>/<document>     leaderboard.json, card.json, card.md: sha256 in meta.json "files"
     <root>/current.json                      {"version", "sha256", "activated_at"}: the only mutable file
 
 Only the trainer writes here. A version is written under a dot-prefixed temp
@@ -14,6 +15,7 @@ id and sha256, never by inode or mtime.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -44,6 +46,8 @@ ARTIFACT_NAME = "model.joblib"
 META_NAME = "meta.json"
 POINTER_NAME = "current.json"
 LOCK_NAME = ".publish.lock"
+DOCUMENTS = ("leaderboard.json", "card.json", "card.md")
+"""Files a version may hold beside its artifact, each covered by a sha256 in meta.json."""
 PUBLISH_WAIT_S = 120.0
 """How long a publisher waits for another one (a prune of many versions takes seconds)."""
 
@@ -151,22 +155,51 @@ class ModelStore:
                 )
         return path
 
+    def read_document(self, version: str, name: str) -> bytes:
+        """A document stored beside a version's artifact (its leaderboard, its card), once
+        its bytes hash to what the version's meta.json recorded. NotFound when the version
+        has none by that name (versions written before it existed)."""
+        meta = self.read_meta(version)
+        expected = (meta.get("files") or {}).get(name)
+        if name not in DOCUMENTS or expected is None:
+            raise NotFound(f"model version {version!r} has no {name}", field="version")
+        try:
+            raw = (self._version_dir(version) / name).read_bytes()
+        except FileNotFoundError as exc:
+            raise ArtifactRejected(f"{name} of {version!r} is missing") from exc
+        if not same(hashlib.sha256(raw).hexdigest(), expected):
+            raise ArtifactRejected(f"{name} of {version!r} does not match the sha256 in its meta.json")
+        return raw
+
     # --- writing (trainer only) --------------------------------------------
     def write_version(
-        self, version: str, dump: Callable[[Path], None], meta: dict[str, Any]
+        self,
+        version: str,
+        dump: Callable[[Path], None],
+        meta: dict[str, Any],
+        documents: dict[str, bytes] | None = None,
     ) -> dict[str, Any]:
         """Write a complete version atomically and return its final metadata.
 
         ``dump(path)`` writes the artifact; the store hashes it, adds
-        ``sha256`` and ``version`` to ``meta``, fsyncs both files and renames
+        ``sha256`` and ``version`` to ``meta``, fsyncs every file and renames
         the directory into place. Nothing is visible under ``versions/``
-        until the rename.
+        until the rename. ``documents``: files written beside the artifact
+        (names from ``DOCUMENTS``), each hashed into meta.json's ``files``.
         """
+        documents = documents or {}
+        unknown = set(documents) - set(DOCUMENTS)
+        if unknown:
+            raise ValueError(f"not a version document: {sorted(unknown)}")
         final = self._version_dir(version)
         with new_directory(final) as tmp:
             call_with_cleanup(tmp / ARTIFACT_NAME, dump)
             digests = digest_file(tmp / ARTIFACT_NAME, self.signing_key)
-            meta = {**meta, "version": version, "sha256": digests.sha256, "signature": digests.signature}
+            for name, raw in documents.items():
+                write_new_file(tmp / name, raw)
+            files = {name: hashlib.sha256(raw).hexdigest() for name, raw in sorted(documents.items())}
+            meta = {**meta, "version": version, "sha256": digests.sha256, "signature": digests.signature,
+                    **({"files": files} if files else {})}
             write_new_file(tmp / META_NAME, json.dumps(meta, indent=2, sort_keys=True).encode())
         return meta
 

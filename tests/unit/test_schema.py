@@ -300,7 +300,7 @@ def test_an_empty_retrain_body_is_all_defaults(body) -> None:
 def test_every_retrain_field_is_parsed() -> None:
     body = {"model": "housing", "dataset": "ds-0123456789ab", "target": "label", "task": "regression", "max_time_mins": 0.5,
             "generations": 2, "population_size": 4, "cv": 3, "scoring": "r2", "promote": "never",
-            "queue": True}
+            "queue": True, "baselines": False, "description": "House prices from the 2026 survey."}
     assert parse_retrain_request(body).model_dump() == body
 
 

@@ -35,6 +35,11 @@ class SearchResult:
     cv_score: float
     pipeline_text: str
     evaluated_pipelines: int
+    evaluated: Any = None
+    """TPOT's ``evaluated_individuals`` (a DataFrame), for the leaderboard."""
+    selected_label: Any = None
+    """The row of ``evaluated`` that TPOT picked."""
+    score_column: str = ""
     label_encoded: bool = False
     """True when the pipeline predicts 0..n-1 and ``classes`` maps them to labels.
 
@@ -239,8 +244,9 @@ def _check_workers(client: Any, address: str) -> None:
         )
 
 
-def build_estimator(payload: TrainingPayload, compute: Compute | None = None) -> Any:
-    """The TPOT estimator for a payload; the only place TPOT's options are set."""
+def build_estimator(payload: TrainingPayload, compute: Compute | None = None, cv: Any = None) -> Any:
+    """The TPOT estimator for a payload; the only place TPOT's options are set.
+    ``cv``: the folds (a splitter shared with the baselines); ``payload.cv`` folds when None."""
     cls = tpot.TPOTClassifier if payload.task == "classification" else tpot.TPOTRegressor
     compute = compute or Compute(None, payload.n_jobs)
     cluster_options: dict[str, Any] = {}
@@ -257,7 +263,7 @@ def build_estimator(payload: TrainingPayload, compute: Compute | None = None) ->
     return cls(
         scorers=[payload.scoring],
         scorers_weights=[1],
-        cv=payload.cv,
+        cv=cv if cv is not None else payload.cv,
         max_time_mins=payload.max_time_mins,
         # One pipeline may use half the budget (TPOT's default is 10 minutes), but
         # at least 30 s: on a busy machine a tiny budget must not time out every
@@ -278,10 +284,11 @@ def search(
     y: pd.Series,
     report: Progress | None = None,
     compute: Compute | None = None,
+    cv: Any = None,
 ) -> SearchResult:
     """Run TPOT on (X, y) and return the best pipeline, refit to predict y's own labels."""
     compute = compute or Compute(None, payload.n_jobs)
-    estimator = build_estimator(payload, compute)
+    estimator = build_estimator(payload, compute, cv)
     features = X.to_numpy(dtype=float)
     target = y.to_numpy()
     with warnings.catch_warnings():
@@ -314,6 +321,9 @@ def search(
         cv_score=cv_score,
         pipeline_text=str(fitted),
         evaluated_pipelines=int(pd.to_numeric(evaluated[score_column], errors="coerce").notna().sum()),
+        evaluated=evaluated,
+        selected_label=getattr(best, "name", None),
+        score_column=score_column,
     )
 
 
@@ -337,7 +347,7 @@ def holdout_score(
     if label_encoded and classes is not None:
         # The pipeline predicts 0..n-1; compare it with the encoded truth.
         index = {label: i for i, label in enumerate(classes)}
-        target = np.array([index[_plain(v)] for v in target])
+        target = np.array([index[plain(v)] for v in target])
     return float(get_scorer(scoring)(model, X.to_numpy(dtype=float), target))
 
 
@@ -356,7 +366,7 @@ def _with_own_labels(fitted: Any, estimator: Any, X: np.ndarray, y: np.ndarray) 
     """
     encoder = getattr(estimator, "label_encoder_", None)
     if encoder is None:
-        return fitted, [_plain(c) for c in fitted.classes_]
+        return fitted, [plain(c) for c in fitted.classes_]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -365,10 +375,10 @@ def _with_own_labels(fitted: Any, estimator: Any, X: np.ndarray, y: np.ndarray) 
             log.info("refitting inside a VotingClassifier that decodes labels (%s)", exc)
             voting = "soft" if hasattr(fitted, "predict_proba") else "hard"
             relabeled = VotingClassifier([("tpot", clone(fitted))], voting=voting).fit(X, y)
-    return relabeled, [_plain(c) for c in relabeled.classes_]
+    return relabeled, [plain(c) for c in relabeled.classes_]
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """numpy scalars -> JSON-able Python values."""
     return value.item() if hasattr(value, "item") else value
 

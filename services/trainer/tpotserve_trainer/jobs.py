@@ -11,9 +11,11 @@ model store, which a training and an activate (on the control queue) both write:
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import time
-from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Any
 
 import joblib
@@ -29,127 +31,192 @@ from tpotserve.registry import ModelRegistry
 from tpotserve.settings import Settings, load_settings, signing_key
 from tpotserve.store import ModelStore, new_version_id
 
-from . import automl, data
+from . import automl, baselines, card, data, leaderboard
 
 log = logging.getLogger(__name__)
 
 
 def retrain(payload: dict[str, Any]) -> dict[str, Any]:
-    """Run TPOT for ``payload``, store a new immutable version, publish it if it passes the gate."""
+    """Run TPOT and the baselines for ``payload``, store the best as a new immutable
+    version with its leaderboard and model card, publish it if it passes the gate."""
     settings = load_settings()
-    datasets = DatasetStore.from_settings(settings)
     started = time.monotonic()
     report = _Progress(budget_mins=payload.get("max_time_mins"), started=started)
-    resources = ExitStack()
     try:
         run = TrainingPayload.model_validate(payload)
         # The named model's own store: its versions, pointer, gate, retention and lock.
         store = registry_for(settings).store(run.model)
+        model = run.model or settings.model_name
         stop_if_canceled()
         if run.reason == "bootstrap" and store.read_pointer_quietly() is not None:
             # A model was published (or restored) after the bootstrap was enqueued.
             report("done", skipped="a model is already current")
-            return {"model": run.model or settings.model_name, "version": None, "published": False,
-                    "skipped": "a model is already current"}
+            return {"model": model, "version": None, "published": False, "skipped": "a model is already current"}
         with store.publishing():
             # The one training that runs is this one: any versions/.tmp-* is a dead writer's.
             store.remove_stale_temp()
         # Where the search runs: a Dask cluster (fails here, at once, if unreachable) or TPOT's local one.
-        compute = resources.enter_context(automl.compute_for(settings, run))
-        report("loading_data", compute=compute.info)
-        X, y = data.load(datasets, run)
-        X_train, X_hold, y_train, y_hold = data.holdout_split(X, y, run)
-        report("searching", rows=len(X), training_rows=len(X_train), holdout_rows=len(X_hold),
-               features=X.shape[1], generations_planned=run.generations)
-        result = automl.search(run, X_train, y_train, report=report.generation, compute=compute)
-        if compute.client is not None:
-            compute.info["workers_at_end"] = compute.workers_now()
-        report("scoring", cv_score=result.cv_score, compute=compute.info)
-        new_score = automl.holdout_score(
-            result.pipeline, X_hold, y_hold, run.scoring, result.classes, result.label_encoded
+        with automl.compute_for(settings, run) as compute:
+            trained = _train(run, DatasetStore.from_settings(settings), compute, report)
+        report("scoring", cv_score=trained.chosen.cv_score, selected=trained.selection["winner"])
+        card_body = card.build(
+            run=run.model_copy(update={"model": model}), pipeline=trained.chosen.pipeline, classes=trained.classes,
+            X=trained.X, y=trained.y, X_hold=trained.X_hold, y_hold=trained.y_hold,
+            training_rows=trained.training_rows, cv_score=trained.chosen.cv_score,
+            holdout_score=trained.chosen.holdout_score, selection=trained.selection,
         )
         # Gate and publish as one step against an activate (rollback) meanwhile.
-        publishing = resources.enter_context(ExitStack())
-        publishing.enter_context(store.publishing())
-        gate = promotion_gate(store, run, list(X.columns), new_score, X_hold, y_hold)
-        report("publishing", cv_score=result.cv_score, holdout_score=new_score)
-        meta = ModelMeta(
-            created_at=utc_iso(),
-            model=run.model or settings.model_name,
-            task=run.task,
-            dataset=run.dataset,
-            dataset_sha256=run.dataset_sha256,
-            target=run.target,
-            features=data.feature_schema(X),
-            classes=result.classes,
-            label_encoded=result.label_encoded,
-            cv_score=result.cv_score,
-            holdout_score=new_score,
-            scoring=run.scoring,
-            training_rows=len(X_train),
-            holdout_rows=len(X_hold),
-            tpot_settings=run.model_dump(exclude={"reason", "model_keep", "model"}),
-            pipeline=result.pipeline_text,
-            evaluated_pipelines=result.evaluated_pipelines,
-            training_seconds=round(time.monotonic() - started, 1),
-            compute=compute.info,
-            library_versions=automl.library_versions(),
-            job_id=_job_id(),
-            reason=run.reason,
-            gate=gate,
-        )
-        version = new_version_id()
-        written = store.write_version(version, lambda path: joblib.dump(result.pipeline, path), meta.to_json())
-        if gate["promoted"]:
-            store.set_current(version)
-        pruned = store.prune(run.model_keep)
-        publishing.close()
+        with store.publishing():
+            outcome = _publish(store, run, model, trained, card_body, started, report)
     except TpotServeError as exc:
         report.fail(exc.message)
-        log.error("training failed", extra={"fields": {"event": "job_failed", "job_id": _job_id(),
-                                                       "error": exc.message, "elapsed_s": _since(started)}})
+        _log_failure(exc.message, started)
         raise
     except Exception as exc:
-        log.error("training failed", extra={"fields": {"event": "job_failed", "job_id": _job_id(),
-                                                       "error": f"{type(exc).__name__}: {exc}",
-                                                       "elapsed_s": _since(started)}})
+        _log_failure(f"{type(exc).__name__}: {exc}", started)
         raise
-    finally:
-        # The store's lock (if still held), then the Dask client.
-        resources.close()
-    report("done", cv_score=result.cv_score, holdout_score=new_score)
-    log.info(
-        "training finished",
-        extra={
-            "fields": {
-                "event": "job_finished",
-                "job_id": _job_id(),
-                "model": run.model or settings.model_name,
-                "dataset": run.dataset,
-                "task": run.task,
-                "version": version,
-                "cv_score": result.cv_score,
-                "holdout_score": new_score,
-                "scoring": run.scoring,
-                "promoted": gate["promoted"],
-                "elapsed_s": _since(started),
-            }
-        },
+    report("done", cv_score=trained.chosen.cv_score, holdout_score=trained.chosen.holdout_score)
+    log.info("training finished", extra={"fields": {
+        "event": "job_finished", "job_id": _job_id(), "model": model, "dataset": run.dataset, "task": run.task,
+        "version": outcome["version"], "cv_score": outcome["cv_score"], "holdout_score": outcome["holdout_score"],
+        "scoring": run.scoring, "selected": trained.selection["winner"], "promoted": outcome["published"],
+        "elapsed_s": _since(started),
+    }})
+    return outcome
+
+
+@dataclass
+class _Trained:
+    """What a training found: the split, TPOT's result, the baselines and the choice among them."""
+
+    X: Any
+    y: Any
+    X_hold: Any
+    y_hold: Any
+    training_rows: int
+    search: automl.SearchResult
+    chosen: baselines.Candidate
+    classes: list[Any] | None
+    selection: dict[str, Any]
+    leaderboard: dict[str, Any]
+    compute: dict[str, Any]
+
+
+def _train(run: TrainingPayload, datasets: DatasetStore, compute: automl.Compute, report: _Progress) -> _Trained:
+    """Load and split the data, search with TPOT, fit the baselines on the same folds, choose."""
+    report("loading_data", compute=compute.info)
+    X, y = data.load(datasets, run)
+    X_train, X_hold, y_train, y_hold = data.holdout_split(X, y, run)
+    report("searching", rows=len(X), training_rows=len(X_train), holdout_rows=len(X_hold),
+           features=X.shape[1], generations_planned=run.generations)
+    folds = baselines.cv_splitter(run)
+    result = automl.search(run, X_train, y_train, report=report.generation, compute=compute, cv=folds)
+    if compute.client is not None:
+        compute.info["workers_at_end"] = compute.workers_now()
+    tpot_pick = baselines.Candidate("tpot", result.pipeline, result.cv_score)
+    tpot_pick.holdout_score = automl.holdout_score(
+        result.pipeline, X_hold, y_hold, run.scoring, result.classes, result.label_encoded
     )
+    tpot_pick.predict_ms = baselines.one_row_predict_ms(result.pipeline, X_hold.to_numpy(dtype=float)[:1])
+    fitted: list[baselines.Candidate] = []
+    if run.baselines:
+        report("baselines", tpot_cv_score=result.cv_score)
+        fitted = baselines.fit_baselines(run, X_train, y_train, X_hold, y_hold, folds)
+    chosen, selection = leaderboard.choose([tpot_pick, *fitted])
+    listing, counts = leaderboard.tpot_rows(result.evaluated, result.score_column, result.selected_label)
+    board = leaderboard.build(tpot_pick, listing, counts, fitted, selection, run.scoring, run.cv)
+    classes = result.classes
+    if chosen is not tpot_pick and run.task == "classification":
+        classes = [automl.plain(c) for c in chosen.pipeline.classes_]
+    return _Trained(X, y, X_hold, y_hold, len(X_train), result, chosen, classes, selection, board,
+                    dict(compute.info))
+
+
+def _publish(store: ModelStore, run: TrainingPayload, model: str, trained: _Trained, card_body: dict[str, Any],
+             started: float, report: _Progress) -> dict[str, Any]:
+    """Under the store's lock: gate, write the version with its documents, point current.json, prune."""
+    chosen = trained.chosen
+    label_encoded = trained.search.label_encoded if chosen.name == "tpot" else False
+    gate = promotion_gate(store, run, list(trained.X.columns), chosen.holdout_score, trained.X_hold, trained.y_hold)
+    report("publishing", cv_score=chosen.cv_score, holdout_score=chosen.holdout_score)
+    meta = ModelMeta(
+        created_at=utc_iso(),
+        model=model,
+        task=run.task,
+        dataset=run.dataset,
+        dataset_sha256=run.dataset_sha256,
+        target=run.target,
+        features=data.feature_schema(trained.X),
+        classes=trained.classes,
+        label_encoded=label_encoded,
+        cv_score=chosen.cv_score,
+        holdout_score=chosen.holdout_score,
+        scoring=run.scoring,
+        training_rows=trained.training_rows,
+        holdout_rows=len(trained.X_hold),
+        tpot_settings=run.model_dump(exclude={"reason", "model_keep", "model", "baselines", "description"}),
+        pipeline=str(chosen.pipeline),
+        tpot_pipeline=trained.search.pipeline_text,
+        selection=trained.selection,
+        baselines=run.baselines,
+        description=run.description,
+        evaluated_pipelines=trained.search.evaluated_pipelines,
+        training_seconds=_since(started),
+        compute=trained.compute,
+        library_versions=automl.library_versions(),
+        job_id=_job_id(),
+        reason=run.reason,
+        gate=gate,
+    ).to_json()
+    version = new_version_id()
+    card_full = {**card_body, "version": version, "gate": gate,
+                 **{key: meta[key] for key in ("created_at", "job_id", "reason", "training_seconds",
+                                              "library_versions")}}
+    documents = {
+        "leaderboard.json": _json_bytes({"model": model, "version": version, **trained.leaderboard}),
+        "card.json": _json_bytes(card_full),
+        "card.md": card.markdown(card_full).encode(),
+    }
+    written = store.write_version(version, lambda path: joblib.dump(chosen.pipeline, path), meta, documents)
+    if gate["promoted"]:
+        store.set_current(version)
+    pruned = store.prune(run.model_keep)
     return {
-        "model": run.model or settings.model_name,
+        "model": model,
         "version": version,
-        "cv_score": result.cv_score,
-        "holdout_score": new_score,
+        "cv_score": chosen.cv_score,
+        "holdout_score": chosen.holdout_score,
         "scoring": run.scoring,
         "published": gate["promoted"],
         "gate": gate,
-        "pipeline": result.pipeline_text,
+        "pipeline": str(chosen.pipeline),
+        "selection": trained.selection,
+        "leaderboard": trained.leaderboard,
         "sha256": written["sha256"],
-        "training_seconds": meta.training_seconds,
-        "compute": compute.info,
+        "training_seconds": meta["training_seconds"],
+        "compute": trained.compute,
         "pruned_versions": pruned,
     }
+
+
+def _json_bytes(document: dict[str, Any]) -> bytes:
+    """Strict JSON (a NaN or infinite figure is written as null), as the API answers it."""
+    return (json.dumps(_finite(document), indent=2, allow_nan=False, default=automl.plain) + "\n").encode()
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _log_failure(error: str, started: float) -> None:
+    log.error("training failed", extra={"fields": {"event": "job_failed", "job_id": _job_id(),
+                                                   "error": error, "elapsed_s": _since(started)}})
 
 
 def promotion_gate(
