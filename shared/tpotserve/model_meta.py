@@ -59,6 +59,15 @@ class ModelMeta(BaseModel):
     holdout_rows: int | None = None
     tpot_settings: dict[str, Any] = {}
     pipeline: str = ""
+    """The served pipeline (TPOT's pick or the baseline that beat it)."""
+    tpot_pipeline: str | None = None
+    """TPOT's own pick, even when a baseline won (written since leaderboards)."""
+    selection: dict[str, Any] | None = None
+    """Which candidate won on CV score and by how much (``tpotserve_trainer.leaderboard.choose``)."""
+    baselines: bool | None = None
+    """Whether the training fitted the scikit-learn baselines."""
+    description: str | None = None
+    """The user's description, given at retrain; shown in the model card."""
     evaluated_pipelines: int | None = None
     training_seconds: float | None = None
     compute: dict[str, Any] | None = None
@@ -71,6 +80,8 @@ class ModelMeta(BaseModel):
     version: str | None = None
     sha256: str | None = None
     signature: str | None = None
+    files: dict[str, str] = {}
+    """sha256 of each document stored beside the artifact (leaderboard.json, card.json, card.md)."""
 
     @model_validator(mode="after")
     def _classifiers_name_their_classes(self) -> ModelMeta:

@@ -16,7 +16,7 @@ from tpotserve.offline import disable_tpot_update_check
 from tpotserve.settings import Settings, load_settings, signing_key
 from tpotserve.registry import ModelRegistry
 
-from . import metrics, resources, v2
+from . import documents, metrics, resources, v2
 from .errors import to_response
 from .model_pool import ModelPool
 from .queue import JobQueue
@@ -95,6 +95,7 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
     api.add_resource(resources.NamedModel, "/models/<string:name>")
     api.add_resource(resources.NamedVersions, "/models/<string:name>/versions")
     api.add_resource(resources.NamedActivate, "/models/<string:name>/versions/<string:version>/activate")
+    documents.register(api)
     api.add_resource(resources.Healthz, "/healthz")
     api.add_resource(resources.OpenApi, "/openapi.json")
     api.add_resource(resources.AdminCheck, "/auth/admin")
