@@ -12,6 +12,8 @@ The archive (format version 2) is a gzip tar:
 
     models/models/<name>/versions/<version>/model.joblib   every complete version of every model,
     models/models/<name>/versions/<version>/meta.json      byte for byte
+    models/models/<name>/versions/<version>/<document>     leaderboard.json, card.json, card.md: those
+                                                           its meta.json lists under "files"
     datasets/<id>/data.csv, datasets/<id>/meta.json
     signing.key                         only with --signing-key-file, when the file exists
     models/models/<name>/current.json   each model's pointer, as read when its copy started
@@ -78,7 +80,7 @@ from .atomic import DIR_MODE, FILE_MODE, TMP_PREFIX, fsync_dir, replace_file, sh
 from .clock import utc_iso
 from .errors import InvalidInput
 from .registry import MIGRATING_PREFIX, MODELS_DIR, ModelRegistry, check_model_name
-from .store import ARTIFACT_NAME, META_NAME, POINTER_NAME, ModelStore
+from .store import ARTIFACT_NAME, DOCUMENTS, META_NAME, POINTER_NAME, ModelStore
 
 __all__ = ["BackupError", "RestoreError", "create", "create_file", "main", "restore", "restore_file"]
 
@@ -112,7 +114,7 @@ _MEMBER = re.compile(
     # A model's store: models/models/<name>/... (format 2) or models/... (format 1, no name).
     rf"|models/(?:{MODELS_DIR}/(?P<model>{_NAME})/)?"
     rf"(?:(?P<pointer>{re.escape(POINTER_NAME)})"
-    rf"|versions/(?P<version>{_NAME})/(?P<vfile>{re.escape(ARTIFACT_NAME)}|{re.escape(META_NAME)}))"
+    rf"|versions/(?P<version>{_NAME})/(?P<vfile>{'|'.join(map(re.escape, (ARTIFACT_NAME, META_NAME, *DOCUMENTS)))}))"
     rf"|datasets/(?P<dataset>{_NAME})/"
     rf"(?P<dfile>{re.escape(DATASET_DATA_NAME)}|{re.escape(DATASET_META_NAME)})"
 )
@@ -222,10 +224,13 @@ def _read_pointer(store: ModelStore) -> tuple[bytes | None, dict[str, Any] | Non
 
 
 def _copy_entry(
-    writer: _ArchiveWriter, directory: Path, prefix: str, data_name: str, meta_name: str, what: str
+    writer: _ArchiveWriter, directory: Path, prefix: str, data_name: str, meta_name: str, what: str,
+    documents: bool = False,
 ) -> tuple[dict[str, Any] | None, str]:
     """Copy a version or a data set (a data file and its meta.json with the data's sha256) into
-    the archive under ``prefix``: (sha256 and size, "") or (None, why it was left out)."""
+    the archive under ``prefix``: (sha256 and size, "") or (None, why it was left out).
+    ``documents``: also the files meta.json lists under ``files`` (a version's card and
+    leaderboard), each checked against its sha256 there."""
     try:
         with _open_for_copy(directory / meta_name) as handle:
             meta_raw = handle.read()
@@ -233,9 +238,11 @@ def _copy_entry(
     except FileNotFoundError:
         return None, (f"has no {meta_name} (incomplete)" if directory.is_dir() else "vanished")
     try:
-        expected = json.loads(meta_raw)["sha256"]
+        meta = json.loads(meta_raw)
+        expected = meta["sha256"]
         if not isinstance(expected, str):
             raise TypeError("sha256 is not a string")
+        listed = _documents(meta) if documents else {}
     except (ValueError, KeyError, TypeError) as exc:
         raise BackupError(f"{what}: {meta_name} is unreadable: {exc}") from exc
     try:
@@ -245,8 +252,27 @@ def _copy_entry(
     # Once open, the file is read whole even if retention deletes the version meanwhile.
     with handle:
         entry = writer.add_verified(f"{prefix}/{data_name}", handle, expected, what)
+    for name, sha in listed.items():
+        try:
+            document = _open_for_copy(directory / name)
+        except FileNotFoundError:
+            if not directory.is_dir():
+                return None, "vanished"
+            raise BackupError(f"{what}: {name}, which its {meta_name} lists, is missing") from None
+        with document:
+            writer.add_verified(f"{prefix}/{name}", document, sha, what)
     writer.add_bytes(f"{prefix}/{meta_name}", meta_raw, mtime=meta_mtime)
     return {"sha256": expected, "bytes": entry["bytes"]}, ""
+
+
+def _documents(meta: dict[str, Any]) -> dict[str, str]:
+    """{name: sha256} of the documents a version's meta.json lists; TypeError when malformed."""
+    files = meta.get("files") or {}
+    if not isinstance(files, dict) or not all(
+        name in DOCUMENTS and isinstance(sha, str) for name, sha in files.items()
+    ):
+        raise TypeError(f"files must map {', '.join(DOCUMENTS)} to sha256 strings")
+    return files
 
 
 def _copy_dataset(writer: _ArchiveWriter, root: Path, dataset_id: str) -> tuple[dict[str, Any] | None, str]:
@@ -280,7 +306,7 @@ class _ModelCopy:
             return ""
         entry, why = _copy_entry(
             writer, store.versions_dir / version, f"{_model_prefix(self.name)}/versions/{version}",
-            ARTIFACT_NAME, META_NAME, f"model {self.name!r} version {version!r}",
+            ARTIFACT_NAME, META_NAME, f"model {self.name!r} version {version!r}", documents=True,
         )
         if entry is not None:
             self.versions[version] = {"version": version, **entry}
@@ -734,6 +760,29 @@ def _listed(
     return found
 
 
+def _staged_documents(
+    staged: Path, member: str, meta_raw: bytes, small: dict[str, bytes], received: dict[str, dict[str, Any]]
+) -> list[str]:
+    """Write beside a staged version the documents its meta.json lists, each checked against the
+    sha256 there; an archive that lacks one or holds another is refused. Their names."""
+    try:
+        listed = _documents(_json(meta_raw, f"{member}/{META_NAME}"))
+    except TypeError as exc:
+        raise RestoreError(f"{member}/{META_NAME}: {exc}") from exc
+    held = {name.rsplit("/", 1)[1] for name in received if name.startswith(f"{member}/")}
+    extra = held - {ARTIFACT_NAME, META_NAME, *listed}
+    if extra:
+        raise RestoreError(f"{member} holds {sorted(extra)}, which its {META_NAME} does not list")
+    for name, sha in listed.items():
+        raw = small.get(f"{member}/{name}")
+        if raw is None:
+            raise RestoreError(f"the archive lacks {member}/{name}, which its {META_NAME} lists")
+        if hashlib.sha256(raw).hexdigest() != sha:
+            raise RestoreError(f"{member}/{name} does not match the sha256 in its {META_NAME}")
+        _write_stream(staged / name, io.BytesIO(raw))
+    return sorted(listed)
+
+
 def _same_tree(a: Path, b: Path, names: Iterable[str]) -> bool:
     try:
         return all(sha256_file(a / n) == sha256_file(b / n) for n in names)
@@ -872,10 +921,12 @@ def restore(
         for model in models:
             for version in model.versions:
                 staged = staging.directory("models", registry.root, _stage_key(model.member_name), version)
-                meta_raw = small[f"{model.prefix}/versions/{version}/{META_NAME}"]
+                member = f"{model.prefix}/versions/{version}"
+                meta_raw = small[f"{member}/{META_NAME}"]
                 _write_stream(staged / META_NAME, io.BytesIO(meta_raw))
+                documents = _staged_documents(staged, member, meta_raw, small, received)
                 fsync_dir(staged)
-                names = (ARTIFACT_NAME, META_NAME)
+                names = (ARTIFACT_NAME, META_NAME, *documents)
                 final = stores[model.name].versions_dir / version
                 plan.append((staged, final, names, f"model {model.name!r} version {version!r}"))
         if not force:

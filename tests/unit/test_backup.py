@@ -868,6 +868,58 @@ def test_the_cli_streams_through_stdout_and_stdin_with_dirs_from_the_settings(
     assert b"backup: model flowers: 3 version(s), current v3" in renamed.stderr
 
 
+DOCS = {"leaderboard.json": b'{"rows": []}', "card.json": b'{"model": "iris"}', "card.md": b"# Model card: iris v4\n"}
+
+
+def _with_documents(root: Path) -> ModelStore:
+    store = _store(root)
+    store.write_version("v4", _dump(b"model v4 " * 500), {"task": "classification"}, DOCS)
+    store.set_current("v4")
+    return store
+
+
+def test_a_versions_card_and_leaderboard_round_trip(source: Path, tmp_path: Path) -> None:
+    _with_documents(source)
+    archive = tmp_path / "b.tar.gz"
+    _backup(source, archive)
+    assert {f"models/models/iris/versions/v4/{name}" for name in DOCS} <= set(_members(archive))
+    target = tmp_path / "target"
+    _restore(archive, target)
+    assert _tree(target) == _tree(source)
+    restored = _store(target)
+    assert {name: restored.read_document("v4", name) for name in DOCS} == DOCS
+
+
+def test_a_missing_document_fails_the_backup(source: Path, tmp_path: Path) -> None:
+    (_with_documents(source).versions_dir / "v4" / "card.md").unlink()
+    with pytest.raises(BackupError, match="card.md"):
+        _backup(source, tmp_path / "b.tar.gz")
+
+
+@pytest.mark.parametrize("what", ["tampered", "dropped", "added"])
+def test_restore_rejects_a_tampered_dropped_or_added_document(source: Path, tmp_path: Path, what: str) -> None:
+    _with_documents(source)
+    archive, changed = tmp_path / "b.tar.gz", tmp_path / "changed.tar.gz"
+    _backup(source, archive)
+    with tarfile.open(archive) as src, tarfile.open(changed, "w:gz") as out:
+        for info in src.getmembers():
+            data = src.extractfile(info).read()
+            if info.name.endswith("v4/card.md"):
+                if what == "dropped":
+                    continue
+                data = b"# forged" if what == "tampered" else data
+            if what == "added" and info.name.endswith("v3/meta.json"):
+                extra = tarfile.TarInfo(info.name.replace("meta.json", "card.md"))
+                extra.size = 3
+                out.addfile(extra, io.BytesIO(b"# x"))
+            info.size = len(data)
+            out.addfile(info, io.BytesIO(data))
+    target = tmp_path / "target"
+    with pytest.raises(RestoreError, match="card.md"):
+        _restore(changed, target)
+    _assert_nothing_restored(target)
+
+
 def test_the_store_file_names_are_the_stores_own() -> None:
     assert backup.DATASET_DATA_NAME == datasets_module.DATA_NAME
     assert backup.DATASET_META_NAME == datasets_module.META_NAME
