@@ -74,6 +74,8 @@ class RetrainRequest(BaseModel):
     population_size: int | None = Field(default=None, ge=2)
     cv: int | None = Field(default=None, ge=2)
     scoring: str | None = None
+    random_state: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    """Seed of the search, the baselines and the CV folds, for a reproducible run; omitted: TPOT_RANDOM_STATE."""
     promote: Promote = "auto"
     """auto: publish only if not worse than the current model on the holdout; always; never."""
     queue: bool = False
@@ -173,7 +175,7 @@ def build_training_payload(
         cv=request.cv or settings.tpot_cv,
         scoring=scoring,
         n_jobs=settings.tpot_n_jobs,
-        random_state=settings.tpot_random_state,
+        random_state=request.random_state if request.random_state is not None else settings.tpot_random_state,
         holdout_fraction=settings.holdout_fraction,
         promote=request.promote,
         model_keep=settings.model_keep,

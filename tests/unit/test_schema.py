@@ -299,7 +299,7 @@ def test_an_empty_retrain_body_is_all_defaults(body) -> None:
 
 def test_every_retrain_field_is_parsed() -> None:
     body = {"model": "housing", "dataset": "ds-0123456789ab", "target": "label", "task": "regression", "max_time_mins": 0.5,
-            "generations": 2, "population_size": 4, "cv": 3, "scoring": "r2", "promote": "never",
+            "generations": 2, "population_size": 4, "cv": 3, "scoring": "r2", "random_state": 7, "promote": "never",
             "queue": True, "baselines": False, "description": "House prices from the 2026 survey."}
     assert parse_retrain_request(body).model_dump() == body
 
@@ -353,7 +353,7 @@ def test_types_are_strict(field: str, value) -> None:
     assert info.value.field == field
 
 
-@pytest.mark.parametrize("extra", ["n_jobs", "random_state", "holdout_fraction", "model_keep", "reason",
+@pytest.mark.parametrize("extra", ["n_jobs", "holdout_fraction", "model_keep", "reason",
                                    "dataset_sha256"])
 def test_extra_keys_are_refused(extra: str) -> None:
     # Payload-only fields are the server's to set, never the client's.
@@ -448,6 +448,15 @@ def test_explicit_values_override_defaults(settings: Settings) -> None:
     assert payload.dataset_sha256 == "ab" * 32
     # "queue" is how the API enqueues, not part of the run.
     assert "queue" not in payload.model_dump()
+
+
+def test_a_requests_random_state_overrides_the_servers() -> None:
+    settings = load_settings(tpot_random_state=42)
+    assert _payload({"random_state": 3}, settings).random_state == 3
+    assert _payload({}, settings).random_state == 42
+    with pytest.raises(InvalidInput) as info:
+        parse_retrain_request({"random_state": -1})
+    assert info.value.field == "random_state"
 
 
 @pytest.mark.parametrize("scoring", ["r2", "neg_mean_squared_error", "made_up", "ACCURACY"])
