@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 
 from flask import Flask, Response, g, request
 from flask_restful import Api
@@ -17,20 +16,10 @@ from tpotserve.settings import Settings, load_settings, signing_key
 from tpotserve.registry import ModelRegistry
 
 from . import documents, metrics, resources, v2
+from .context import EXTENSION, AppContext
 from .errors import to_response
 from .model_pool import ModelPool
 from .queue import JobQueue
-
-
-@dataclass
-class AppContext:
-    """What the resources need, built once per process."""
-
-    settings: Settings
-    registry: ModelRegistry
-    models: ModelPool
-    queue: JobQueue
-    datasets: DatasetStore
 
 
 class JsonApi(Api):
@@ -71,7 +60,7 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
     models.preload()
     if poll:
         models.start_polling()
-    app.extensions["tpotserve"] = AppContext(
+    app.extensions[EXTENSION] = AppContext(
         settings=settings,
         registry=registry,
         models=models,

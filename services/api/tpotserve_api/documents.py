@@ -14,7 +14,7 @@ from flask_restful import Resource
 
 from tpotserve.errors import InvalidInput, NotFound
 
-from .resources import _existing
+from . import dataplane
 
 CARD_FORMATS = {"markdown": ("card.md", "text/markdown; charset=utf-8"),
                 "json": ("card.json", "application/json")}
@@ -44,7 +44,7 @@ class Leaderboard(Resource):
     """``GET /models/<name>/versions/<version>/leaderboard``: what the training tried, ranked."""
 
     def get(self, name: str, version: str) -> Response:
-        store = _existing(name)  # 404 for an unknown model, as every URL naming one
+        store = dataplane.existing_store(name)
         version = _version(store, version)
         return _answer(store.read_document(version, "leaderboard.json"), "application/json", version)
 
@@ -54,7 +54,7 @@ class Card(Resource):
     or ``Accept: application/json``."""
 
     def get(self, name: str, version: str) -> Response:
-        store = _existing(name)  # 404 for an unknown model, as every URL naming one
+        store = dataplane.existing_store(name)
         version = _version(store, version)
         document, mimetype = CARD_FORMATS[_card_format()]
         return _answer(store.read_document(version, document), mimetype, version)

@@ -30,7 +30,7 @@ from sklearn.tree import DecisionTreeClassifier, ExtraTreeClassifier
 
 from tpotserve.model_meta import ModelMeta
 
-from .predict_request import MAX_MAGNITUDE
+from .limits import MAX_MAGNITUDE
 
 log = logging.getLogger(__name__)
 

@@ -56,11 +56,15 @@ class LoadedModel:
         model's feature order), so scikit-learn's own per-call finiteness checks are skipped.
         """
         predictions, proba = self.infer(np.asarray(rows, dtype=float))
+        return predictions, self.probability_dicts(proba)
+
+    def probability_dicts(self, proba: np.ndarray | None) -> list[dict[str, float]] | None:
+        """``infer``'s probability matrix as ``{class name: probability}`` per row."""
         if proba is None:
-            return predictions, None
+            return None
         names = self._class_names
         # tolist(): plain floats in one C loop, not one numpy scalar per value.
-        return predictions, [dict(zip(names, row)) for row in proba.tolist()]
+        return [dict(zip(names, row)) for row in proba.tolist()]
 
     def infer(self, X: np.ndarray) -> tuple[list[Any], np.ndarray | None]:
         """The protocol-free step every adapter (JSON API, V2) calls: predictions for the

@@ -23,7 +23,7 @@ from collections import Counter as Tally
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, g, request
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -266,7 +266,9 @@ def init_app(app: Flask) -> None:
         return response
 
     def metrics() -> Response:
-        ctx = current_app.extensions["tpotserve"]
-        return Response(exposition(ctx.registry, ctx.queue.redis), content_type=CONTENT_TYPE)
+        from .context import ctx  # here, not at the top: the context imports the pool, which imports us
+
+        context = ctx()
+        return Response(exposition(context.registry, context.queue.redis), content_type=CONTENT_TYPE)
 
     app.add_url_rule("/metrics", endpoint="metrics", view_func=metrics, methods=["GET"])

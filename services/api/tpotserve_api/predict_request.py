@@ -17,6 +17,8 @@ from typing import Any
 
 from tpotserve.errors import InvalidInput, MalformedBody
 
+from .limits import MAX_MAGNITUDE
+
 try:  # pinned in requirements.lock; without it the standard library parses every body
     import orjson
 except ImportError:  # pragma: no cover
@@ -135,10 +137,6 @@ def range_warnings(rows: list[list[float]], features: list[dict[str, Any]], *, s
     return warnings
 
 
-MAX_MAGNITUDE = 3.4028234663852886e38
-"""Largest |value| a feature may have: float32's range. Tree ensembles compute in
-float32 and others overflow to NaN on values near float64's limit, so a larger
-value is refused (422) rather than turned into a 500 or a meaningless answer."""
 
 
 def _all_within_range(rows: list[list[float]], features: list[dict[str, Any]]) -> bool:

@@ -1,57 +1,30 @@
-"""The HTTP resources. Thin: parse, call the domain, answer JSON."""
+"""The JSON API's resources. Thin: parse, call the data plane or the domain, answer JSON."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import orjson
-from flask import Response, current_app, request
+import numpy as np
+from flask import Response, request
 from flask_restful import Resource
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from tpotserve.errors import InvalidInput, NotConfigured, NotFound, TpotServeError, Unauthorized, UnsupportedMedia
-from tpotserve.registry import check_model_name
+from tpotserve.errors import InvalidInput, NotConfigured, TpotServeError, Unauthorized, UnsupportedMedia
 from tpotserve.schema import parse_retrain_request
 from tpotserve.training import plan_training
 
-from . import metrics
+from . import dataplane
 from .auth import require_admin, require_predict
-from .predict_request import parse_json, parse_predict, range_warnings
+from .context import ctx as _ctx
+from .http_io import json_answer, json_body, read_limited
+from .predict_request import parse_predict, range_warnings
 
 ACTIVATE_WAIT_S = 0.5
 """The longest an activate holds this API worker: an idle control worker answers in
 milliseconds (bench/activate.py); a busy or dead one gets a 202 and the job to follow."""
-
-
-def _ctx() -> Any:
-    return current_app.extensions["tpotserve"]
-
-
-def _read_limited(stream: IO[bytes], limit: int) -> bytes:
-    """All of ``stream``; 413 when it holds more than ``limit`` bytes."""
-    # Read one byte past the limit: a chunked body (no Content-Length) must be
-    # refused, not silently truncated into something that may still parse.
-    raw = stream.read(limit + 1)
-    # Werkzeug caps a chunked stream at the limit; one more read raises 413 there.
-    if len(raw) > limit or (len(raw) == limit and stream.read(1)):
-        raise RequestEntityTooLarge()
-    return raw
-
-
-def _json_body(required: bool = True) -> Any:
-    """The request body as JSON; 415 unless it says it is JSON."""
-    raw = _read_limited(request.stream, current_app.config["MAX_CONTENT_LENGTH"])
-    if not raw and not required:
-        return None
-    if request.mimetype != "application/json":
-        raise UnsupportedMedia(
-            f"send Content-Type: application/json (got {request.mimetype or 'none'!r})",
-            field=None,
-        )
-    return parse_json(raw)
 
 
 class Predict(Resource):
@@ -61,13 +34,14 @@ class Predict(Resource):
         return self.answer(None)
 
     def answer(self, name: str | None) -> Response:
-        ctx = _ctx()
-        require_predict(ctx.settings)
-        body = _json_body()
-        model = ctx.models.get(name)
-        parsed = parse_predict(body, model.feature_names, ctx.settings.max_batch_rows)
-        predictions, probabilities = model.predict(parsed.rows)
-        metrics.record_predictions(model.name, model.version, predictions, model.is_classifier)
+        settings = _ctx().settings
+        require_predict(settings)
+        body = json_body()
+        model = dataplane.served(name)
+        parsed = parse_predict(body, model.feature_names, settings.max_batch_rows)
+        # parse_predict checked every value (finite, within MAX_MAGNITUDE, the model's order).
+        result = dataplane.infer(model, np.asarray(parsed.rows, dtype=float))
+        predictions, probabilities = result.predictions, model.probability_dicts(result.proba)
         warnings = range_warnings(parsed.rows, model.feature_schema, single=parsed.single)
         headers = {"X-Model-Version": model.version}
         if name is not None:
@@ -82,34 +56,20 @@ class Predict(Resource):
             answer["model_version"] = model.version
             if warnings:
                 answer["warnings"] = warnings
-            return self.json_answer(answer, headers)
+            return json_answer(answer, headers)
         answer = {"predictions": predictions, "model_version": model.version}
         if probabilities is not None:
             answer["probabilities"] = probabilities
         if warnings:
             answer["warnings"] = warnings
-        return self.json_answer(answer, headers)
-
-    @staticmethod
-    def json_answer(answer: dict[str, Any], headers: dict[str, str]) -> Response:
-        """The answer as JSON, serialized by orjson (a 10,000-row answer in ~5 ms, not ~40).
-
-        Flask-RESTful passes a Response through untouched. The body is the same JSON as
-        its own ``json.dumps`` (compact, keys in the same order, trailing newline); what
-        orjson refuses (an echoed integer beyond 64 bits) goes through json.dumps.
-        """
-        try:
-            body = orjson.dumps(answer, option=orjson.OPT_APPEND_NEWLINE)
-        except orjson.JSONEncodeError:
-            body = (json.dumps(answer) + "\n").encode()
-        return Response(body, status=200, headers=headers, mimetype="application/json")
+        return json_answer(answer, headers)
 
 
 class Retrain(Resource):
     def post(self) -> tuple[dict, int, dict]:
         ctx = _ctx()
         require_admin(ctx.settings)
-        request_body = parse_retrain_request(_json_body(required=False))
+        request_body = parse_retrain_request(json_body(required=False))
         # The data is checked here, so bad data gets a 4xx and nothing is enqueued.
         store = ctx.registry.store(request_body.model)
         payload = plan_training(request_body, ctx.settings, ctx.datasets, store=store)
@@ -169,7 +129,7 @@ def _csv_upload(limit: int) -> tuple[bytes, str | None]:
         raise UnsupportedMedia(
             f"send a CSV as multipart/form-data (field 'file') or as text/csv (got {request.mimetype or 'none'!r})"
         )
-    return _read_limited(stream, limit), filename
+    return read_limited(stream, limit), filename
 
 
 class Models(Resource):
@@ -196,13 +156,13 @@ class Activate(Resource):
 
 class NamedPredict(Predict):
     def post(self, name: str) -> Response:  # type: ignore[override]
-        return self.answer(_url_name(name))
+        return self.answer(name)
 
 
 class NamedModel(Resource):
     def get(self, name: str) -> tuple[dict, int, dict]:
         ctx = _ctx()
-        _existing(name)
+        dataplane.existing_store(name)
         model = ctx.models.get(name)
         body = {**model.meta.to_json(), "model": model.name, "version": model.version}
         return body, 200, {"X-Model-Version": model.version, "X-Model-Name": model.name}
@@ -210,12 +170,12 @@ class NamedModel(Resource):
 
 class NamedVersions(Resource):
     def get(self, name: str) -> dict:
-        return {"model": name, **_versions(_existing(name))}
+        return {"model": name, **_versions(dataplane.existing_store(name))}
 
 
 class NamedActivate(Resource):
     def post(self, name: str, version: str) -> tuple[dict, int, dict]:
-        return _activate(_url_name(name), version)
+        return _activate(dataplane.model_name(name), version)
 
 
 class Registry(Resource):
@@ -245,19 +205,6 @@ class Registry(Resource):
             })
         return {"default": ctx.registry.default_name, "max_loaded_models": ctx.settings.max_loaded_models,
                 "models": models}
-
-
-def _url_name(name: str) -> str:
-    """A model name from a URL: one that cannot name a model names none (404, as an unknown one)."""
-    try:
-        return check_model_name(name, field="name")
-    except InvalidInput as exc:
-        raise NotFound(f"no model named {name[:100]!r}; GET /registry lists them", field="name") from exc
-
-
-def _existing(name: str) -> Any:
-    """The store of an existing model named in a URL; 404 for an unknown (or impossible) name."""
-    return _ctx().registry.existing_store(_url_name(name))
 
 
 def _versions(store: Any) -> dict:

@@ -2,8 +2,8 @@
 Triton's HTTP client) can talk to the served model.
 
 A thin adapter over the same data plane as ``POST /predict``: which model
-(:func:`served`), validate (:func:`parse_infer`, into the float matrix the model takes),
-predict (:meth:`LoadedModel.infer`). Errors are the protocol's ``{"error": "..."}`` (400
+(:func:`tpotserve_api.dataplane.served`), validate (:func:`parse_infer`, into the float
+matrix the model takes), predict (:func:`tpotserve_api.dataplane.infer`). Errors are the protocol's ``{"error": "..."}`` (400
 for a bad request), mapped in ``tpotserve_api.errors`` like every other error.
 
 Every named model on the volume is served under its name (the default model under
@@ -33,40 +33,22 @@ from itertools import chain
 from typing import Any
 
 import numpy as np
-from flask import Response, current_app, request
+from flask import Response, request
 from flask_restful import Resource
 
-from tpotserve.errors import InvalidInput, NotFound, UnsupportedMedia
-from tpotserve.registry import check_model_name
+from tpotserve.errors import InvalidInput, UnsupportedMedia
 
-from . import metrics
+from . import dataplane
 from .auth import require_predict
+from .context import ctx
+from .http_io import body_bytes, json_answer
+from .limits import MAX_MAGNITUDE
 from .loaded_model import LoadedModel
-from .predict_request import MAX_MAGNITUDE, parse_json
-from .resources import Predict, _read_limited
+from .predict_request import parse_json
 
 PROTOCOL_VERSION = "2"
 FLOAT_TYPES = ("FP32", "FP64")
 OUTPUTS = ("predict", "predict_proba")
-
-
-def _ctx() -> Any:
-    return current_app.extensions["tpotserve"]
-
-
-def served(name: str, version: str | None) -> LoadedModel:
-    """The model this worker serves under ``name`` (and ``version``, if given); NotFound otherwise."""
-    ctx = _ctx()
-    try:
-        check_model_name(name, field="name")
-    except InvalidInput as exc:
-        raise NotFound(f"no model named {name[:100]!r}") from exc
-    model = ctx.models.get(name)
-    if version is not None and version != model.version:
-        raise NotFound(
-            f"model {name!r} version {version[:100]!r} is not served; the served version is {model.version!r}"
-        )
-    return model
 
 
 # --- parsing an infer request --------------------------------------------------------
@@ -224,7 +206,7 @@ def _from_columns(inputs: list[dict], feature_names: list[str], max_rows: int) -
 def _infer_body() -> Any:
     """The request's JSON. V2 clients may send no Content-Type (tritonclient does not); the
     binary tensor extension is refused with a clear reason rather than misread as JSON."""
-    raw = _read_limited(request.stream, current_app.config["MAX_CONTENT_LENGTH"])
+    raw = body_bytes()
     if "Inference-Header-Content-Length" in request.headers:
         raise InvalidInput("binary tensor data (Inference-Header-Content-Length) is not supported: send the "
                            "tensors as JSON (tritonclient: binary_data=False)", field=None)
@@ -255,9 +237,7 @@ def _outputs_metadata(model: LoadedModel) -> list[dict[str, Any]]:
 
 
 def _json(answer: dict[str, Any], status: int = 200, version: str | None = None) -> Response:
-    response = Predict.json_answer(answer, {"X-Model-Version": version} if version else {})
-    response.status_code = status
-    return response
+    return json_answer(answer, {"X-Model-Version": version} if version else {}, status)
 
 
 class ServerMetadata(Resource):
@@ -272,13 +252,13 @@ class ServerLive(Resource):
 
 class ServerReady(Resource):
     def get(self) -> Response:
-        ready = _ctx().models.default.status()["model_loaded"]
+        ready = ctx().models.default.status()["model_loaded"]
         return _json({"ready": ready}, 200 if ready else 503)
 
 
 class ModelMetadata(Resource):
     def get(self, name: str, version: str | None = None) -> Response:
-        model = served(name, version)
+        model = dataplane.served(name, version)
         inputs = [{"name": feature, "datatype": "FP64", "shape": [-1]} for feature in model.feature_names]
         return _json(
             {
@@ -295,19 +275,19 @@ class ModelMetadata(Resource):
 
 class ModelReady(Resource):
     def get(self, name: str, version: str | None = None) -> Response:
-        model = served(name, version)
+        model = dataplane.served(name, version)
         return _json({"name": name, "ready": True}, version=model.version)
 
 
 class ModelInfer(Resource):
     def post(self, name: str, version: str | None = None) -> Response:
-        ctx = _ctx()
-        require_predict(ctx.settings)
+        settings = ctx().settings
+        require_predict(settings)
         body = _infer_body()
-        model = served(name, version)
-        parsed = parse_infer(body, model.feature_names, ctx.settings.max_batch_rows)
-        predictions, proba = model.infer(parsed.X)
-        metrics.record_predictions(model.name, model.version, predictions, model.is_classifier)
+        model = dataplane.served(name, version)
+        parsed = parse_infer(body, model.feature_names, settings.max_batch_rows)
+        result = dataplane.infer(model, parsed.X)
+        predictions, proba = result.predictions, result.proba
         rows = len(predictions)
         outputs = []
         wanted = parsed.outputs or list(OUTPUTS)
