@@ -53,6 +53,12 @@ class Conflict(TpotServeError):
     code = "conflict"
 
 
+class NoReference(Conflict):
+    """A version without a reference profile (trained before drift monitoring): no drift to compute."""
+
+    code = "no_reference"
+
+
 class PayloadTooLarge(InvalidInput):
     code = "payload_too_large"
 

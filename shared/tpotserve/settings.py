@@ -161,6 +161,48 @@ class Settings(BaseSettings):
     """PROMETHEUS_MULTIPROC_DIR: the API only: where its Gunicorn workers keep their metric files
     (prometheus-client's multiprocess mode), emptied when Gunicorn starts. Unset: a new temp directory."""
 
+    # --- watching the served models: drift and feedback (docs/monitoring.md) --
+    monitoring: bool = True
+    """MONITORING: count served rows into each version's drift bins and keep answers for feedback.
+    Off: predictions as before, drift and quality answer with no live rows."""
+
+    monitoring_flush_rows: int = Field(default=1000, ge=1)
+    """MONITORING_FLUSH_ROWS: an API worker writes its buffered counts to Redis after this many rows..."""
+
+    monitoring_flush_s: float = Field(default=2.0, gt=0)
+    """MONITORING_FLUSH_S: ...or this many seconds, whichever comes first (one pipelined round trip)."""
+
+    monitoring_bucket_s: int = Field(default=300, ge=1)
+    """MONITORING_BUCKET_S: the time resolution of the live counts (a drift window is whole buckets)."""
+
+    monitoring_retention_s: int = Field(default=7 * 86400, ge=60)
+    """MONITORING_RETENTION_S: live counts and live quality expire after this (Redis TTL)."""
+
+    drift_window_s: int = Field(default=3600, ge=1)
+    """DRIFT_WINDOW_S: the default window of GET /models/<name>/drift and of the drift gauges."""
+
+    drift_min_rows: int = Field(default=200, ge=1)
+    """DRIFT_MIN_ROWS: fewer live rows than this in the window: no verdict ("not_enough_rows")."""
+
+    drift_js_threshold: float = Field(default=0.1, gt=0)
+    """DRIFT_JS_THRESHOLD: a feature whose Jensen-Shannon distance (base 2) exceeds this has drifted..."""
+
+    drift_psi_threshold: float = Field(default=0.2, gt=0)
+    """DRIFT_PSI_THRESHOLD: ...or whose population stability index exceeds this."""
+
+    feedback_ttl_s: int = Field(default=86400, ge=60)
+    """FEEDBACK_TTL_S: how long the stack remembers what it answered, for feedback to join."""
+
+    feedback_max_answers: int = Field(default=200_000, ge=1)
+    """FEEDBACK_MAX_ANSWERS: at most this many answers remembered per model per hour (more are not kept)."""
+
+    feedback_keep_rows: str = ""
+    """FEEDBACK_KEEP_ROWS: models (comma-separated, or ``*``) whose feedback is kept with its features
+    as labelled live data, for retraining. Empty: none."""
+
+    feedback_keep_rows_max: int = Field(default=10_000, ge=1)
+    """FEEDBACK_KEEP_ROWS_MAX: labelled live rows kept per model (the newest)."""
+
     # --- training budget (defaults for bootstrap and for retrains) ----------
     tpot_max_time_mins: float = 1.0
     """TPOT_MAX_TIME_MINS: default wall-clock budget of one TPOT search."""
@@ -227,6 +269,12 @@ class Settings(BaseSettings):
     def _empty_dir_is_unset(cls, value: object) -> object:
         # "" would become Path("."): Gunicorn would then empty the working directory of *.db files.
         return None if value == "" else value
+
+
+def keeps_feedback_rows(settings: Settings, model: str) -> bool:
+    """Whether ``model``'s feedback is kept with its features (FEEDBACK_KEEP_ROWS)."""
+    names = {name.strip() for name in settings.feedback_keep_rows.split(",") if name.strip()}
+    return "*" in names or model in names
 
 
 def signing_key(settings: Settings) -> bytes | None:

@@ -46,8 +46,9 @@ ARTIFACT_NAME = "model.joblib"
 META_NAME = "meta.json"
 POINTER_NAME = "current.json"
 LOCK_NAME = ".publish.lock"
-DOCUMENTS = ("leaderboard.json", "card.json", "card.md")
-"""Files a version may hold beside its artifact, each covered by a sha256 in meta.json."""
+DOCUMENTS = ("leaderboard.json", "card.json", "card.md", "profile.json")
+"""Files a version may hold beside its artifact, each covered by a sha256 in meta.json
+(profile.json: the training rows' reference for drift, ``tpotserve.drift``)."""
 PUBLISH_WAIT_S = 120.0
 """How long a publisher waits for another one (a prune of many versions takes seconds)."""
 

@@ -15,10 +15,11 @@ from tpotserve.offline import disable_tpot_update_check
 from tpotserve.settings import Settings, load_settings, signing_key
 from tpotserve.registry import ModelRegistry
 
-from . import documents, metrics, resources, v2
+from . import documents, metrics, resources, v2, watch
 from .context import EXTENSION, AppContext
 from .errors import to_response
 from .model_pool import ModelPool
+from .monitoring import Monitor
 from .queue import JobQueue
 
 
@@ -60,12 +61,14 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
     models.preload()
     if poll:
         models.start_polling()
+    queue = JobQueue(settings)
     app.extensions[EXTENSION] = AppContext(
         settings=settings,
         registry=registry,
         models=models,
-        queue=JobQueue(settings),
+        queue=queue,
         datasets=DatasetStore.from_settings(settings),
+        monitor=Monitor(settings, queue.redis),
     )
 
     api = JsonApi(app, catch_all_404s=True)
@@ -85,6 +88,7 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
     api.add_resource(resources.NamedVersions, "/models/<string:name>/versions")
     api.add_resource(resources.NamedActivate, "/models/<string:name>/versions/<string:version>/activate")
     documents.register(api)
+    watch.register(api)
     api.add_resource(resources.Healthz, "/healthz")
     api.add_resource(resources.OpenApi, "/openapi.json")
     api.add_resource(resources.AdminCheck, "/auth/admin")

@@ -11,6 +11,7 @@ from tpotserve.registry import ModelRegistry
 from tpotserve.settings import Settings
 
 from .model_pool import ModelPool
+from .monitoring import Monitor
 from .queue import JobQueue
 
 EXTENSION = "tpotserve"
@@ -25,6 +26,7 @@ class AppContext:
     models: ModelPool
     queue: JobQueue
     datasets: DatasetStore
+    monitor: Monitor
 
 
 def ctx() -> AppContext:

@@ -59,8 +59,10 @@ class Inference:
     proba: np.ndarray | None
 
 
-def infer(model: LoadedModel, X: np.ndarray) -> Inference:
-    """Predict the validated float matrix ``X`` (the model's feature order) and count it."""
+def infer(model: LoadedModel, X: np.ndarray, prediction_id: str) -> Inference:
+    """Predict the validated float matrix ``X`` (the model's feature order), count it in the
+    metrics and the drift bins, and keep the answers under ``prediction_id`` for feedback."""
     predictions, proba = model.infer(X)
     metrics.record_predictions(model.name, model.version, predictions, model.is_classifier)
+    ctx().monitor.record(model, X, predictions, prediction_id)
     return Inference(model, predictions, proba)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from typing import IO, Any
 
 import orjson
@@ -41,6 +43,18 @@ def json_body(required: bool = True) -> Any:
             field=None,
         )
     return parse_json(raw)
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+PREDICTION_ID_HEADER = "X-Prediction-ID"
+
+
+def prediction_id() -> str:
+    """The id a prediction answer is kept under for feedback: the request's X-Request-ID
+    (nginx sets one on every request) when it is a plain token, else a new one. Row ``i``
+    of the answer is ``<id>:<i>``."""
+    given = request.headers.get("X-Request-ID", "")
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
 def json_answer(answer: dict[str, Any], headers: dict[str, str] | None = None, status: int = 200) -> Response:

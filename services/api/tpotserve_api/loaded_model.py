@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from tpotserve.drift import Binner
 from tpotserve.errors import InvalidInput
 from tpotserve.model_meta import ModelMeta
 from tpotserve.store import Pointer
@@ -30,6 +31,8 @@ class LoadedModel:
     (:func:`tpotserve_api.fast_path.compile_fast_proba`); None: scikit-learn's own call."""
     name: str = ""
     """The named model this is a version of."""
+    binner: Binner | None = field(default=None, repr=False)
+    """The version's drift bins (``tpotserve.drift``); None when it has no reference profile."""
 
     @property
     def version(self) -> str:

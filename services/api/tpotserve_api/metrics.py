@@ -232,8 +232,8 @@ class _Forward:
         yield from self.registry.collect()
 
 
-def exposition(models: ModelRegistry, redis: Redis) -> bytes:
-    """The whole /metrics body."""
+def exposition(models: ModelRegistry, redis: Redis, extra: Sequence[Any] = ()) -> bytes:
+    """The whole /metrics body; ``extra``: more collectors read at scrape time."""
     registry = CollectorRegistry()
     path = multiprocess_dir()
     if path:
@@ -242,6 +242,8 @@ def exposition(models: ModelRegistry, redis: Redis) -> bytes:
         registry.register(_Forward(REGISTRY))
     registry.register(QueueCollector(redis))
     registry.register(StoreCollector(models))
+    for collector in extra:
+        registry.register(collector)
     return generate_latest(registry)
 
 
@@ -266,9 +268,12 @@ def init_app(app: Flask) -> None:
         return response
 
     def metrics() -> Response:
-        from .context import ctx  # here, not at the top: the context imports the pool, which imports us
+        # Here, not at the top: the context imports the pool, which imports this module.
+        from .context import ctx
+        from .watch import MonitoringCollector
 
         context = ctx()
-        return Response(exposition(context.registry, context.queue.redis), content_type=CONTENT_TYPE)
+        return Response(exposition(context.registry, context.queue.redis, [MonitoringCollector(context)]),
+                        content_type=CONTENT_TYPE)
 
     app.add_url_rule("/metrics", endpoint="metrics", view_func=metrics, methods=["GET"])

@@ -11,6 +11,7 @@ model is current at the moment they start.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -19,7 +20,8 @@ from typing import Any
 import joblib
 
 from tpotserve.clock import utc_iso
-from tpotserve.errors import ArtifactRejected, ModelNotReady, NotFound
+from tpotserve.drift import PROFILE_NAME, Binner
+from tpotserve.errors import ArtifactRejected, ModelNotReady, NotFound, TpotServeError
 from tpotserve.model_meta import ModelMeta
 from tpotserve.registry import ModelRegistry
 from tpotserve.store import ModelStore, Pointer
@@ -119,13 +121,29 @@ class ModelHolder:
         model = joblib.load(path)
         pinned = pin_single_thread(model)
         fast_proba, how = compile_fast_proba(model, meta)
-        loaded = LoadedModel(pointer=pointer, meta=meta, model=model, fast_proba=fast_proba, name=self.name)
+        loaded = LoadedModel(pointer=pointer, meta=meta, model=model, fast_proba=fast_proba, name=self.name,
+                             binner=self._binner(store, meta))
         pins = f" ({', '.join(pinned)}=1)" if pinned else ""
         log.info("model %s version %s predicts with %s%s", self.name, pointer.version, how, pins)
         predictions, _ = loaded.predict([smoke_row(meta)])
         if len(predictions) != 1:
             raise ArtifactRejected(f"{pointer.version}: smoke prediction returned {predictions!r}")
         return loaded
+
+    def _binner(self, store: ModelStore, meta: ModelMeta) -> Binner | None:
+        """The drift bins of the version's reference profile; None for a version without one
+        (trained before profiles) or with one that does not fit: served all the same."""
+        if PROFILE_NAME not in meta.files:
+            return None
+        try:
+            profile = json.loads(store.read_document(str(meta.version), PROFILE_NAME))
+            if [f["name"] for f in profile["features"]] != meta.feature_names:
+                raise ValueError("its features are not the model's")
+            return Binner(profile)
+        except (TpotServeError, ValueError, KeyError, TypeError) as exc:
+            log.warning("model %s version %s: no drift counts, its profile is unusable: %s",
+                        self.name, meta.version, exc)
+            return None
 
     def _record_failure(self, pointer: Pointer | None, message: str) -> None:
         self._failed_pointer = pointer

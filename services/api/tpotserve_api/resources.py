@@ -19,7 +19,7 @@ from tpotserve.training import plan_training
 from . import dataplane
 from .auth import require_admin, require_predict
 from .context import ctx as _ctx
-from .http_io import json_answer, json_body, read_limited
+from .http_io import PREDICTION_ID_HEADER, json_answer, json_body, prediction_id, read_limited
 from .predict_request import parse_predict, range_warnings
 
 ACTIVATE_WAIT_S = 0.5
@@ -40,10 +40,11 @@ class Predict(Resource):
         model = dataplane.served(name)
         parsed = parse_predict(body, model.feature_names, settings.max_batch_rows)
         # parse_predict checked every value (finite, within MAX_MAGNITUDE, the model's order).
-        result = dataplane.infer(model, np.asarray(parsed.rows, dtype=float))
+        prediction = prediction_id()
+        result = dataplane.infer(model, np.asarray(parsed.rows, dtype=float), prediction)
         predictions, probabilities = result.predictions, model.probability_dicts(result.proba)
         warnings = range_warnings(parsed.rows, model.feature_schema, single=parsed.single)
-        headers = {"X-Model-Version": model.version}
+        headers = {"X-Model-Version": model.version, PREDICTION_ID_HEADER: prediction}
         if name is not None:
             headers["X-Model-Name"] = model.name
         if parsed.single:

@@ -41,7 +41,7 @@ from tpotserve.errors import InvalidInput, UnsupportedMedia
 from . import dataplane
 from .auth import require_predict
 from .context import ctx
-from .http_io import body_bytes, json_answer
+from .http_io import PREDICTION_ID_HEADER, body_bytes, json_answer, prediction_id
 from .limits import MAX_MAGNITUDE
 from .loaded_model import LoadedModel
 from .predict_request import parse_json
@@ -286,7 +286,8 @@ class ModelInfer(Resource):
         body = _infer_body()
         model = dataplane.served(name, version)
         parsed = parse_infer(body, model.feature_names, settings.max_batch_rows)
-        result = dataplane.infer(model, parsed.X)
+        prediction = prediction_id()
+        result = dataplane.infer(model, parsed.X, prediction)
         predictions, proba = result.predictions, result.proba
         rows = len(predictions)
         outputs = []
@@ -303,8 +304,10 @@ class ModelInfer(Resource):
             else:
                 outputs.append({"name": "predict_proba", "datatype": "FP64", "shape": [rows, proba.shape[1]],
                                 "data": proba.ravel().tolist()})
-        return _json({"model_name": name, "model_version": model.version, "id": parsed.id, "outputs": outputs},
-                     version=model.version)
+        response = _json({"model_name": name, "model_version": model.version, "id": parsed.id,
+                          "outputs": outputs}, version=model.version)
+        response.headers[PREDICTION_ID_HEADER] = prediction
+        return response
 
 
 def add_routes(api: Any) -> None:

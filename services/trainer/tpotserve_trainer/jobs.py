@@ -22,6 +22,7 @@ import joblib
 from rq import get_current_job
 from rq.registry import CanceledJobRegistry
 
+from tpotserve import drift
 from tpotserve.clock import utc_iso
 from tpotserve.datasets import DatasetStore
 from tpotserve.errors import TpotServeError, TrainingFailed
@@ -176,6 +177,9 @@ def _publish(store: ModelStore, run: TrainingPayload, model: str, trained: _Trai
         "leaderboard.json": _json_bytes({"model": model, "version": version, **trained.leaderboard}),
         "card.json": _json_bytes(card_full),
         "card.md": card.markdown(card_full).encode(),
+        # The search rows (not the holdout): what the model learned from, for drift.
+        drift.PROFILE_NAME: _json_bytes(drift.reference_profile(
+            trained.X.drop(index=trained.X_hold.index), trained.y.drop(index=trained.y_hold.index), run.task)),
     }
     written = store.write_version(version, lambda path: joblib.dump(chosen.pipeline, path), meta, documents)
     if gate["promoted"]:

@@ -1,0 +1,164 @@
+"""Input drift: a version's reference profile, how live rows fall into its bins, and the
+distance between the two.
+
+The trainer writes the profile (``profile.json`` in the version, hashed in meta.json
+like the card) from the training rows; the API counts the rows it serves into the same
+bins (``tpotserve_api.monitoring``) and compares. Both sides use this module, so a bin
+means the same thing on both.
+
+Why not a monitoring framework: Evidently pulls ~79 packages into every API worker and
+recomputes from raw rows; Alibi Detect is BSL-licensed and also wants raw rows; NannyML
+is the same shape. The stack keeps counts, never raw rows, so the statistics are a few
+lines of numpy over two histograms: the population stability index, and SciPy's
+Jensen-Shannon distance.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy.spatial.distance import jensenshannon
+
+PROFILE_NAME = "profile.json"
+BINS = 10
+"""Quantile bins per numeric feature (fewer when the training values have fewer distinct quantiles)."""
+MAX_CATEGORIES = 20
+"""An integer-valued feature with at most this many distinct training values is counted per value."""
+PSI_EPSILON = 1e-4
+"""Share given to an empty bin in PSI, which is undefined for a zero share."""
+
+
+# --- the reference, at training time ------------------------------------------------
+def reference_profile(X: Any, y: Any, task: str) -> dict[str, Any]:
+    """The profile of the training rows ``X`` (a DataFrame, the model's feature order) and
+    the target ``y``: per feature its bins and the share of training rows in each."""
+    features = [_feature_profile(str(name), np.asarray(X[name], dtype=float)) for name in X.columns]
+    return {"rows": int(len(X)), "bins": BINS, "features": features, "target": _target_profile(y, task)}
+
+
+def _feature_profile(name: str, values: np.ndarray) -> dict[str, Any]:
+    values = values[np.isfinite(values)]
+    distinct = np.unique(values)
+    base = {"name": name, "min": float(values.min()), "max": float(values.max()),
+            "missing_share": 0.0, "out_of_range_share": 0.0}
+    if len(distinct) <= MAX_CATEGORIES and np.all(distinct == np.round(distinct)):
+        counts = np.array([(values == v).sum() for v in distinct], dtype=float)
+        # The last bin is "another value": live values the training rows never had.
+        shares = np.append(counts / counts.sum(), 0.0)
+        return {**base, "kind": "category", "values": distinct.tolist(), "shares": shares.tolist()}
+    # Interior edges at the training quantiles; the outer bins are open-ended, so a live
+    # value beyond the training range still lands in a bin (and is counted out of range).
+    edges = np.unique(np.quantile(values, np.linspace(0, 1, BINS + 1)[1:-1]))
+    counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)
+    return {**base, "kind": "number", "edges": edges.tolist(), "shares": (counts / counts.sum()).tolist()}
+
+
+def _target_profile(y: Any, task: str) -> dict[str, Any]:
+    values = np.asarray(y)
+    if task == "classification":
+        labels, counts = np.unique(values.astype(str), return_counts=True)
+        return {"kind": "classes", "shares": {str(k): float(c / counts.sum()) for k, c in zip(labels, counts)}}
+    floats = values.astype(float)
+    points = [0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0]
+    return {"kind": "quantiles", "mean": float(floats.mean()), "std": float(floats.std()),
+            "quantiles": {str(p): float(q) for p, q in zip(points, np.quantile(floats, points))}}
+
+
+# --- live rows into the reference's bins ------------------------------------------
+class Binner:
+    """Assigns the columns of a validated float matrix to a profile's bins, fast enough for
+    every request: one ``searchsorted`` per feature."""
+
+    def __init__(self, profile: dict[str, Any]) -> None:
+        self.features = profile["features"]
+        self.sizes = [len(f["shares"]) for f in self.features]
+        self._lookups = [np.asarray(f["edges"] if f["kind"] == "number" else f["values"], dtype=float)
+                         for f in self.features]
+        self._low = np.array([f["min"] for f in self.features], dtype=float)
+        self._high = np.array([f["max"] for f in self.features], dtype=float)
+
+    def bins(self, X: np.ndarray) -> list[np.ndarray]:
+        """Per feature, the bin counts of the rows of ``X``."""
+        out = []
+        for j, feature in enumerate(self.features):
+            column, lookup = X[:, j], self._lookups[j]
+            index = np.searchsorted(lookup, column, side="left")
+            if feature["kind"] == "category":
+                clipped = np.minimum(index, len(lookup) - 1)
+                index = np.where(lookup[clipped] == column, clipped, len(lookup))  # another value
+            out.append(np.bincount(index, minlength=self.sizes[j]))
+        return out
+
+    def out_of_range(self, X: np.ndarray) -> np.ndarray:
+        """Per feature, how many rows lie outside the training range."""
+        return ((X < self._low) | (X > self._high)).sum(axis=0)
+
+
+# --- the comparison ------------------------------------------------------------------
+def psi(reference: np.ndarray, live: np.ndarray) -> float:
+    """Population stability index of two share vectors (empty bins get ``PSI_EPSILON``)."""
+    p = np.maximum(np.asarray(reference, dtype=float), PSI_EPSILON)
+    q = np.maximum(np.asarray(live, dtype=float), PSI_EPSILON)
+    p, q = p / p.sum(), q / q.sum()
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
+def js_distance(reference: np.ndarray, live: np.ndarray) -> float:
+    """Jensen-Shannon distance (base 2: 0 the same, 1 disjoint) of two histograms."""
+    value = float(jensenshannon(np.asarray(reference, dtype=float), np.asarray(live, dtype=float), base=2))
+    return 0.0 if math.isnan(value) else value
+
+
+def compare(profile: dict[str, Any], counts: list[list[int]], out_of_range: list[int], rows: int, *,
+            js_threshold: float, psi_threshold: float, min_rows: int) -> dict[str, Any]:
+    """Per feature, live vs reference: PSI, JS distance, live shares and a verdict; and the
+    share of drifted features. ``counts``: per feature, live rows per bin."""
+    enough = rows >= min_rows
+    features = []
+    for feature, live, outside in zip(profile["features"], counts, out_of_range):
+        live = np.asarray(live, dtype=float)
+        reference = np.asarray(feature["shares"], dtype=float)
+        total = live.sum()
+        entry: dict[str, Any] = {
+            "feature": feature["name"], "kind": feature["kind"], "rows": int(total),
+            "reference_shares": reference.tolist(),
+            "live_shares": (live / total).tolist() if total else None,
+            "out_of_range_share": float(outside / total) if total else None,
+            "bins": _bin_labels(feature),
+        }
+        if total:
+            entry["psi"] = round(psi(reference, live / total), 6)
+            entry["js_distance"] = round(js_distance(reference, live / total), 6)
+            drifted = entry["psi"] > psi_threshold or entry["js_distance"] > js_threshold
+            entry["verdict"] = ("drift" if drifted else "ok") if enough else "not_enough_rows"
+        else:
+            entry.update(psi=None, js_distance=None, verdict="not_enough_rows")
+        features.append(entry)
+    judged = [f for f in features if f["verdict"] != "not_enough_rows"]
+    drifted = [f["feature"] for f in judged if f["verdict"] == "drift"]
+    return {
+        "rows": int(rows),
+        "enough_rows": enough,
+        "min_rows": min_rows,
+        "thresholds": {"js_distance": js_threshold, "psi": psi_threshold},
+        "drifted_features": drifted,
+        "drifted_share": (len(drifted) / len(features)) if judged and features else None,
+        "verdict": ("drift" if drifted else "ok") if enough else "not_enough_rows",
+        "features": features,
+    }
+
+
+def _bin_labels(feature: dict[str, Any]) -> list[str]:
+    if feature["kind"] == "category":
+        return [_num(v) for v in feature["values"]] + ["other"]
+    edges = feature["edges"]
+    if not edges:
+        return ["all"]
+    inner = ["(" + _num(low) + ", " + _num(high) + "]" for low, high in zip(edges, edges[1:])]
+    return ["≤" + _num(edges[0]), *inner, ">" + _num(edges[-1])]
+
+
+def _num(value: float) -> str:
+    return f"{value:.4g}"
