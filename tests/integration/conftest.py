@@ -124,6 +124,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         # The suite posts many retrains quickly; a dedicated test checks the 429.
         "RETRAIN_RATE_LIMIT": "600r/m",
         "RETRAIN_RATE_BURST": "60",
+        # test_monitoring compares one-second windows of live rows; counts flush twice a second.
+        "MONITORING_BUCKET_S": "1",
+        "MONITORING_FLUSH_S": "0.5",
         **BUDGET,
     }
     native = NativeStack(data_dir=tmp_path_factory.mktemp("stack"), gateway_port=free_port(), env=env)
