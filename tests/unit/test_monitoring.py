@@ -233,3 +233,23 @@ def test_with_redis_down_predictions_answer_and_the_loss_is_counted(store, train
     assert app.extensions["tpotserve"].monitor.flush() is False
     assert DROPPED.labels("count_rows")._value.get() - before == 30
     assert_error(app.test_client().get("/drift"), 503, "queue_unavailable")
+
+
+def test_the_one_row_path_counts_as_the_batch_path(training) -> None:
+    """Binner.slots (plain Python, for one-row requests) and Binner.count (numpy, for batches)
+    put every row in the same bins, inside and outside the training range, numeric and categorical."""
+    from tpotserve.drift import Binner
+
+    X, y = training
+    frame = pd.DataFrame(X, columns=FEATURES)
+    frame["SepalWidth"] = np.round(frame["SepalWidth"])  # few integer values: counted per value
+    binner = Binner(reference_profile(frame, pd.Series(y), "classification"))
+    assert [f["kind"] for f in binner.features] == ["number", "category", "number", "number"]
+    live = np.vstack([frame.to_numpy(), frame.to_numpy() * 1.7 - 1])
+    one_by_one = np.zeros(binner.length, dtype=int)
+    for row in live.tolist():
+        for slot in binner.slots(row):
+            one_by_one[slot] += 1
+    assert (one_by_one == binner.count(live)).all()
+    bins, outside = binner.split(binner.count(live))
+    assert [sum(b) for b in bins] == [len(live)] * 4 and all(o > 0 for o in outside)

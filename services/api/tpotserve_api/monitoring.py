@@ -10,8 +10,8 @@ trip. If Redis is slow or down the buffer is dropped and counted
 Redis keys (``tpotserve:mon:`` prefix), each with a TTL:
 
     counts:<model>:<version>:<bucket>    hash: rows, f<j>:<bin>, o<j> (out of the training range)
-    answer:<model>:<prediction id>       JSON: version, predictions (and rows, when kept), time
-    answers:<model>:<hour>               how many answers were kept that hour (the cap)
+    answers:<model>:<hour>               hash: prediction id -> JSON: version, predictions (and rows,
+                                         when kept), time; at most FEEDBACK_MAX_ANSWERS fields
     quality:<model>:<version>:<bucket>   hash: n, correct | abs, sq, y, y2
     skips:<model>                        hash: feedback skipped, by reason
     labelled:<model>                     list: labelled live rows (FEEDBACK_KEEP_ROWS only)
@@ -25,7 +25,7 @@ import os
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ from prometheus_client import Counter
 from redis import Redis
 from redis.exceptions import RedisError
 
+from tpotserve.drift import Binner
 from tpotserve.settings import Settings, keeps_feedback_rows
 
 from .loaded_model import LoadedModel
@@ -55,8 +56,13 @@ def counts_key(model: str, version: str, bucket: int) -> str:
     return f"{PREFIX}counts:{model}:{version}:{bucket}"
 
 
-def answer_key(model: str, prediction_id: str) -> str:
-    return f"{PREFIX}answer:{model}:{prediction_id}"
+def answers_key(model: str, hour: int) -> str:
+    return f"{PREFIX}answers:{model}:{hour}"
+
+
+def fed_key(model: str, prediction_id: str, row: int) -> str:
+    """Set once feedback for that row was counted: each row counts once."""
+    return f"{PREFIX}fed:{model}:{prediction_id}:{row}"
 
 
 def quality_key(model: str, version: str, bucket: int) -> str:
@@ -73,9 +79,10 @@ def labelled_key(model: str) -> str:
 
 @dataclass
 class _Counts:
-    rows: int = 0
-    bins: list[np.ndarray] = field(default_factory=list)
-    outside: np.ndarray | None = None
+    rows: int
+    counts: np.ndarray
+    """``Binner.count``'s flat vector, summed."""
+    binner: Binner
 
 
 class Monitor:
@@ -87,7 +94,7 @@ class Monitor:
         self.enabled = settings.monitoring
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, str, int], _Counts] = {}
-        self._answers: list[tuple[str, str, bytes]] = []
+        self._answers: list[tuple[str, int, str, bytes]] = []
         self._pending_rows = 0
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -100,27 +107,33 @@ class Monitor:
         if not self.enabled:
             return
         self._ensure_thread()
-        bucket = int(time.time() // self.settings.monitoring_bucket_s)
+        now = time.time()
+        bucket = int(now // self.settings.monitoring_bucket_s)
         binner = model.binner
-        bins = binner.bins(X) if binner is not None else None
-        outside = binner.out_of_range(X) if binner is not None else None
-        answer: dict[str, Any] = {"v": model.version, "p": predictions, "t": round(time.time(), 3)}
+        slots = counts = None
+        if binner is not None:
+            if len(X) == 1:
+                slots = binner.slots(X[0].tolist())
+            else:
+                counts = binner.count(X)
+        answer: dict[str, Any] = {"v": model.version, "p": predictions, "t": round(now, 3)}
         if keeps_feedback_rows(self.settings, model.name):
             answer["x"] = X.tolist()
         raw = json.dumps(answer, separators=(",", ":")).encode()
         with self._lock:
-            if bins is not None:
-                entry = self._counts.get((model.name, model.version, bucket))
+            if binner is not None:
+                key = (model.name, model.version, bucket)
+                entry = self._counts.get(key)
                 if entry is None:
-                    entry = self._counts[(model.name, model.version, bucket)] = _Counts(
-                        0, [np.zeros(size, dtype=np.int64) for size in binner.sizes],
-                        np.zeros(len(binner.sizes), dtype=np.int64))
+                    entry = self._counts[key] = _Counts(0, np.zeros(binner.length, dtype=np.int64), binner)
                 entry.rows += len(X)
-                for total, add in zip(entry.bins, bins):
-                    total += add
-                entry.outside += outside
+                if slots is not None:
+                    for slot in slots:
+                        entry.counts[slot] += 1
+                else:
+                    entry.counts += counts
             if len(self._answers) < MAX_PENDING_ANSWERS:
-                self._answers.append((model.name, prediction_id, raw))
+                self._answers.append((model.name, int(now // 3600), prediction_id, raw))
             else:
                 DROPPED.labels("answers").inc()
             self._pending_rows += len(X)
@@ -161,17 +174,21 @@ class Monitor:
             ttl = self.settings.monitoring_retention_s
             for (model, version, bucket), entry in counts.items():
                 key = counts_key(model, version, bucket)
+                bins, outside = entry.binner.split(entry.counts)
                 fields: dict[str, int] = {"rows": entry.rows}
-                for j, column in enumerate(entry.bins):
-                    for i in np.flatnonzero(column):
-                        fields[f"f{j}:{i}"] = int(column[i])
-                    if entry.outside[j]:
-                        fields[f"o{j}"] = int(entry.outside[j])
+                for j, column in enumerate(bins):
+                    fields.update({f"f{j}:{i}": n for i, n in enumerate(column) if n})
+                    if outside[j]:
+                        fields[f"o{j}"] = outside[j]
                 for name, value in fields.items():
                     pipe.hincrby(key, name, value)
                 pipe.expire(key, ttl)
-            for model, prediction_id, raw in kept:
-                pipe.set(answer_key(model, prediction_id), raw, ex=self.settings.feedback_ttl_s)
+            by_hash: dict[tuple[str, int], dict[str, bytes]] = defaultdict(dict)
+            for model, hour, prediction_id, raw in kept:
+                by_hash[(model, hour)][prediction_id] = raw
+            for (model, hour), mapping in by_hash.items():
+                pipe.hset(answers_key(model, hour), mapping=mapping)  # one command per hour and model
+                pipe.expire(answers_key(model, hour), self.settings.feedback_ttl_s + 3600)
             pipe.execute()
             return True
         except RedisError as exc:
@@ -183,26 +200,19 @@ class Monitor:
                     "event": "monitoring_dropped", "error": str(exc)[:200]}})
             return False
 
-    def _admit(self, answers: list[tuple[str, str, bytes]]) -> list[tuple[str, str, bytes]]:
-        """The answers within FEEDBACK_MAX_ANSWERS of their model this hour (one round trip)."""
+    def _admit(self, answers: list[tuple[str, int, str, bytes]]) -> list[tuple[str, int, str, bytes]]:
+        """The answers within FEEDBACK_MAX_ANSWERS of their model and hour (one round trip)."""
         if not answers:
             return []
-        hour = int(time.time() // 3600)
-        wanted: dict[str, int] = defaultdict(int)
-        for model, _, _ in answers:
-            wanted[model] += 1
+        hashes = sorted({(model, hour) for model, hour, _, _ in answers})
         pipe = self.redis.pipeline(transaction=False)
-        for model, n in wanted.items():
-            key = f"{PREFIX}answers:{model}:{hour}"
-            pipe.incrby(key, n)
-            pipe.expire(key, 7200)
-        totals = pipe.execute()[::2]
-        room = {model: max(0, self.settings.feedback_max_answers - (total - wanted[model]))
-                for model, total in zip(wanted, totals)}
+        for model, hour in hashes:
+            pipe.hlen(answers_key(model, hour))
+        room = {key: max(0, self.settings.feedback_max_answers - held) for key, held in zip(hashes, pipe.execute())}
         kept = []
         for item in answers:
-            if room[item[0]] > 0:
-                room[item[0]] -= 1
+            if room[(item[0], item[1])] > 0:
+                room[(item[0], item[1])] -= 1
                 kept.append(item)
         if len(kept) < len(answers):
             DROPPED.labels("answers").inc(len(answers) - len(kept))
@@ -214,6 +224,24 @@ def buckets(settings: Settings, since: float, until: float) -> list[int]:
     """The time buckets that overlap [since, until]."""
     size = settings.monitoring_bucket_s
     return list(range(int(since // size), int(until // size) + 1))
+
+
+def find_answers(redis: Redis, settings: Settings, model: str, prediction_ids: list[str]) -> list[bytes | None]:
+    """What the stack answered under each prediction id (None: unknown or expired), newest hour first."""
+    if not prediction_ids:
+        return []
+    now_hour = int(time.time() // 3600)
+    hours = range(now_hour, now_hour - settings.feedback_ttl_s // 3600 - 2, -1)
+    pipe = redis.pipeline(transaction=False)
+    for hour in hours:
+        pipe.hmget(answers_key(model, hour), prediction_ids)
+    found: list[bytes | None] = [None] * len(prediction_ids)
+    for values in pipe.execute():
+        for i, value in enumerate(values):
+            if found[i] is None and value is not None:
+                found[i] = value
+    cutoff = time.time() - settings.feedback_ttl_s
+    return [raw if raw is not None and json.loads(raw)["t"] >= cutoff else None for raw in found]
 
 
 def live_counts(redis: Redis, model: str, version: str, sizes: list[int], bucket_ids: list[int]

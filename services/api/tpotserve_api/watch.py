@@ -228,7 +228,7 @@ def feedback(name: str | None) -> dict[str, Any]:
             prediction, row = item["id"], "0"
         wanted.append((index, item["id"], prediction, int(row), truth))
     with _redis("feedback"):
-        answers = redis.mget([monitoring.answer_key(model.name, w[2]) for w in wanted]) if wanted else []
+        answers = monitoring.find_answers(redis, settings, model.name, [w[2] for w in wanted])
         checked = []
         for (index, item_id, prediction, row, truth), raw in zip(wanted, answers):
             if raw is None:
@@ -242,8 +242,7 @@ def feedback(name: str | None) -> dict[str, Any]:
             if not ok:
                 skip(index, "feedback", why, item_id)
                 continue
-            checked.append((index, item_id, f"{monitoring.answer_key(model.name, prediction)}:fed:{row}",
-                            answer, row, value))
+            checked.append((index, item_id, monitoring.fed_key(model.name, prediction, row), answer, row, value))
         # Each answered row counts once, however often its feedback is sent.
         first_time = _first_times(redis, [c[2] for c in checked], settings.feedback_ttl_s)
         for (index, item_id, _, answer, row, value), new in zip(checked, first_time):
