@@ -3,6 +3,7 @@
 from .client import (
     DEFAULT_URL,
     Client,
+    Prediction,
     TpotServeAPIError,
     TpotServeConnectionError,
     TpotServeError,
@@ -11,6 +12,7 @@ from .client import (
 __all__ = [
     "DEFAULT_URL",
     "Client",
+    "Prediction",
     "TpotServeAPIError",
     "TpotServeConnectionError",
     "TpotServeError",

@@ -8,12 +8,18 @@
     final = client.wait(job["job_id"], on_progress=lambda j: print(j["progress"]))
     client.list_models()                      # every named model (GET /registry)
     client.predict(rows, model="housing")     # a named model; model=None: the default one
+    client.leaderboard(model="housing")       # what the training of its current version tried
+    client.card(fmt="json")                   # the default model's current model card
+    client.drift(window=3600)                 # live inputs against the training rows
+    answer = client.predict(rows)             # answer.prediction_id: X-Prediction-ID
+    client.feedback([{"id": answer.row_ids()[0], "label": "setosa"}])
+    client.quality()                          # live accuracy (or MAE...) from that feedback
 
 ``model=None`` (the default everywhere) uses the unnamed endpoints (``/predict``,
 ``/models``...), which serve the server's default model, so a server from before
 named models keeps working; ``model="name"`` uses ``/models/<name>/...``.
 
-Every answer is returned as the decoded JSON object. An API error
+Every answer is returned as the decoded JSON object (``card(fmt="markdown")``: the text). An API error
 (``{"error": {"code", "message", "field"}}``) raises :class:`TpotServeAPIError`;
 a gateway that cannot be reached raises :class:`TpotServeConnectionError`.
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 from urllib.parse import quote
@@ -36,6 +43,8 @@ JSON = dict[str, Any]
 Row = Mapping[str, Any]
 Task = Literal["classification", "regression"]
 Promote = Literal["auto", "always", "never"]
+CardFormat = Literal["markdown", "json"]
+PREDICTION_ID_HEADER = "X-Prediction-ID"
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 """The server's rule for model names (a path segment on disk and in URLs); ``current`` is reserved."""
 
@@ -143,6 +152,33 @@ def error_from_response(response: requests.Response) -> TpotServeAPIError:
     return TpotServeAPIError(response.status_code, "http_error", text or response.reason or "error")
 
 
+class Prediction(dict):  # type: ignore[type-arg]
+    """A predict answer: the API's JSON object (a plain ``dict`` to every existing caller), plus
+    ``prediction_id``, the answer's ``X-Prediction-ID`` header (None from a server without it).
+
+    Feedback names one row of the answer as ``"<prediction_id>:<row>"`` (:meth:`row_ids`).
+    """
+
+    prediction_id: str | None = None
+
+    def row_ids(self) -> list[str]:
+        """``"<prediction_id>:<row>"`` for each row, in order: the ids :meth:`Client.feedback` takes."""
+        if not self.prediction_id:
+            return []
+        return [f"{self.prediction_id}:{row}" for row in range(len(self.get("predictions") or []))]
+
+
+def _window(window: int | None, since: str | float | datetime | None) -> dict[str, str]:
+    """The query of a watch endpoint: ``window`` seconds, or ``since`` (ISO 8601, epoch, datetime)."""
+    if window is not None and since is not None:
+        raise ValueError("give either window or since, not both")
+    if window is not None:
+        return {"window": str(int(window))}
+    if since is None:
+        return {}
+    return {"since": since.isoformat() if isinstance(since, datetime) else str(since)}
+
+
 class Client:
     """The tpotserve API through its gateway.
 
@@ -164,8 +200,8 @@ class Client:
         self.session = session or requests.Session()
 
     # --- transport -----------------------------------------------------------
-    def request(self, method: str, path: str, **kwargs: Any) -> JSON:
-        """Send one request; the decoded JSON answer, or raise a :class:`TpotServeError`."""
+    def send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """Send one request; the response (status < 400), or raise a :class:`TpotServeError`."""
         headers = dict(kwargs.pop("headers", None) or {})
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -176,6 +212,15 @@ class Client:
             raise TpotServeConnectionError(self.url, _reason(exc)) from exc
         if response.status_code >= 400:
             raise error_from_response(response)
+        return response
+
+    def request(self, method: str, path: str, **kwargs: Any) -> JSON:
+        """Send one request; the decoded JSON answer, or raise a :class:`TpotServeError`."""
+        response = self.send(method, path, **kwargs)
+        return self._json(response, method, path)
+
+    @staticmethod
+    def _json(response: requests.Response, method: str, path: str) -> JSON:
         try:
             body = response.json()
         except ValueError as exc:
@@ -185,16 +230,67 @@ class Client:
         return body if isinstance(body, dict) else {"data": body}
 
     # --- predictions ---------------------------------------------------------
-    def predict(self, rows: Sequence[Row] | Row, model: str | None = None) -> JSON:
+    def predict(self, rows: Sequence[Row] | Row, model: str | None = None) -> Prediction:
         """Predict a batch of rows (feature name -> value); one mapping is a batch of one.
 
         ``model``: a named model (``POST /models/<name>/predict``); None: the default one
         (``POST /predict``). Returns the API's batch answer: ``predictions``,
-        ``probabilities`` (classifiers), ``model_version`` and any ``warnings``.
+        ``probabilities`` (classifiers), ``model_version`` and any ``warnings``, as a
+        :class:`Prediction` (a dict) whose ``prediction_id`` is the ``X-Prediction-ID``
+        header that :meth:`feedback` refers to.
         """
         instances = [dict(rows)] if isinstance(rows, Mapping) else [dict(row) for row in rows]
         path = "/predict" if model is None else f"{_named(model)}/predict"
-        return self.request("POST", path, json={"instances": instances})
+        response = self.send("POST", path, json={"instances": instances})
+        answer = Prediction(self._json(response, "POST", path))
+        answer.prediction_id = response.headers.get(PREDICTION_ID_HEADER) or None
+        return answer
+
+    # --- watching the served model --------------------------------------------
+    def drift(
+        self,
+        model: str | None = None,
+        window: int | None = None,
+        since: str | float | datetime | None = None,
+        version: str | None = None,
+    ) -> JSON:
+        """Live inputs against the training rows, per feature (PSI, JS distance, verdict).
+
+        ``window``: the last that many seconds; ``since``: from an ISO 8601 time, epoch
+        seconds or a datetime (one or neither; neither: the server's ``DRIFT_WINDOW_S``).
+        ``version``: another stored version than the served one. ``GET /drift`` or
+        ``GET /models/<name>/drift``; a version without a reference profile is a 409
+        ``no_reference``.
+        """
+        params = _window(window, since)
+        if version is not None:
+            params["version"] = version
+        path = "/drift" if model is None else f"{_named(model)}/drift"
+        return self.request("GET", path, params=params)
+
+    def quality(
+        self, model: str | None = None, window: int | None = None, since: str | float | datetime | None = None
+    ) -> JSON:
+        """Live quality from feedback, per version beside its holdout score (``GET /quality``):
+        ``versions`` (accuracy, or mae / rmse / r2), ``series`` per time bucket, ``skipped``."""
+        path = "/quality" if model is None else f"{_named(model)}/quality"
+        return self.request("GET", path, params=_window(window, since))
+
+    def feedback(
+        self, items: Sequence[Mapping[str, Any]], model: str | None = None,
+        rows: Sequence[Mapping[str, Any]] | None = None,
+    ) -> JSON:
+        """Tell the server the truth for answers it gave (predict scope).
+
+        ``items``: ``{"id": "<X-Prediction-ID>:<row>", "label": ...}`` (classification) or
+        ``"value"`` (regression); ``rows``: whole rows with their features and the target,
+        which the served model answers now. Returns ``accepted``, ``skipped`` (each with
+        ``index``, ``in``, ``id`` and ``reason``) and ``kept_rows``.
+        """
+        path = "/feedback" if model is None else f"{_named(model)}/feedback"
+        listed = [dict(item) for item in items]
+        body: Any = listed if rows is None else {"feedback": listed, "rows": [dict(row) for row in rows]}
+        return self.request("POST", path, json=body)
 
     # --- training ------------------------------------------------------------
     def retrain(
@@ -211,13 +307,19 @@ class Client:
         scoring: str | None = None,
         promote: Promote | None = None,
         queue: bool | None = None,
+        baselines: bool | None = None,
+        description: str | None = None,
+        random_state: int | None = None,
     ) -> JSON:
         """Start a training (admin key). Omitted values take the server's defaults.
 
         ``model``: the named model to train a new version of (a new name creates it);
         None: the default model. Without ``dataset`` the server retrains the model on the
         data set, target and task of its current version (iris for a model that has none;
-        a server from before named models always takes iris).
+        a server from before named models always takes iris). ``baselines=False``: publish
+        TPOT's pick only (the server's default fits the scikit-learn baselines too and
+        publishes the best by CV score); ``description``: text for the model card;
+        ``random_state``: seeds TPOT, the baselines, the folds and the holdout split.
 
         Returns the 202 answer: ``job_id``, ``status``, ``location`` and the full ``request``.
         """
@@ -233,6 +335,9 @@ class Client:
             "scoring": scoring,
             "promote": promote,
             "queue": queue,
+            "baselines": baselines,
+            "description": description,
+            "random_state": random_state,
         }
         return self.request("POST", "/retrain", json={k: v for k, v in body.items() if v is not None})
 
@@ -304,6 +409,29 @@ class Client:
         if model is None:
             return self.request("POST", f"/models/{version_path}/activate")
         return self.request("POST", f"{_named(model)}/versions/{version_path}/activate")
+
+    # --- a version's documents ------------------------------------------------
+    def _version_path(self, model: str | None, version: str) -> str:
+        """``/models/<name>/versions/<version>``; ``model=None``: the default model's name from
+        ``GET /registry`` (these documents have no unnamed endpoint)."""
+        name = model if model is not None else str(self.registry()["default"])
+        return f"{_named(name)}/versions/{quote(version, safe='')}"
+
+    def leaderboard(self, model: str | None = None, version: str = "current") -> JSON:
+        """What a version's training tried, ranked by CV score: ``rows`` (TPOT's best and the
+        baselines; ``selected`` marks the published one), ``tpot`` counts, ``selection``."""
+        return self.request("GET", f"{self._version_path(model, version)}/leaderboard")
+
+    def card(self, model: str | None = None, version: str = "current", fmt: CardFormat = "markdown") -> Any:
+        """A version's model card: the Markdown text, or with ``fmt="json"`` the JSON card
+        (dataset, pipeline, selection, scores, permutation_importance, gate...)."""
+        if fmt not in ("markdown", "json"):
+            raise ValueError(f"fmt is 'markdown' or 'json', not {fmt!r}")
+        path = f"{self._version_path(model, version)}/card"
+        if fmt == "json":
+            return self.request("GET", path, params={"format": "json"})
+        response = self.send("GET", path, params={"format": "markdown"})
+        return response.content.decode("utf-8", errors="replace")
 
     # --- data sets -----------------------------------------------------------
     def datasets(self) -> list[JSON]:

@@ -8,6 +8,9 @@
     tpotserve registry                          # every named model; --model NAME on predict, retrain,
     tpotserve predict rows.csv --model housing  # models, current and activate picks one (default: the
                                                 # server's default model, through the unnamed endpoints)
+    tpotserve leaderboard | tpotserve card      # what the training tried and the model card of a version
+    tpotserve drift --window 3600               # live inputs against the training rows, per feature
+    tpotserve feedback truth.csv | tpotserve quality   # the truth for answers given; live accuracy
 
 The gateway and key come from --url / --api-key, else TPOTSERVE_URL (default
 http://127.0.0.1:8080) and TPOTSERVE_API_KEY (else API_KEY). Exit codes: 0 ok,
@@ -33,7 +36,12 @@ from tqdm import tqdm
 from .client import DEFAULT_URL, JSON, Client, TpotServeError, check_model_name
 
 PROG = "tpotserve"
-MODEL_COLUMNS = ("current", "version", "created", "dataset", "task", "cv_score", "holdout_score")
+MODEL_COLUMNS = ("current", "version", "created", "dataset", "task", "cv_score", "holdout_score", "winner")
+LEADERBOARD_COLUMNS = (
+    "selected", "rank", "name", "source", "cv_score", "holdout_score", "complexity", "predict_ms", "note",
+)
+DRIFT_COLUMNS = ("feature", "kind", "rows", "js_distance", "psi", "out_of_range", "verdict")
+QUALITY_METRICS = {"classification": ("accuracy",), "regression": ("mae", "rmse", "r2")}
 REGISTRY_COLUMNS = (
     "default", "name", "current_version", "versions", "dataset", "target", "task", "holdout_score",
 )
@@ -173,7 +181,15 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _score(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, (int, float)) else ""
+    return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+
+
+def _ms(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+
+
+def _share(value: Any) -> str:
+    return f"{value:.1%}" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
 
 
 def models_table(models: JSON) -> str:
@@ -187,10 +203,137 @@ def models_table(models: JSON) -> str:
             meta.get("task"),
             _score(meta.get("cv_score")),
             _score(meta.get("holdout_score")),
+            (meta.get("selection") or {}).get("winner"),
         )
         for meta in reversed(models.get("versions") or [])
     ]
     return format_table(MODEL_COLUMNS, rows)
+
+
+def _note(row: JSON) -> str:
+    if row.get("error"):
+        return "error: " + " ".join(str(row["error"]).split())[:80]
+    return "TPOT's pick" if row.get("tpot_pick") else ""
+
+
+def leaderboard_table(board: JSON) -> str:
+    """A version's leaderboard: its rows ranked by CV score (the published one marked ``*``),
+    then the selection's summary and TPOT's counts."""
+    folds = f", {board['cv_folds']}-fold CV" if board.get("cv_folds") else ""
+    head = f"model {board.get('model')}, version {board.get('version')}: scoring {board.get('scoring')}{folds}\n"
+    rows = [
+        (
+            "*" if row.get("selected") else "",
+            row.get("rank"),
+            row.get("name"),
+            row.get("source"),
+            _score(row.get("cv_score")),
+            _score(row.get("holdout_score")),
+            row.get("complexity"),
+            _ms(row.get("predict_ms")),
+            _note(row),
+        )
+        for row in board.get("rows") or []
+    ]
+    lines = [head + format_table(LEADERBOARD_COLUMNS, rows).rstrip("\n")]
+    selection = board.get("selection") or {}
+    if selection.get("summary"):
+        lines.append(f"selection: {selection['summary']}")
+    tpot = board.get("tpot") or {}
+    if tpot:
+        shown = f"; {tpot['shown']} shown (top {tpot.get('top_k')})" if tpot.get("shown") is not None else ""
+        lines.append(
+            f"TPOT: {tpot.get('total', 0)} pipelines, {tpot.get('evaluated', 0)} evaluated, "
+            f"{tpot.get('invalid', 0)} invalid, {tpot.get('timed_out', 0)} timed out{shown}"
+        )
+    elif board.get("baselines") is False:
+        lines.append("baselines: not fitted (baselines=false)")
+    return "\n".join(lines) + "\n"
+
+
+def drift_table(report: JSON) -> str:
+    """``GET /drift``: one line per feature (JS distance, PSI, share out of the training range,
+    verdict), then the model's verdict and its drifted share."""
+    served = "served" if report.get("served", True) else "not served"
+    head = (f"model {report.get('model')}, version {report.get('version')} ({served}): "
+            f"{report.get('rows', 0)} rows from {report.get('since')} to {report.get('until')}\n")
+    rows = [
+        (
+            f.get("feature"),
+            f.get("kind"),
+            f.get("rows"),
+            _score(f.get("js_distance")),
+            _score(f.get("psi")),
+            _share(f.get("out_of_range_share")),
+            f.get("verdict"),
+        )
+        for f in report.get("features") or []
+    ]
+    features = report.get("features") or []
+    thresholds = report.get("thresholds") or {}
+    verdict = report.get("verdict")
+    if verdict == "not_enough_rows":
+        tail = f"verdict: not_enough_rows ({report.get('rows', 0)} rows; at least {report.get('min_rows')} needed)"
+    else:
+        drifted = report.get("drifted_features") or []
+        tail = (f"verdict: {verdict}, drifted share {_share(report.get('drifted_share'))} "
+                f"({len(drifted)} of {len(features)} features{': ' + ', '.join(drifted) if drifted else ''})")
+    tail += (f"; thresholds: JS distance > {thresholds.get('js_distance')} or PSI > {thresholds.get('psi')}"
+             if thresholds else "")
+    return head + format_table(DRIFT_COLUMNS, rows) + tail + "\n"
+
+
+def quality_table(report: JSON) -> str:
+    """``GET /quality``: live quality from feedback per version, beside its holdout score."""
+    task = str(report.get("task") or "classification")
+    metrics = QUALITY_METRICS.get(task, QUALITY_METRICS["regression"])
+    head = (f"model {report.get('model')} ({task}), serving {report.get('served_version')}: "
+            f"feedback on answers from {report.get('since')} to {report.get('until')}\n")
+    versions = report.get("versions") or []
+    if not versions:
+        body = "no feedback in this window\n"
+    else:
+        rows = [
+            ("*" if v.get("served") else "", v.get("version"), v.get("rows"),
+             *(_score(v.get(m)) for m in metrics), _score(v.get("holdout_score")), v.get("scoring"))
+            for v in versions
+        ]
+        body = format_table(("served", "version", "rows", *metrics, "holdout_score", "scoring"), rows)
+    skipped = report.get("skipped") or {}
+    if skipped:
+        body += "skipped: " + ", ".join(f"{reason}: {n}" for reason, n in skipped.items()) + "\n"
+    return head + body
+
+
+def parse_feedback(text: str, fmt: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """(items, rows) for ``POST /feedback`` from JSON (a list of items, or ``{"feedback": [...],
+    "rows": [...]}``) or from CSV with the columns ``id`` and ``label`` or ``value``."""
+    if fmt == "json":
+        try:
+            data = json.loads(text, parse_constant=_reject_constant)
+        except ValueError as exc:
+            raise UsageError(f"the input is not valid JSON: {exc}") from exc
+        if isinstance(data, list):
+            items, rows = data, None
+        elif isinstance(data, dict) and data and set(data) <= {"feedback", "rows"}:
+            items, rows = data.get("feedback", []), data.get("rows")
+        else:
+            raise UsageError('the JSON input is a list of {"id", "label" | "value"} items, '
+                             'or {"feedback": [...], "rows": [...]}')
+        for key, value in (("feedback", items), ("rows", rows)):
+            if value is not None and (not isinstance(value, list) or not all(isinstance(v, dict) for v in value)):
+                raise UsageError(f"the JSON input's {key} must be a list of objects")
+        if not items and not rows:
+            raise UsageError("the input has no feedback")
+        return items, rows
+    table = parse_csv_rows(text)
+    if not table:
+        raise UsageError("the input has no feedback")
+    columns = set(table[0])
+    truth = next((name for name in ("label", "value") if name in columns), None)
+    if "id" not in columns or truth is None:
+        raise UsageError("the CSV input needs an id column (X-Prediction-ID:row) and a label or value column")
+    return [{"id": "" if row["id"] is None else str(row["id"]), truth: row[truth]} for row in table], None
 
 
 def registry_table(registry: JSON) -> str:
@@ -309,10 +452,16 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> int:
     answer = client.predict(rows, model=args.model)
     out_fmt = args.output_format or fmt
     results = result_rows(rows, answer, flat=out_fmt == "csv")
+    ids = getattr(answer, "row_ids", lambda: [])()
+    if args.ids and ids:
+        results = [{"id": row_id, **row} for row_id, row in zip(ids, results)]
     sys.stdout.write(format_csv(results) if out_fmt == "csv" else format_json(results))
     plural = "" if len(results) == 1 else "s"
     by = f"{args.model}, version " if args.model else ""
     print(f"{len(results)} prediction{plural} by model {by}{answer.get('model_version')}", file=sys.stderr)
+    if ids:
+        print(f"prediction id {answer.prediction_id} (feedback ids {ids[0]}"  # type: ignore[attr-defined]
+              f"{f' to {ids[-1]}' if len(ids) > 1 else ''})", file=sys.stderr)
     for warning in answer.get("warnings") or []:
         print(f"warning: {warning.get('field')}: {warning.get('message')}", file=sys.stderr)
     return 0
@@ -341,10 +490,13 @@ def follow(client: Client, job_id: str, args: argparse.Namespace) -> int:
         result = view.get("result") or {}
         gate = result.get("gate") or {}
         model = (view.get("request") or {}).get("model")
+        selection = result.get("selection") or {}
+        winner = (f"winner {selection['winner']} ({selection.get('source')}), "
+                  if selection.get("winner") else "")
         print(
             f"job {job_id} finished: version {result.get('version')}{f' of model {model}' if model else ''}, "
             f"cv_score {_score(result.get('cv_score'))}, "
-            f"holdout_score {_score(result.get('holdout_score'))}, "
+            f"holdout_score {_score(result.get('holdout_score'))}, {winner}"
             f"{'published' if result.get('published') else 'not published'} ({gate.get('reason', '')})",
             file=sys.stderr,
         )
@@ -370,6 +522,9 @@ def cmd_retrain(client: Client, args: argparse.Namespace) -> int:
         scoring=args.scoring,
         promote=args.promote,
         queue=True if args.queue else None,
+        baselines=args.baselines,
+        description=args.description,
+        random_state=args.random_state,
     )
     if not args.wait:
         _print_json(answer)
@@ -424,6 +579,48 @@ def cmd_activate(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_leaderboard(client: Client, args: argparse.Namespace) -> int:
+    return _print_listing(client.leaderboard(model=args.model, version=args.version), leaderboard_table, args.json)
+
+
+def cmd_card(client: Client, args: argparse.Namespace) -> int:
+    if args.json:
+        _print_json(client.card(model=args.model, version=args.version, fmt="json"))
+        return 0
+    text = client.card(model=args.model, version=args.version)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def _since(args: argparse.Namespace) -> dict[str, Any]:
+    return {"window": args.window, "since": args.since}
+
+
+def cmd_drift(client: Client, args: argparse.Namespace) -> int:
+    report = client.drift(model=args.model, version=args.version, **_since(args))
+    return _print_listing(report, drift_table, args.json)
+
+
+def cmd_quality(client: Client, args: argparse.Namespace) -> int:
+    return _print_listing(client.quality(model=args.model, **_since(args)), quality_table, args.json)
+
+
+def cmd_feedback(client: Client, args: argparse.Namespace) -> int:
+    text = _read_input(args.file)
+    items, rows = parse_feedback(text, detect_format(args.file, text, args.format))
+    answer = client.feedback(items, model=args.model, rows=rows)
+    if args.json:
+        _print_json(answer)
+    else:
+        skipped = answer.get("skipped") or []
+        print(f"model {answer.get('model')}: {answer.get('accepted', 0)} accepted, {len(skipped)} skipped, "
+              f"{answer.get('kept_rows', 0)} rows kept for retraining")
+    for skip in answer.get("skipped") or []:
+        of = f" (id {skip['id']})" if skip.get("id") is not None else ""
+        print(f"skipped {skip.get('in')}[{skip.get('index')}]{of}: {skip.get('reason')}", file=sys.stderr)
+    return 0
+
+
 def cmd_datasets_list(client: Client, args: argparse.Namespace) -> int:
     return _print_listing(client.datasets(), datasets_table, args.json)
 
@@ -474,6 +671,12 @@ def _wait_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait-timeout", type=float, metavar="S", help="give up waiting after S seconds")
 
 
+def _window_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--window", type=int, metavar="S", help="the last S seconds (default: DRIFT_WINDOW_S)")
+    group.add_argument("--since", metavar="T", help="from T: an ISO 8601 time or epoch seconds")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser; connection options go before or after the command."""
     common = argparse.ArgumentParser(add_help=False)
@@ -489,6 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, help="input format (default: by extension, else sniffed)")
     p.add_argument("--output-format", choices=FORMATS, help="output format (default: the input's)")
     _model_option(p, "the named model to predict with")
+    p.add_argument("--ids", action="store_true",
+                   help="add an id column: <X-Prediction-ID>:<row>, what tpotserve feedback takes")
     p.set_defaults(func=cmd_predict)
 
     p = commands.add_parser("retrain", parents=[common], help="start a training job (admin key)")
@@ -506,6 +711,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scoring", help="e.g. accuracy, f1_macro, r2, neg_mean_absolute_error")
     p.add_argument("--promote", choices=("auto", "always", "never"), help="default: auto (the gate decides)")
     p.add_argument("--queue", action="store_true", help="queue behind a running training instead of a 409")
+    p.add_argument("--no-baselines", dest="baselines", action="store_const", const=False, default=None,
+                   help="publish TPOT's pick only (default: the best by CV score of it and the baselines)")
+    p.add_argument("--description", metavar="TEXT", help="free text for the model card (at most 2000 characters)")
+    p.add_argument("--random-state", type=int, metavar="N",
+                   help="seed of TPOT, the baselines, the CV folds and the holdout split")
     _wait_options(p)
     p.set_defaults(func=cmd_retrain)
 
@@ -536,6 +746,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version")
     _model_option(p, "the named model the version belongs to")
     p.set_defaults(func=cmd_activate)
+
+    p = commands.add_parser("leaderboard", parents=[common],
+                            help="what a version's training tried, ranked by CV score, the published one marked *")
+    _model_option(p, "the named model")
+    p.add_argument("--version", default="current", help="a stored version (default: current)")
+    p.add_argument("--json", action="store_true", help="print the leaderboard's JSON")
+    p.set_defaults(func=cmd_leaderboard)
+
+    p = commands.add_parser("card", parents=[common], help="print a version's model card (Markdown)")
+    _model_option(p, "the named model")
+    p.add_argument("--version", default="current", help="a stored version (default: current)")
+    p.add_argument("--json", action="store_true", help="print the card as JSON")
+    p.set_defaults(func=cmd_card)
+
+    p = commands.add_parser("drift", parents=[common], help="live inputs against the training rows, per feature")
+    _model_option(p, "the named model")
+    _window_options(p)
+    p.add_argument("--version", help="another stored version than the served one")
+    p.add_argument("--json", action="store_true", help="print GET /drift as JSON")
+    p.set_defaults(func=cmd_drift)
+
+    p = commands.add_parser("quality", parents=[common], help="live quality from feedback, beside the holdout score")
+    _model_option(p, "the named model")
+    _window_options(p)
+    p.add_argument("--json", action="store_true", help="print GET /quality as JSON")
+    p.set_defaults(func=cmd_quality)
+
+    p = commands.add_parser("feedback", parents=[common], help="send the truth for answers given (predict key)")
+    p.add_argument("file", nargs="?", default="-",
+                   help="JSON items or a CSV with columns id,label|value; '-' or omitted: stdin")
+    p.add_argument("--format", choices=FORMATS, help="input format (default: by extension, else sniffed)")
+    _model_option(p, "the named model the answers came from")
+    p.add_argument("--json", action="store_true", help="print the answer's JSON")
+    p.set_defaults(func=cmd_feedback)
 
     p = commands.add_parser("datasets", help="upload or list training data sets")
     datasets = p.add_subparsers(dest="datasets_command", required=True, metavar="{upload,list}")

@@ -12,6 +12,7 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -20,16 +21,22 @@ import pytest
 
 from tpotserve_cli import Client, TpotServeAPIError, TpotServeConnectionError
 from tpotserve_cli.main import (
+    DRIFT_COLUMNS,
+    LEADERBOARD_COLUMNS,
     MODEL_COLUMNS,
     REGISTRY_COLUMNS,
     UsageError,
     detect_format,
+    drift_table,
     format_csv,
+    leaderboard_table,
     main,
     models_table,
     parse_csv_rows,
+    parse_feedback,
     parse_json_rows,
     parse_rows,
+    quality_table,
     registry_table,
     result_rows,
 )
@@ -69,9 +76,12 @@ class FakeGateway:
     url: str
     script: dict[tuple[str, str], list[tuple[int, Any]]] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
+    headers: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
 
-    def answer(self, method: str, path: str, *answers: tuple[int, Any]) -> None:
+    def answer(self, method: str, path: str, *answers: tuple[int, Any], headers: dict[str, str] | None = None,
+               ) -> None:
         self.script[(method, path)] = list(answers)
+        self.headers[(method, path)] = dict(headers or {})
 
     def json_sent(self, index: int = -1) -> Any:
         return json.loads(self.seen[index].body)
@@ -91,9 +101,12 @@ def gateway() -> Iterator[FakeGateway]:
             status, payload = answers.pop(0) if len(answers) > 1 else answers[0]
             raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             self.send_response(status)
-            kind = "text/html" if isinstance(payload, bytes) else "application/json"
+            extra = dict(state.headers.get((self.command, self.path)) or {})
+            kind = extra.pop("Content-Type", "text/html" if isinstance(payload, bytes) else "application/json")
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(raw)))
+            for name, value in extra.items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(raw)
 
@@ -381,3 +394,239 @@ def test_cli_model_flag_picks_the_named_endpoints(gateway, monkeypatch, capsys) 
         main(["current", "--model", "current"])
     assert usage.value.code == 2 and "is not a model name" in capsys.readouterr().err
     assert len(gateway.seen) == sent
+
+
+# --- leaderboard, card, drift, feedback, quality -------------------------------------------
+LEADERBOARD = {
+    "model": "iris", "version": "v2", "scoring": "accuracy", "cv_folds": 5,
+    "rows": [
+        {"rank": 1, "name": "linear", "source": "baseline", "cv_score": 0.975, "holdout_score": 0.9667,
+         "complexity": None, "predict_ms": 0.4123, "tpot_pick": False, "selected": True},
+        {"rank": 2, "name": "tpot:ab12", "source": "tpot", "cv_score": 0.9667, "holdout_score": None,
+         "complexity": 3, "eval_seconds": 1.2, "generation": 1, "predict_ms": None, "tpot_pick": True,
+         "selected": False},
+        {"rank": 3, "name": "dummy", "source": "baseline", "cv_score": 0.3333, "holdout_score": 0.3333,
+         "complexity": None, "predict_ms": 0.1, "tpot_pick": False, "selected": False},
+        {"rank": None, "name": "hist_gradient_boosting", "source": "baseline", "cv_score": None,
+         "holdout_score": None, "error": "ValueError: too\nfew rows", "selected": False},
+    ],
+    "tpot": {"total": 16, "evaluated": 14, "invalid": 2, "timed_out": 0, "shown": 1, "top_k": 10},
+    "baselines": True,
+    "selection": {"winner": "linear", "source": "baseline", "summary": "linear won on CV score by 0.0083 over tpot"},
+}
+DRIFT = {
+    "model": "iris", "version": "v2", "served": True, "since": "2026-01-01T00:00:00Z",
+    "until": "2026-01-01T01:00:00Z", "rows": 250, "enough_rows": True, "min_rows": 200,
+    "thresholds": {"js_distance": 0.1, "psi": 0.2}, "drifted_features": ["PetalWidth"], "drifted_share": 0.5,
+    "verdict": "drift",
+    "features": [
+        {"feature": "PetalLength", "kind": "numeric", "rows": 250, "bins": ["≤1.5", "(1.5, 4.4]", ">4.4"],
+         "reference_shares": [0.3, 0.4, 0.3], "live_shares": [0.32, 0.38, 0.3], "out_of_range_share": 0.0,
+         "psi": 0.00213, "js_distance": 0.0234, "verdict": "ok"},
+        {"feature": "PetalWidth", "kind": "numeric", "rows": 250, "bins": ["≤0.3", ">0.3"],
+         "reference_shares": [0.3, 0.7], "live_shares": [0.9, 0.1], "out_of_range_share": 0.04,
+         "psi": 1.9, "js_distance": 0.51, "verdict": "drift"},
+    ],
+}
+QUALITY = {
+    "model": "iris", "task": "classification", "served_version": "v2", "since": "a", "until": "b",
+    "versions": [{"version": "v2", "served": True, "rows": 40, "accuracy": 0.95, "holdout_score": 0.9667,
+                  "scoring": "accuracy"}],
+    "series": [{"version": "v2", "at": "a", "rows": 40, "accuracy": 0.95}],
+    "skipped": {"not a class of the model": 2},
+}
+
+
+def test_predict_exposes_the_prediction_id_and_stays_a_dict(gateway: FakeGateway) -> None:
+    batch = {**PREDICTED, "predictions": ["setosa", "virginica"]}
+    gateway.answer("POST", "/predict", (200, batch), headers={"X-Prediction-ID": "p-1"})
+    answer = Client(gateway.url).predict([ROW, ROW])
+    assert answer == batch and isinstance(answer, dict)  # what callers had before
+    assert answer.prediction_id == "p-1"
+    assert answer.row_ids() == ["p-1:0", "p-1:1"]
+    gateway.answer("POST", "/models/h/predict", (200, PREDICTED))  # an older server: no header
+    older = Client(gateway.url).predict(ROW, model="h")
+    assert older.prediction_id is None and older.row_ids() == []
+
+
+def test_retrain_sends_baselines_description_and_random_state(gateway: FakeGateway) -> None:
+    gateway.answer("POST", "/retrain", (202, {"job_id": "j1", "status": "queued"}))
+    Client(gateway.url, "k").retrain(baselines=False, description="spring data", random_state=0)
+    assert gateway.json_sent() == {"baselines": False, "description": "spring data", "random_state": 0}
+
+
+def test_documents_of_the_default_model_go_through_its_registry_name(gateway: FakeGateway) -> None:
+    gateway.answer("GET", "/registry", (200, REGISTRY))
+    gateway.answer("GET", "/models/iris/versions/current/leaderboard", (200, LEADERBOARD))
+    gateway.answer("GET", "/models/h.2/versions/v%201/leaderboard", (200, LEADERBOARD))
+    gateway.answer("GET", "/models/iris/versions/current/card?format=markdown",
+                   (200, "# Model card: iris — v2\n".encode()), headers={"Content-Type": "text/markdown"})
+    gateway.answer("GET", "/models/iris/versions/v2/card?format=json", (200, {"model": "iris", "version": "v2"}))
+    client = Client(gateway.url)
+    assert client.leaderboard() == LEADERBOARD
+    assert client.leaderboard(model="h.2", version="v 1") == LEADERBOARD
+    assert client.card() == "# Model card: iris — v2\n"  # the Markdown text, UTF-8
+    assert client.card(version="v2", fmt="json") == {"model": "iris", "version": "v2"}
+    assert [f"{s.method} {s.path}" for s in gateway.seen] == [
+        "GET /registry", "GET /models/iris/versions/current/leaderboard",
+        "GET /models/h.2/versions/v%201/leaderboard",
+        "GET /registry", "GET /models/iris/versions/current/card?format=markdown",
+        "GET /registry", "GET /models/iris/versions/v2/card?format=json",
+    ]
+    with pytest.raises(ValueError, match="fmt"):
+        client.card(model="iris", fmt="html")  # type: ignore[arg-type]
+
+
+def test_drift_quality_and_feedback_on_the_wire(gateway: FakeGateway) -> None:
+    gateway.answer("GET", "/drift", (200, DRIFT))
+    gateway.answer("GET", "/models/h/drift?window=60&version=v1", (200, DRIFT))
+    gateway.answer("GET", "/quality?since=2026-01-01T00%3A00%3A00%2B00%3A00", (200, QUALITY))
+    gateway.answer("GET", "/models/h/quality?window=3600", (200, QUALITY))
+    accepted = {"model": "iris", "accepted": 1, "skipped": [], "kept_rows": 0}
+    gateway.answer("POST", "/feedback", (200, accepted))
+    gateway.answer("POST", "/models/h/feedback", (200, accepted))
+    client = Client(gateway.url, "k")
+    assert client.drift() == DRIFT
+    assert client.drift(model="h", window=60, version="v1") == DRIFT
+    assert client.quality(since=datetime(2026, 1, 1, tzinfo=timezone.utc)) == QUALITY
+    assert client.quality(model="h", window=3600) == QUALITY
+    with pytest.raises(ValueError, match="either window or since"):
+        client.drift(window=60, since="2026-01-01")
+    assert client.feedback([{"id": "p-1:0", "label": "setosa"}]) == accepted
+    assert gateway.json_sent() == [{"id": "p-1:0", "label": "setosa"}]
+    client.feedback([], model="h", rows=[{**ROW, "species": "setosa"}])
+    assert gateway.json_sent() == {"feedback": [], "rows": [{**ROW, "species": "setosa"}]}
+    assert len(gateway.seen) == 6  # the bad window sent nothing
+
+
+def test_the_leaderboard_table_marks_the_published_row() -> None:
+    lines = leaderboard_table(LEADERBOARD).splitlines()
+    assert lines[0] == "model iris, version v2: scoring accuracy, 5-fold CV"
+    assert lines[1].split() == list(LEADERBOARD_COLUMNS)
+    assert lines[2].split() == ["*", "1", "linear", "baseline", "0.9750", "0.9667", "0.412"]
+    assert lines[3].split() == ["2", "tpot:ab12", "tpot", "0.9667", "3", "TPOT's", "pick"]
+    assert lines[5].split()[:4] == ["hist_gradient_boosting", "baseline", "error:", "ValueError:"]
+    assert lines[-2] == "selection: linear won on CV score by 0.0083 over tpot"
+    assert lines[-1] == "TPOT: 16 pipelines, 14 evaluated, 2 invalid, 0 timed out; 1 shown (top 10)"
+
+
+def test_the_drift_table_gives_each_feature_then_the_verdict() -> None:
+    lines = drift_table(DRIFT).splitlines()
+    assert lines[0] == "model iris, version v2 (served): 250 rows from 2026-01-01T00:00:00Z to 2026-01-01T01:00:00Z"
+    assert lines[1].split() == list(DRIFT_COLUMNS)
+    assert lines[2].split() == ["PetalLength", "numeric", "250", "0.0234", "0.0021", "0.0%", "ok"]
+    assert lines[3].split() == ["PetalWidth", "numeric", "250", "0.5100", "1.9000", "4.0%", "drift"]
+    assert lines[4] == ("verdict: drift, drifted share 50.0% (1 of 2 features: PetalWidth); "
+                        "thresholds: JS distance > 0.1 or PSI > 0.2")
+    few = {**DRIFT, "rows": 12, "enough_rows": False, "verdict": "not_enough_rows", "drifted_share": None,
+           "drifted_features": [], "features": [{**DRIFT["features"][0], "psi": None, "js_distance": None,
+                                                 "verdict": "not_enough_rows"}]}
+    assert drift_table(few).splitlines()[-1].startswith("verdict: not_enough_rows (12 rows; at least 200 needed)")
+
+
+def test_the_quality_table_by_task() -> None:
+    lines = quality_table(QUALITY).splitlines()
+    assert lines[1].split() == ["served", "version", "rows", "accuracy", "holdout_score", "scoring"]
+    assert lines[2].split() == ["*", "v2", "40", "0.9500", "0.9667", "accuracy"]
+    assert lines[3] == "skipped: not a class of the model: 2"
+    regression = {**QUALITY, "task": "regression", "skipped": {}, "versions": [
+        {"version": "v1", "served": False, "rows": 3, "mae": 1.5, "rmse": 2.0, "r2": None, "holdout_score": 0.7,
+         "scoring": "r2"}]}
+    lines = quality_table(regression).splitlines()
+    assert lines[1].split() == ["served", "version", "rows", "mae", "rmse", "r2", "holdout_score", "scoring"]
+    assert lines[2].split() == ["v1", "3", "1.5000", "2.0000", "0.7000", "r2"]
+    assert quality_table({**QUALITY, "versions": [], "skipped": {}}).splitlines()[-1] == "no feedback in this window"
+
+
+def test_feedback_input_from_json_or_csv() -> None:
+    items = [{"id": "p:0", "label": "setosa"}]
+    assert parse_feedback(json.dumps(items), "json") == (items, None)
+    both = {"feedback": items, "rows": [{**ROW, "species": "setosa"}]}
+    assert parse_feedback(json.dumps(both), "json") == (items, both["rows"])
+    assert parse_feedback("id,value\np:0,2.5\np:1,3\n", "csv") == (
+        [{"id": "p:0", "value": 2.5}, {"id": "p:1", "value": 3}], None)
+    with pytest.raises(UsageError, match="needs an id column"):
+        parse_feedback("id,truth\np:0,1\n", "csv")
+    with pytest.raises(UsageError, match="no feedback"):
+        parse_feedback("[]", "json")
+    with pytest.raises(UsageError, match="a list of"):
+        parse_feedback('{"other": 1}', "json")
+
+
+def test_cli_leaderboard_card_drift_quality_and_feedback(gateway, monkeypatch, capsys, tmp_path) -> None:
+    monkeypatch.setenv("TPOTSERVE_URL", gateway.url)
+    monkeypatch.setenv("TPOTSERVE_API_KEY", "k")
+    gateway.answer("GET", "/registry", (200, REGISTRY))
+    gateway.answer("GET", "/models/iris/versions/current/leaderboard", (200, LEADERBOARD))
+    assert main(["leaderboard"]) == 0
+    assert capsys.readouterr().out == leaderboard_table(LEADERBOARD)
+    gateway.answer("GET", "/models/h/versions/v2/leaderboard", (200, LEADERBOARD))
+    assert main(["leaderboard", "--model", "h", "--version", "v2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == LEADERBOARD
+
+    gateway.answer("GET", "/models/iris/versions/current/card?format=markdown", (200, b"# Model card"),
+                   headers={"Content-Type": "text/markdown; charset=utf-8"})
+    assert main(["card"]) == 0
+    assert capsys.readouterr().out == "# Model card\n"
+    missing = _error("not_found", "no version 'v9' of 'iris'", "version")
+    gateway.answer("GET", "/models/iris/versions/v9/card?format=json", (404, missing))
+    assert main(["card", "--version", "v9", "--json"]) == 1
+    assert capsys.readouterr().err == "tpotserve: error: 404 not_found: no version 'v9' of 'iris' (field: version)\n"
+
+    gateway.answer("GET", "/drift?window=600", (200, DRIFT))
+    assert main(["drift", "--window", "600"]) == 0
+    assert capsys.readouterr().out == drift_table(DRIFT)
+    with pytest.raises(SystemExit) as usage:
+        main(["drift", "--window", "600", "--since", "2026-01-01"])
+    assert usage.value.code == 2
+    capsys.readouterr()
+    no_reference = _error("no_reference", "version 'v1' of 'iris' has no reference profile", "version")
+    gateway.answer("GET", "/drift?version=v1", (409, no_reference))
+    assert main(["drift", "--version", "v1"]) == 1
+    assert capsys.readouterr().err.startswith("tpotserve: error: 409 no_reference: ")
+
+    gateway.answer("GET", "/models/h/quality?since=2026-01-01T00%3A00%3A00Z", (200, QUALITY))
+    assert main(["quality", "--model", "h", "--since", "2026-01-01T00:00:00Z"]) == 0
+    assert capsys.readouterr().out == quality_table(QUALITY)
+
+    answer = {"model": "iris", "accepted": 1, "kept_rows": 0,
+              "skipped": [{"index": 1, "in": "feedback", "id": "p:9", "reason": "unknown or expired id"}]}
+    gateway.answer("POST", "/feedback", (200, answer))
+    path = tmp_path / "truth.csv"
+    path.write_text("id,label\np:0,setosa\np:9,virginica\n")
+    assert main(["feedback", str(path)]) == 0
+    assert gateway.json_sent() == [{"id": "p:0", "label": "setosa"}, {"id": "p:9", "label": "virginica"}]
+    out, err = capsys.readouterr()
+    assert out == "model iris: 1 accepted, 1 skipped, 0 rows kept for retraining\n"
+    assert err == "skipped feedback[1] (id p:9): unknown or expired id\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO("id,truth\np:0,1\n"))
+    sent = len(gateway.seen)
+    assert main(["feedback", "-"]) == 2 and len(gateway.seen) == sent
+    assert "needs an id column" in capsys.readouterr().err
+
+
+def test_cli_predict_ids_retrain_flags_and_the_winner(gateway, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("TPOTSERVE_URL", gateway.url)
+    monkeypatch.setenv("TPOTSERVE_API_KEY", "k")
+    gateway.answer("POST", "/predict", (200, PREDICTED), headers={"X-Prediction-ID": "p-7"})
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(ROW)))
+    assert main(["predict", "--ids", "--output-format", "csv"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0].startswith("id,SepalLength,") and out.splitlines()[1].startswith("p-7:0,5.1,")
+    assert "prediction id p-7 (feedback ids p-7:0)" in err
+
+    gateway.answer("POST", "/retrain", (202, {"job_id": "j1", "status": "queued"}))
+    assert main(["retrain", "--no-baselines", "--description", "spring data", "--random-state", "7"]) == 0
+    assert gateway.json_sent() == {"baselines": False, "description": "spring data", "random_state": 7}
+    assert main(["retrain"]) == 0
+    assert gateway.json_sent() == {}  # the server's defaults: baselines on
+    capsys.readouterr()
+
+    gateway.answer("GET", "/models", (200, {"current": "v2", "versions": [
+        {"version": "v1", "current": False, "selection": None},
+        {"version": "v2", "current": True, "cv_score": 0.975, "selection": {"winner": "linear"}}]}))
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[-1] == "winner"
+    assert lines[1].split() == ["*", "v2", "0.9750", "linear"]
+    assert lines[2].split() == ["v1"]
