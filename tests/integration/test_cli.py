@@ -16,9 +16,9 @@ import sys
 import pytest
 
 from native.stack import free_port
-from tpotserve_cli.main import MODEL_COLUMNS, REGISTRY_COLUMNS
+from tpotserve_cli.main import DRIFT_COLUMNS, LEADERBOARD_COLUMNS, MODEL_COLUMNS, REGISTRY_COLUMNS
 
-from .conftest import API_KEY, LiveStack
+from .conftest import API_KEY, LiveStack, wait_for
 
 IRIS = ("setosa", "versicolor", "virginica")
 HEADER = ["SepalLength", "SepalWidth", "PetalLength", "PetalWidth"]
@@ -194,3 +194,79 @@ def test_usage_errors_exit_2_and_unreachable_gateways_are_named(stack: LiveStack
     down = tpotserve(stack, "--url", url, "models")
     assert down.returncode == 1
     assert down.stderr == f"tpotserve: error: could not reach {url}: connection refused\n"
+
+
+def test_leaderboard_and_card_of_the_served_model(stack: LiveStack) -> None:
+    """The bootstrap iris version has both documents: the CLI shows what the API holds."""
+    default = stack.get("/registry").json()["default"]
+    board = stack.get(f"/models/{default}/versions/current/leaderboard").json()
+    run = tpotserve(stack, "leaderboard")
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith(f"model {default}, version {board['version']}: scoring {board['scoring']}")
+    assert lines[1].split() == list(LEADERBOARD_COLUMNS)
+    rows = lines[2:2 + len(board["rows"])]
+    assert [line.lstrip("* ").split()[1] for line in rows] == [r["name"] for r in board["rows"]]
+    selected = [line.split()[2] for line in rows if line.startswith("*")]
+    assert selected == [r["name"] for r in board["rows"] if r["selected"]]
+    assert any(line.startswith("TPOT: ") for line in lines)
+    as_json = tpotserve(stack, "leaderboard", "--model", default, "--version", board["version"], "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == board
+
+    card = tpotserve(stack, "card")
+    assert card.returncode == 0, card.stderr
+    assert card.stdout.rstrip("\n") == stack.get(f"/models/{default}/versions/current/card").text.rstrip("\n")
+    card_json = tpotserve(stack, "card", "--json")
+    assert card_json.returncode == 0, card_json.stderr
+    assert json.loads(card_json.stdout) == stack.get(f"/models/{default}/versions/current/card?format=json").json()
+
+    listed = tpotserve(stack, "models", "--json")
+    current = next(v for v in json.loads(listed.stdout)["versions"] if v["current"])
+    table = tpotserve(stack, "models").stdout.splitlines()
+    assert table[0].split()[-1] == "winner"
+    marked = next(line for line in table if line.startswith("*"))
+    assert marked.split()[-1] == current["selection"]["winner"]
+
+    missing = tpotserve(stack, "card", "--version", "19990101T000000Z-000000")
+    assert missing.returncode == 1 and missing.stderr.startswith("tpotserve: error: 404 not_found: ")
+
+
+def test_drift_after_predictions_and_feedback_into_quality(stack: LiveStack) -> None:
+    """250 rows from the training ranges through `tpotserve predict`, then `tpotserve drift` prints
+    every feature; the predictions fed back as their own labels count in `tpotserve quality`."""
+    batch = [ROWS[i % len(ROWS)] for i in range(250)]
+    predicted = tpotserve(stack, "predict", "--ids", "--output-format", "csv", stdin=json.dumps(batch))
+    assert predicted.returncode == 0, predicted.stderr
+    assert "prediction id " in predicted.stderr
+    out = list(csv.DictReader(io.StringIO(predicted.stdout)))
+    assert len(out) == 250 and out[0]["id"].endswith(":0") and out[-1]["id"].endswith(":249")
+
+    def drifted() -> subprocess.CompletedProcess[str] | None:
+        run = tpotserve(stack, "drift", "--json")
+        assert run.returncode == 0, run.stderr
+        return run if json.loads(run.stdout)["rows"] >= 250 else None
+
+    report = json.loads(wait_for(drifted, 30, interval_s=0.5, what="250 live rows in GET /drift").stdout)
+    run = tpotserve(stack, "drift", "--window", "3600")
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[1].split() == list(DRIFT_COLUMNS)
+    assert [line.split()[0] for line in lines[2:2 + len(HEADER)]] == [f["feature"] for f in report["features"]]
+    assert sorted(f["feature"] for f in report["features"]) == sorted(HEADER)
+    assert lines[-1].startswith(f"verdict: {report['verdict']}")
+
+    truth = "id,label\n" + "".join(f"{row['id']},{row['prediction']}\n" for row in out[:3])
+    fed = tpotserve(stack, "feedback", "--format", "csv", stdin=truth)
+    assert fed.returncode == 0, fed.stderr
+    assert fed.stdout.startswith(f"model {report['model']}: 3 accepted, 0 skipped")
+    again = tpotserve(stack, "feedback", "--format", "csv", stdin=truth)  # counted once
+    assert again.returncode == 0 and "0 accepted, 3 skipped" in again.stdout
+    assert again.stderr.count("already counted") == 3
+
+    quality = tpotserve(stack, "quality", "--json")
+    assert quality.returncode == 0, quality.stderr
+    served = next(v for v in json.loads(quality.stdout)["versions"] if v["served"])
+    assert served["rows"] >= 3
+    table = tpotserve(stack, "quality")
+    assert table.stdout.splitlines()[1].split()[:4] == ["served", "version", "rows", "accuracy"]
