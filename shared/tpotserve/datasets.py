@@ -43,7 +43,9 @@ from .settings import Settings
 
 DATA_NAME = "data.csv"
 META_NAME = "meta.json"
-BUNDLED = ("iris",)
+DEFAULT_DATASET = "iris"
+"""The bundled data set: what a model without a data set of its own trains on."""
+BUNDLED = (DEFAULT_DATASET,)
 IRIS_FEATURES = ["SepalLength", "SepalWidth", "PetalLength", "PetalWidth"]
 MAX_CLASSES_FOR_INFERENCE = 20
 PREVIEW_ROWS = 5

@@ -20,40 +20,35 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .atomic import fsync_dir
-from .errors import InvalidInput, NotFound
+from .errors import NotFound
+from .names import MODEL_NAME_PATTERN, RESERVED_NAMES, check_model_name, is_model_name
+from .settings import signing_key
 from .store import POINTER_NAME, ModelStore
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 __all__ = ["MODEL_NAME_PATTERN", "ModelRegistry", "check_model_name"]
 
 log = logging.getLogger(__name__)
 
 MODELS_DIR = "models"
-MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-RESERVED_NAMES = frozenset({"current"})
-"""``/models/current`` is the default model's endpoint, so no model may be called that."""
-_NAME = re.compile(MODEL_NAME_PATTERN)
 MIGRATING_PREFIX = ".migrating-"
-
-
-def check_model_name(name: object, field: str = "model") -> str:
-    """``name`` if it can name a model (it is a path segment on disk and in URLs)."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in RESERVED_NAMES:
-        shown = name[:100] if isinstance(name, str) else name
-        raise InvalidInput(
-            f"{shown!r} is not a model name: 1-64 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit, and not 'current'",
-            field=field,
-        )
-    return name
 
 
 class ModelRegistry:
     """Finds (and in the trainer, creates) the store of each model name under ``root``."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelRegistry:
+        """The registry a service uses: MODEL_DIR, the signing key (or the insecure
+        development mode; RuntimeError without either), MODEL_NAME."""
+        return cls(settings.model_dir, signing_key(settings), settings.model_name)
 
     def __init__(self, root: Path, signing_key: bytes | None, default_name: str) -> None:
         self.root = Path(root)
@@ -82,7 +77,7 @@ class ModelRegistry:
         found = set()
         if self.models_dir.is_dir():
             for entry in self.models_dir.iterdir():
-                if _NAME.fullmatch(entry.name) and entry.name not in RESERVED_NAMES and _holds_a_store(entry):
+                if is_model_name(entry.name) and _holds_a_store(entry):
                     found.add(entry.name)
         if self._legacy_present():
             found.add(self.default_name)

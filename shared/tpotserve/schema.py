@@ -12,7 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import InvalidInput
-from .registry import check_model_name
+from .datasets import DEFAULT_DATASET
+from .names import check_model_name
 from .settings import Settings
 
 
@@ -165,7 +166,7 @@ def build_training_payload(
         )
     return TrainingPayload(
         model=request.model or settings.model_name,
-        dataset=request.dataset or dataset or "iris",
+        dataset=request.dataset or dataset or DEFAULT_DATASET,
         dataset_sha256=dataset_sha256,
         target=target,
         task=task,

@@ -33,7 +33,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .registry import MODEL_NAME_PATTERN
+from .names import MODEL_NAME_PATTERN
 
 
 class Settings(BaseSettings):

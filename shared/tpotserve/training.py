@@ -6,13 +6,13 @@ queued; the trainer runs the data checks again on what it loads.
 
 from __future__ import annotations
 
-from .datasets import DatasetStore, check_trainable
+from .datasets import DEFAULT_DATASET, DatasetStore, check_trainable
 from .errors import InvalidInput, NotFound, TpotServeError
 from .schema import RetrainRequest, TrainingPayload, build_training_payload, check_caps
 from .settings import Settings
 from .store import ModelStore
 
-BUNDLED_TARGETS = {"iris": "species"}
+BUNDLED_TARGETS = {DEFAULT_DATASET: "species"}
 
 
 def plan_training(
@@ -30,12 +30,12 @@ def plan_training(
     """
     check_caps(request, settings)
     previous = _current_training(store)
-    dataset = request.dataset or previous.get("dataset") or "iris"
+    dataset = request.dataset or previous.get("dataset") or DEFAULT_DATASET
     try:
         meta = datasets.meta(dataset)
     except NotFound as exc:
         raise InvalidInput(
-            f"unknown dataset {dataset!r}; upload one with POST /datasets or use 'iris'",
+            f"unknown dataset {dataset!r}; upload one with POST /datasets or use {DEFAULT_DATASET!r}",
             field="dataset",
         ) from exc
     same_data = previous.get("dataset") == dataset

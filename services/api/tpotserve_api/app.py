@@ -12,7 +12,7 @@ from flask_restful import Api
 from tpotserve import logs
 from tpotserve.datasets import DatasetStore
 from tpotserve.offline import disable_tpot_update_check
-from tpotserve.settings import Settings, load_settings, signing_key
+from tpotserve.settings import Settings, load_settings
 from tpotserve.registry import ModelRegistry
 
 from . import documents, metrics, resources, v2, watch
@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
 
     # Refuses to build the app (so Gunicorn refuses to start) without a signing key,
     # unless the insecure development flag is set.
-    registry = ModelRegistry(settings.model_dir, signing_key(settings), settings.model_name)
+    registry = ModelRegistry.from_settings(settings)
     models = ModelPool(registry, settings.model_poll_interval_s, settings.max_loaded_models)
     models.preload()
     if poll:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from tpotserve.errors import InvalidInput, NotFound
-from tpotserve.registry import check_model_name
+from tpotserve.names import check_model_name
 from tpotserve.store import ModelStore
 
 from . import metrics

@@ -22,9 +22,9 @@ from rq.job import Job
 from rq.registry import StartedJobRegistry
 
 from tpotserve import jobs, logs
-from tpotserve.datasets import DatasetStore
+from tpotserve.datasets import DEFAULT_DATASET, DatasetStore
 from tpotserve.schema import parse_retrain_request
-from tpotserve.settings import Settings, load_settings, signing_key
+from tpotserve.settings import Settings, load_settings
 from tpotserve.registry import ModelRegistry
 from tpotserve.training import plan_training
 
@@ -37,7 +37,7 @@ BOOTSTRAP_RETRIES = 2
 
 def ensure_first_model(settings: Settings) -> str | None:
     """Enqueue the bootstrap training if no model is current; returns the job id, if any."""
-    registry = ModelRegistry(settings.model_dir, signing_key(settings), settings.model_name)
+    registry = ModelRegistry.from_settings(settings)
     registry.migrate_legacy()
     for model in registry.names():
         for name in registry.store(model).remove_stale_temp(older_than_s=STALE_TEMP_S):
@@ -64,7 +64,7 @@ def ensure_first_model(settings: Settings) -> str | None:
             return existing.id
         existing.delete()  # ended without a model: run it again
     payload = plan_training(
-        parse_retrain_request({"dataset": "iris"}), settings, DatasetStore.from_settings(settings), reason="bootstrap"
+        parse_retrain_request({"dataset": DEFAULT_DATASET}), settings, DatasetStore.from_settings(settings), reason="bootstrap"
     )
     job = queue.enqueue(
         jobs.RETRAIN_FUNC,

@@ -29,7 +29,7 @@ from tpotserve.errors import TpotServeError, TrainingFailed
 from tpotserve.model_meta import ModelMeta
 from tpotserve.schema import TrainingPayload
 from tpotserve.registry import ModelRegistry
-from tpotserve.settings import Settings, load_settings, signing_key
+from tpotserve.settings import Settings, load_settings
 from tpotserve.store import ModelStore, new_version_id
 
 from . import automl, baselines, card, data, leaderboard
@@ -298,7 +298,7 @@ def activate(version: str, model: str | None = None) -> dict[str, Any]:
 
 
 def registry_for(settings: Settings) -> ModelRegistry:
-    return ModelRegistry(settings.model_dir, signing_key(settings), settings.model_name)
+    return ModelRegistry.from_settings(settings)
 
 
 def stop_if_canceled() -> None:
