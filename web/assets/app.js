@@ -3,12 +3,14 @@
 //   GET /models/current, GET /models, POST /models/<v>/activate     -> the model panel
 //   POST /predict                                                    -> the prediction form
 //   GET|POST /datasets, POST /retrain, GET|DELETE /jobs/<id>         -> the retrain panel
+//   GET /models/<name>/versions/<v>/leaderboard, .../card?format=json -> the leaderboard and card panel
+//   GET /drift, GET /quality                                         -> the drift and live quality panel
 // The default model uses those unnamed endpoints (so a server from before named models works);
 // another selected model uses /models/<name>, /models/<name>/versions, /models/<name>/predict
 // and /models/<name>/versions/<v>/activate (see modelPaths).
 // Admin actions ask for the API key once and keep it in sessionStorage (this tab only).
 
-import { barChart, lineChart } from "./charts.js";
+import { barChart, histogramChart, lineChart, valueBars } from "./charts.js";
 
 const ADMIN_KEY = "tpotserve.adminKey";
 const PREDICT_KEY = "tpotserve.predictKey";
@@ -28,6 +30,10 @@ const state = {
   featureSignature: null, // the feature names the form was built for
   datasets: [],
   jobToken: null, // the job being followed; a new one stops the old loop
+  docVersion: null, // the version whose leaderboard and card are shown; null: the current one
+  docShown: null, // "<model> <version>" of the documents on screen
+  drift: null, // the last GET /drift answer shown
+  driftFeature: null, // the feature whose histogram is shown
 };
 
 // --- formatting ---------------------------------------------------------------
@@ -64,6 +70,21 @@ function code(text) {
   return node;
 }
 
+/** An element with text and child nodes; strings become text nodes (never markup). */
+function elt(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(props)) {
+    if (value === null || value === undefined) continue;
+    if (name === "className") node.className = value;
+    else if (name === "dataset") Object.assign(node.dataset, value);
+    else node.setAttribute(name, String(value));
+  }
+  for (const child of children) {
+    if (child !== null && child !== undefined && child !== false) node.append(child);
+  }
+  return node;
+}
+
 // --- models by name ----------------------------------------------------------------
 
 /** null for the default model (or no name), else the name. */
@@ -85,6 +106,9 @@ function modelPaths(name = state.model) {
       versions: "/models",
       predict: "/predict",
       activate: (version) => `/models/${encodeURIComponent(version)}/activate`,
+      drift: "/drift",
+      quality: "/quality",
+      document: documentPath(name),
     };
   }
   const base = `/models/${encodeURIComponent(named)}`;
@@ -93,7 +117,18 @@ function modelPaths(name = state.model) {
     versions: `${base}/versions`,
     predict: `${base}/predict`,
     activate: (version) => `${base}/versions/${encodeURIComponent(version)}/activate`,
+    drift: `${base}/drift`,
+    quality: `${base}/quality`,
+    document: documentPath(name),
   };
+}
+
+/** A version's leaderboard or card: these have no unnamed endpoint, so the default model goes by
+ * its registry name; null until the registry is read (or on a server without one). */
+function documentPath(name) {
+  const shown = modelName(name);
+  if (!shown) return null;
+  return (version, doc) => `/models/${encodeURIComponent(shown)}/versions/${encodeURIComponent(version)}/${doc}`;
 }
 
 /** " of model <name>" once the server has named models, else "". */
@@ -372,13 +407,25 @@ function renderCurrent(model) {
   $("#current-pipeline").textContent = model.pipeline || "(not recorded)";
 }
 
-function renderVersions(listing) {
+/** The live metric comparable to a version's scoring (accuracy with accuracy, r2 with r2), or null. */
+function liveMetric(scoring) {
+  return { accuracy: "accuracy", r2: "r2" }[scoring] || null;
+}
+
+function renderVersions(listing, quality = null) {
   const versions = [...(listing.versions || [])].sort((a, b) => versionTime(a) - versionTime(b));
   const scorings = [...new Set(versions.map((v) => v.scoring).filter(Boolean))];
+  const live = new Map((quality?.versions || []).map((q) => [q.version, q]));
+  const livePoint = (v) => {
+    const metric = liveMetric(v.scoring);
+    const entry = live.get(v.version);
+    return metric && entry && Number.isFinite(entry[metric]) ? entry[metric] : null;
+  };
+  const metrics = [...new Set(versions.filter((v) => livePoint(v) !== null).map((v) => liveMetric(v.scoring)))];
   lineChart(
     $("#score-chart"),
-    versions.map((v) => ({ t: versionTime(v), cv: v.cv_score, holdout: v.holdout_score, label: v.version, current: v.current })),
-    { yLabel: scorings.length === 1 ? scorings[0] : "score" },
+    versions.map((v) => ({ t: versionTime(v), cv: v.cv_score, holdout: v.holdout_score, live: livePoint(v), label: v.version, current: v.current })),
+    { yLabel: scorings.length === 1 ? scorings[0] : "score", liveLabel: metrics.length === 1 ? `live ${metrics[0]}` : "live" },
   );
   $("#score-caption").textContent =
     `${versions.length} stored version${versions.length === 1 ? "" : "s"} over time` +
@@ -394,13 +441,18 @@ function renderVersions(listing) {
       `${v.task || "?"}, ${v.scoring || "?"}`,
       fmtScore(v.cv_score),
       fmtScore(v.holdout_score),
+      v.selection?.winner || "–",
       v.gate ? (v.gate.promoted ? "promoted" : "held back") : "–",
     ];
     cells.forEach((content, index) => {
       const td = document.createElement("td");
       td.append(content);
       if (index === 4 || index === 5) td.className = "num";
-      if (index === 6 && v.gate && v.gate.reason) td.title = v.gate.reason;
+      if (index === 6) {
+        td.className = "winner";
+        if (v.selection?.summary) td.title = v.selection.summary;
+      }
+      if (index === 7 && v.gate && v.gate.reason) td.title = v.gate.reason;
       tr.append(td);
     });
     const action = document.createElement("td");
@@ -419,6 +471,7 @@ function renderVersions(listing) {
     return tr;
   });
   $("#versions tbody").replaceChildren(...rows);
+  renderDocVersions(listing);
 }
 
 let refreshChain = Promise.resolve();
@@ -434,7 +487,9 @@ function refreshModels() {
 async function readModels() {
   const selected = state.model;
   const paths = modelPaths(selected);
-  const [current, listing] = await Promise.all([api("GET", paths.current), api("GET", paths.versions)]);
+  const [current, listing, quality] = await Promise.all([
+    api("GET", paths.current), api("GET", paths.versions), api("GET", watchQuery(paths.quality)),
+  ]);
   if (selected !== state.model) return; // another model was selected meanwhile: its own read follows
   $("#models-name").textContent = modelName() || "";
   $("#predict-form").hidden = !current.ok;
@@ -453,11 +508,289 @@ async function readModels() {
     }
   }
   if (listing.ok) {
-    renderVersions(listing.body);
+    renderVersions(listing.body, quality.ok ? quality.body : null);
     $("#models-error").textContent = "";
   } else {
     $("#models-error").textContent = listing.error.message;
   }
+  renderQuality(quality);
+  await Promise.all([loadDocuments(), current.ok ? loadDrift() : Promise.resolve()]);
+}
+
+// --- leaderboard and model card ---------------------------------------------------------------
+
+function renderDocVersions(listing) {
+  const select = $("#doc-version");
+  const versions = [...(listing.versions || [])].sort((a, b) => versionTime(b) - versionTime(a));
+  if (state.docVersion && !versions.some((v) => v.version === state.docVersion)) state.docVersion = null;
+  select.replaceChildren(
+    ...versions.map((v) => elt("option", { value: v.version }, `${v.version}${v.current ? " (serving)" : ""}${v.selection?.winner ? ` · ${v.selection.winner}` : ""}`)),
+  );
+  const current = versions.find((v) => v.current);
+  select.value = state.docVersion || current?.version || versions[0]?.version || "";
+}
+
+/** Read and show the leaderboard and card of the chosen version (the current one by default). */
+async function loadDocuments(force = false) {
+  const selected = state.model;
+  const paths = modelPaths(selected);
+  const version = $("#doc-version").value;
+  $("#card-panel").hidden = paths.document === null && state.registryMissing;
+  if (!paths.document || !version) return;
+  const key = `${modelName(selected)} ${version}`;
+  if (!force && state.docShown === key) return; // a version's documents never change
+  const [board, card] = await Promise.all([
+    api("GET", paths.document(version, "leaderboard")),
+    api("GET", `${paths.document(version, "card")}?format=json`),
+  ]);
+  if (selected !== state.model || $("#doc-version").value !== version) return;
+  state.docShown = board.ok && card.ok ? key : null;
+  const problems = [board, card].filter((r) => !r.ok).map((r) => r.error.message);
+  $("#card-error").textContent = [...new Set(problems)].join("; ");
+  $("#card-body").hidden = !board.ok && !card.ok;
+  if (board.ok) renderLeaderboard(board.body);
+  else $("#leaderboard tbody").replaceChildren();
+  if (card.ok) renderCard(card.body);
+  else $("#model-card").replaceChildren();
+}
+
+function fmtMs(value) {
+  return Number.isFinite(value) ? value.toFixed(3) : "–";
+}
+
+function renderLeaderboard(board) {
+  const rows = (board.rows || []).map((row) => {
+    const classes = [row.source === "baseline" ? "baseline" : "tpot"];
+    if (row.selected) classes.push("selected");
+    if (row.error) classes.push("failed");
+    const name = elt("td", {}, code(row.name));
+    if (row.source === "baseline") name.append(" ", elt("span", { className: "tag baseline" }, "baseline"));
+    if (row.tpot_pick) name.append(" ", elt("span", { className: "tag pick" }, "TPOT's pick"));
+    const note = row.error ? row.error : row.selected ? "published candidate" : "";
+    const tr = elt("tr", { className: classes.join(" "), dataset: { name: row.name, source: row.source || "" } },
+      elt("td", { className: "num" }, row.rank ?? "–"),
+      name,
+      elt("td", {}, row.source || "–"),
+      elt("td", { className: "num" }, fmtScore(row.cv_score)),
+      elt("td", { className: "num" }, fmtScore(row.holdout_score)),
+      elt("td", { className: "num" }, row.complexity ?? "–"),
+      elt("td", { className: "num" }, fmtMs(row.predict_ms)),
+      elt("td", { className: row.error ? "note bad" : "note" }, note),
+    );
+    if (row.pipeline) tr.title = row.pipeline;
+    if (row.selected) tr.setAttribute("aria-current", "true");
+    return tr;
+  });
+  $("#leaderboard tbody").replaceChildren(...rows);
+  const parts = [];
+  if (board.selection?.summary) parts.push(board.selection.summary);
+  const t = board.tpot;
+  if (t) parts.push(`TPOT: ${plural(t.total ?? 0, "pipeline")}, ${t.evaluated ?? 0} evaluated, ${t.invalid ?? 0} invalid, ${t.timed_out ?? 0} timed out; ${t.shown ?? 0} shown`);
+  parts.push(`scoring ${board.scoring || "?"}${board.cv_folds ? `, ${board.cv_folds}-fold CV` : ""}`);
+  $("#leaderboard-summary").textContent = parts.join(" · ");
+}
+
+function range(entry) {
+  return `${fmtNumber(entry.min)} – ${fmtNumber(entry.max)}`;
+}
+
+function stepList(steps) {
+  return elt("ol", { className: "steps" }, ...(steps || []).map((step) => {
+    const params = Object.entries(step.params || {});
+    const item = elt("li", {}, elt("strong", {}, step.name), " ", code(step.class), elt("span", { className: "hint" }, ` ${step.module || ""}`));
+    if (params.length) {
+      item.append(elt("div", { className: "params" }, ...params.map(([k, v]) => code(`${k}=${typeof v === "string" ? JSON.stringify(v) : JSON.stringify(v)}`))));
+    }
+    if (step.steps) item.append(stepList(step.steps));
+    return item;
+  }));
+}
+
+function renderCard(card) {
+  const root = $("#model-card");
+  const ds = card.dataset || {};
+  const scores = card.scores || {};
+  const interval = scores.holdout_interval;
+  const facts = elt("dl", { className: "facts", id: "card-facts" });
+  fact(facts, "version", code(card.version || "?"));
+  fact(facts, "task", `${card.task || "?"}: ${ds.target || "?"} from ${(ds.features || []).length} features`);
+  fact(facts, "data set", code(ds.id || "?"), ds.sha256 ? elt("span", { className: "hint", title: ds.sha256 }, ` sha256 ${ds.sha256.slice(0, 12)}…`) : "");
+  fact(facts, "rows", `${ds.rows ?? "?"}: ${ds.training_rows ?? "?"} for the search, ${ds.holdout_rows ?? "?"} held out`);
+  if (ds.class_balance) {
+    fact(facts, "class balance", Object.entries(ds.class_balance).map(([c, share]) => `${c} ${(share * 100).toFixed(1)} %`).join(", "));
+  } else if (ds.target_range) {
+    fact(facts, "target range", `${range(ds.target_range)} (mean ${fmtNumber(ds.target_range.mean)}, sd ${fmtNumber(ds.target_range.std)})`);
+  }
+  fact(facts, "trained", `${fmtTime(card.created_at)}${card.job_id ? ` by job ${card.job_id}` : ""}${Number.isFinite(card.training_seconds) ? `, ${fmtNumber(card.training_seconds)} s` : ""}`);
+  if (card.budget) {
+    const b = card.budget;
+    fact(facts, "budget", `${b.max_time_mins ?? "?"} min, ${b.generations ?? "?"} generations of ${b.population_size ?? "?"}, ${b.cv ?? "?"}-fold CV`);
+  }
+
+  const scoreList = elt("dl", { className: "facts", id: "card-scores" });
+  fact(scoreList, "CV", `${fmtScore(scores.cv)} ${scores.scoring || ""}${scores.cv_folds ? ` (${scores.cv_folds} folds)` : ""}`);
+  fact(scoreList, "holdout", `${fmtScore(scores.holdout)}`,
+    interval ? elt("span", { id: "card-interval" }, ` (${Math.round((interval.confidence || 0.95) * 100)} % interval ${fmtScore(interval.low)} – ${fmtScore(interval.high)}, ${interval.resamples ?? "?"} resamples)`) : "");
+  if (card.selection?.summary) fact(scoreList, "selection", card.selection.summary);
+
+  const pipeline = card.pipeline || {};
+  const codeBlock = pipeline.code
+    ? elt("pre", { id: "card-code", className: "code" }, pipeline.code)
+    : elt("p", { id: "card-code-unavailable", className: "hint" }, `No Python code: ${pipeline.code_unavailable || "not recorded"}`);
+
+  let errors;
+  if (card.confusion_matrix) {
+    const cm = card.confusion_matrix;
+    errors = elt("div", {}, elt("h4", {}, "Confusion matrix on the holdout"),
+      elt("div", { className: "table-wrap" }, elt("table", { id: "card-confusion", className: "matrix" },
+        elt("thead", {}, elt("tr", {}, elt("th", {}, "true \\ predicted"), ...cm.labels.map((l) => elt("th", {}, String(l))))),
+        elt("tbody", {}, ...cm.matrix.map((row, i) => {
+          const total = row.reduce((a, b) => a + b, 0) || 1;
+          return elt("tr", {}, elt("th", {}, String(cm.labels[i])), ...row.map((n, j) => elt("td", {
+            className: `num${i === j ? " diagonal" : n ? " off" : ""}`, style: `--share: ${(n / total).toFixed(3)}`,
+          }, String(n))));
+        })))));
+  } else if (card.residuals) {
+    const r = card.residuals;
+    const list = elt("dl", { className: "facts", id: "card-residuals" });
+    for (const [key, label] of [["mae", "MAE"], ["rmse", "RMSE"], ["mean_error", "mean error"], ["median_abs_error", "median |error|"], ["p90_abs_error", "90th percentile |error|"], ["max_abs_error", "max |error|"]]) {
+      if (r[key] !== undefined) fact(list, label, fmtNumber(r[key]));
+    }
+    errors = elt("div", {}, elt("h4", {}, "Residuals on the holdout"), list);
+  }
+
+  const importance = card.permutation_importance || {};
+  const chart = elt("div", { id: "card-importance", className: "chart" });
+  const importanceBlock = elt("div", {}, elt("h4", {}, "Permutation importance on the holdout"));
+  if (importance.error) {
+    importanceBlock.append(elt("p", { className: "hint", id: "card-importance-error" }, importance.error));
+  } else {
+    importanceBlock.append(chart, elt("p", { className: "hint" }, `drop in ${importance.scoring || "score"} when the feature is shuffled, mean ± sd of ${importance.n_repeats ?? "?"} repeats`));
+    const items = (importance.features || []).map((f) => ({
+      label: f.feature, value: f.mean, spread: f.std, cls: f.mean > 0 ? "importance" : "importance none",
+      data: { feature: f.feature, mean: f.mean }, title: `${f.feature}: ${f.mean} ± ${f.std}`,
+    }));
+    valueBars(chart, items, { format: (v) => fmtNumber(v), empty: "no features" });
+  }
+
+  const features = elt("div", { className: "table-wrap" }, elt("table", { id: "card-features" },
+    elt("thead", {}, elt("tr", {}, ...["feature", "type", "min", "max", "distinct"].map((h) => elt("th", {}, h)))),
+    elt("tbody", {}, ...(ds.features || []).map((f) => elt("tr", {},
+      elt("td", {}, f.name), elt("td", {}, f.type || ""), elt("td", { className: "num" }, fmtNumber(f.min)),
+      elt("td", { className: "num" }, fmtNumber(f.max)), elt("td", { className: "num" }, f.distinct ?? "–")))),
+  ));
+
+  const gate = card.gate || {};
+  const libraries = Object.entries(card.library_versions || {}).map(([k, v]) => `${k} ${v}`).join(", ");
+  root.replaceChildren(
+    card.description ? elt("p", { id: "card-description", className: "description" }, card.description) : "",
+    elt("div", { className: "card-grid" },
+      elt("div", {}, facts, elt("h4", {}, "Scores"), scoreList,
+        elt("p", { id: "card-gate", className: `gate ${gate.promoted ? "good" : "bad"}` },
+          `Gate (${gate.mode || "?"}): ${gate.promoted ? "published" : "not published"}${gate.reason ? `: ${gate.reason}` : ""}`)),
+      elt("div", {}, errors || "", importanceBlock)),
+    elt("h4", {}, "Features"), features,
+    elt("h4", {}, `Pipeline: ${pipeline.selected || "?"} (${pipeline.source || "?"})`),
+    stepList(pipeline.steps), codeBlock,
+    libraries ? elt("p", { className: "hint" }, `Libraries: ${libraries}`) : "",
+  );
+}
+
+// --- drift and live quality -----------------------------------------------------------------
+
+function watchQuery(path) {
+  const windowS = $("#drift-window").value;
+  return windowS ? `${path}?window=${encodeURIComponent(windowS)}` : path;
+}
+
+const VERDICT_TEXT = { ok: "no drift", drift: "drift", not_enough_rows: "not enough rows yet" };
+
+async function loadDrift() {
+  const selected = state.model;
+  const result = await api("GET", watchQuery(modelPaths(selected).drift));
+  if (selected !== state.model) return;
+  if (!result.ok) {
+    state.drift = null;
+    $("#drift-error").textContent = result.error.code === "no_reference"
+      ? `${result.error.message}` : `drift: ${result.error.message}`;
+    $("#drift-summary").textContent = "";
+    $("#drift-summary").className = "drift-summary";
+    valueBars($("#drift-chart"), [], { empty: "no drift report" });
+    $("#drift-feature").replaceChildren();
+    $("#drift-histogram").replaceChildren();
+    return;
+  }
+  $("#drift-error").textContent = "";
+  renderDrift(result.body);
+}
+
+function renderDrift(report) {
+  state.drift = report;
+  const features = report.features || [];
+  const summary = $("#drift-summary");
+  summary.className = `drift-summary verdict-${report.verdict}`;
+  const share = Number.isFinite(report.drifted_share) ? `${(report.drifted_share * 100).toFixed(0)} % of features drifted` : "";
+  summary.replaceChildren(
+    elt("strong", { id: "drift-verdict" }, VERDICT_TEXT[report.verdict] || report.verdict),
+    ` · version `, code(report.version || "?"), report.served === false ? " (not served)" : "",
+    ` · ${plural(report.rows ?? 0, "live row")}${report.enough_rows ? "" : ` (at least ${report.min_rows} needed)`}`,
+    share ? ` · ${share}${report.drifted_features?.length ? `: ${report.drifted_features.join(", ")}` : ""}` : "",
+    report.thresholds ? ` · thresholds JS ${report.thresholds.js_distance}, PSI ${report.thresholds.psi}` : "",
+  );
+  const js = report.thresholds?.js_distance || 0.1;
+  const top = Math.max(2 * js, ...features.map((f) => (Number.isFinite(f.js_distance) ? f.js_distance : 0)));
+  valueBars($("#drift-chart"), features.map((f) => ({
+    label: f.feature, value: f.js_distance, cls: `verdict-${f.verdict}`,
+    data: { feature: f.feature, verdict: f.verdict },
+    title: `${f.feature}: ${VERDICT_TEXT[f.verdict] || f.verdict}; JS ${f.js_distance ?? "–"}, PSI ${f.psi ?? "–"}, ` +
+      `${Number.isFinite(f.out_of_range_share) ? (f.out_of_range_share * 100).toFixed(1) : "–"} % out of the training range`,
+  })), { max: top, format: (v) => v.toFixed(3), onPick: (item) => pickDriftFeature(item.label), empty: "no features" });
+  const select = $("#drift-feature");
+  select.replaceChildren(...features.map((f) => elt("option", { value: f.feature }, `${f.feature} · ${VERDICT_TEXT[f.verdict] || f.verdict}`)));
+  if (!features.some((f) => f.feature === state.driftFeature)) {
+    // The most drifted feature first.
+    const ranked = [...features].sort((a, b) => (b.js_distance ?? -1) - (a.js_distance ?? -1));
+    state.driftFeature = ranked[0]?.feature ?? null;
+  }
+  if (state.driftFeature !== null) pickDriftFeature(state.driftFeature);
+}
+
+function pickDriftFeature(name) {
+  const feature = (state.drift?.features || []).find((f) => f.feature === name);
+  if (!feature) return;
+  state.driftFeature = name;
+  $("#drift-feature").value = name;
+  document.querySelectorAll("#drift-chart .bar-row").forEach((row) => row.classList.toggle("picked", row.dataset.feature === name));
+  histogramChart($("#drift-histogram"), feature.bins || [], feature.reference_shares || [], feature.live_shares);
+  const outside = Number.isFinite(feature.out_of_range_share) ? `, ${(feature.out_of_range_share * 100).toFixed(1)} % out of the training range` : "";
+  $("#drift-histogram-caption").textContent =
+    `${feature.feature} (${feature.kind}): share of rows per bin, training vs ${plural(feature.rows ?? 0, "live row")}` +
+    `${outside}; JS ${feature.js_distance ?? "–"}, PSI ${feature.psi ?? "–"}`;
+}
+
+function renderQuality(result) {
+  const table = $("#quality-table");
+  const summary = $("#quality-summary");
+  if (!result.ok) {
+    table.tHead.replaceChildren();
+    table.tBodies[0].replaceChildren();
+    summary.textContent = result.status === 404 ? "" : `live quality: ${result.error.message}`;
+    return;
+  }
+  const report = result.body;
+  const metrics = report.task === "regression" ? ["mae", "rmse", "r2"] : ["accuracy"];
+  table.tHead.replaceChildren(elt("tr", {}, ...["version", "feedback rows", ...metrics.map((m) => `live ${m}`), "holdout", "scoring"].map((h) => elt("th", {}, h))));
+  table.tBodies[0].replaceChildren(...(report.versions || []).map((v) => elt("tr", { className: v.served ? "current" : "", dataset: { version: v.version } },
+    elt("td", {}, code(v.version), v.served ? " (serving)" : ""),
+    elt("td", { className: "num" }, String(v.rows)),
+    ...metrics.map((m) => elt("td", { className: `num live-${m}` }, report.task === "regression" && m !== "r2" ? fmtNumber(v[m]) : fmtScore(v[m]))),
+    elt("td", { className: "num" }, fmtScore(v.holdout_score)),
+    elt("td", {}, v.scoring || ""),
+  )));
+  const skipped = Object.entries(report.skipped || {});
+  summary.textContent = (report.versions || []).length
+    ? (skipped.length ? `skipped feedback: ${skipped.map(([reason, n]) => `${reason} (${n})`).join(", ")}` : "")
+    : "No feedback on the answers of this window yet.";
 }
 
 /** Poll the current version of model ``name`` until it is ``version``; true when it was in time. */
@@ -541,6 +874,7 @@ async function loadRegistry() {
     presetRetrain();
     if (state.current) setServing(state.current); // now with the model's name
     $("#models-name").textContent = modelName() || "";
+    loadDocuments(); // they go by the model's name, known now
   }
 }
 
@@ -548,6 +882,9 @@ async function loadRegistry() {
 function selectModel(name) {
   state.model = namedOrDefault(name);
   state.current = null;
+  state.docVersion = null;
+  state.docShown = null;
+  state.driftFeature = null;
   $("#model-select").value = modelName();
   $("#prediction").hidden = true; // an answer of the model selected before
   $("#models-error").textContent = "";
@@ -656,10 +993,13 @@ function retrainBody() {
   for (const name of ["target", "task", "scoring", "promote"]) {
     if (form.elements[name].value) body[name] = form.elements[name].value;
   }
-  for (const name of ["max_time_mins", "generations", "population_size", "cv"]) {
+  for (const name of ["max_time_mins", "generations", "population_size", "cv", "random_state"]) {
     const raw = form.elements[name].value.trim();
     if (raw !== "") body[name] = Number(raw); // the API checks ranges and integers, and names the field
   }
+  if (!form.elements.baselines.checked) body.baselines = false; // checked: the server's default (true)
+  const description = form.elements.description.value.trim();
+  if (description) body.description = description;
   return body;
 }
 
@@ -816,6 +1156,13 @@ function start() {
   $("#rt-dataset").addEventListener("change", renderTargets);
   $("#model-select").addEventListener("change", (event) => selectModel(event.target.value));
   $("#job-cancel").addEventListener("click", cancelJob);
+  $("#doc-version").addEventListener("change", (event) => {
+    state.docVersion = event.target.value;
+    loadDocuments();
+  });
+  $("#drift-window").addEventListener("change", () => refreshModels());
+  $("#drift-refresh").addEventListener("click", () => refreshModels());
+  $("#drift-feature").addEventListener("change", (event) => pickDriftFeature(event.target.value));
   $("#forget-key").addEventListener("click", () => {
     sessionStorage.removeItem(ADMIN_KEY);
     sessionStorage.removeItem(PREDICT_KEY);
@@ -834,6 +1181,7 @@ function start() {
     const selected = state.model;
     const result = await api("GET", modelPaths(selected).current);
     if (selected === state.model && result.ok && result.body.version !== state.current?.version) refreshModels();
+    else if (selected === state.model && result.ok) loadDrift(); // live inputs move on between versions
   }, REFRESH_MS);
 }
 

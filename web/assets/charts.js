@@ -1,4 +1,6 @@
-// Two small SVG charts, no dependency: class probabilities as bars, scores over time as lines.
+// Small SVG charts, no dependency: class probabilities as bars, scores over time as lines,
+// one value per item as bars (drift per feature, permutation importance), and a two-series
+// histogram (a feature's training vs live shares).
 // Every label is set as text content (never as markup): class, column and version names
 // come from uploaded data.
 
@@ -76,9 +78,10 @@ function timeLabel(ms, spanMs) {
 
 /**
  * Scores over time. ``points``: [{t (ms), cv, holdout, label, current}], oldest first.
- * The CV score is the solid line; the holdout score, when known, the dashed one.
+ * The CV score is the solid line; the holdout score, when known, the dashed one; ``live`` (the
+ * live quality from feedback, when it is comparable to the scoring) the dotted one.
  */
-export function lineChart(container, points, { yLabel = "score" } = {}) {
+export function lineChart(container, points, { yLabel = "score", liveLabel = null } = {}) {
   const width = 560;
   const height = 230;
   const m = { left: 52, right: 16, top: 14, bottom: 42 };
@@ -88,7 +91,7 @@ export function lineChart(container, points, { yLabel = "score" } = {}) {
     container.replaceChildren(svg);
     return;
   }
-  const values = points.flatMap((p) => [p.cv, p.holdout]).filter((v) => Number.isFinite(v));
+  const values = points.flatMap((p) => [p.cv, p.holdout, p.live]).filter((v) => Number.isFinite(v));
   let lo = Math.min(...values);
   let hi = Math.max(...values);
   const unitInterval = lo >= 0 && hi <= 1;
@@ -131,6 +134,7 @@ export function lineChart(container, points, { yLabel = "score" } = {}) {
   const series = [
     { key: "cv", name: "CV score", cls: "cv" },
     { key: "holdout", name: "holdout score", cls: "holdout" },
+    { key: "live", name: liveLabel || "live", cls: "live" },
   ];
   for (const s of series) {
     const pts = points.filter((p) => Number.isFinite(p[s.key]));
@@ -160,6 +164,106 @@ export function lineChart(container, points, { yLabel = "score" } = {}) {
   legend.appendChild(el("text", { x: 154, y: 0 }, `holdout ${yLabel}`));
   legend.appendChild(el("circle", { class: "legend-dot", cx: 290, cy: -4, r: 4.5 }));
   legend.appendChild(el("text", { x: 300, y: 0 }, "serving"));
+  if (points.some((p) => Number.isFinite(p.live))) {
+    legend.appendChild(el("line", { class: "line live", x1: 360, x2: 378, y1: -4, y2: -4 }));
+    legend.appendChild(el("text", { x: 384, y: 0 }, liveLabel || "live"));
+  }
+  svg.appendChild(legend);
+  container.replaceChildren(svg);
+}
+
+/**
+ * One horizontal bar per item: [{label, value, spread?, cls?, data?: {name: value}, title?}].
+ * ``max`` fixes the scale (else the largest value); ``format`` writes the value at the bar's end;
+ * ``onPick(item)`` makes each row clickable (and focusable, Enter picks it too).
+ */
+export function valueBars(container, items, { max = null, format = (v) => String(v), onPick = null, empty = "nothing to show" } = {}) {
+  const width = 520;
+  const rowHeight = 24;
+  const labelWidth = Math.min(190, 16 + 7.2 * Math.max(4, ...items.map((item) => String(item.label).length)));
+  const valueWidth = 70;
+  const barWidth = width - labelWidth - valueWidth;
+  const height = Math.max(rowHeight, rowHeight * items.length) + 4;
+  const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": items.map((i) => `${i.label} ${format(i.value)}`).join(", ") || empty });
+  if (items.length === 0) {
+    svg.appendChild(el("text", { class: "empty", x: width / 2, y: rowHeight / 2 + 6, "text-anchor": "middle" }, empty));
+    container.replaceChildren(svg);
+    return;
+  }
+  const top = max ?? Math.max(...items.map((i) => (Number.isFinite(i.value) ? i.value + (i.spread || 0) : 0)), 1e-12);
+  const scale = (v) => Math.max(0, Math.min(1, v / (top || 1))) * barWidth;
+  items.forEach((item, i) => {
+    const y = 2 + i * rowHeight;
+    const group = el("g", { class: `bar-row${onPick ? " pickable" : ""}` });
+    for (const [name, value] of Object.entries(item.data || {})) group.setAttribute(`data-${name}`, String(value));
+    group.appendChild(el("text", { x: labelWidth - 8, y: y + rowHeight / 2 + 4, "text-anchor": "end" }, String(item.label)));
+    group.appendChild(el("rect", { class: "bar-bg", x: labelWidth, y: y + 4, width: barWidth, height: rowHeight - 8, rx: 3 }));
+    const finite = Number.isFinite(item.value);
+    const bar = el("rect", {
+      class: `bar ${item.cls || ""}`.trim(),
+      x: labelWidth,
+      y: y + 4,
+      width: finite ? Math.max(scale(item.value), item.value > 0 ? 1.5 : 0) : 0,
+      height: rowHeight - 8,
+      rx: 3,
+    });
+    for (const [name, value] of Object.entries(item.data || {})) bar.setAttribute(`data-${name}`, String(value));
+    group.appendChild(titled(bar, item.title || `${item.label}: ${finite ? format(item.value) : "–"}`));
+    if (finite && item.spread > 0) {
+      const x0 = labelWidth + scale(Math.max(0, item.value - item.spread));
+      const x1 = labelWidth + scale(item.value + item.spread);
+      group.appendChild(el("line", { class: "spread", x1: x0, x2: x1, y1: y + rowHeight / 2, y2: y + rowHeight / 2 }));
+    }
+    group.appendChild(el("text", { x: width - 4, y: y + rowHeight / 2 + 4, "text-anchor": "end" }, finite ? format(item.value) : "–"));
+    if (onPick) {
+      group.setAttribute("tabindex", "0");
+      group.setAttribute("role", "button");
+      group.addEventListener("click", () => onPick(item));
+      group.addEventListener("keydown", (event) => { if (event.key === "Enter" || event.key === " ") onPick(item); });
+    }
+    svg.appendChild(group);
+  });
+  container.replaceChildren(svg);
+}
+
+/** Two bars per bin: the training rows' share (``reference``) and the live rows' (``live``, may be null). */
+export function histogramChart(container, bins, reference, live) {
+  const width = 520;
+  const height = 210;
+  const m = { left: 40, right: 8, top: 10, bottom: 58 };
+  const plotW = width - m.left - m.right;
+  const plotH = height - m.top - m.bottom;
+  const values = [...reference, ...(live || [])].filter((v) => Number.isFinite(v));
+  const top = Math.max(0.05, ...values);
+  const y = (v) => m.top + (1 - v / top) * plotH;
+  const slot = plotW / Math.max(1, bins.length);
+  const barW = Math.max(2, Math.min(28, slot / 2 - 2));
+  const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": `training vs live shares over ${bins.length} bins` });
+  const axis = el("g", { class: "axis" });
+  for (const f of [0, 0.5, 1]) {
+    axis.appendChild(el("line", { class: "gridline", x1: m.left, x2: width - m.right, y1: y(top * f), y2: y(top * f) }));
+    axis.appendChild(el("text", { x: m.left - 4, y: y(top * f) + 4, "text-anchor": "end" }, `${Math.round(top * f * 100)} %`));
+  }
+  svg.appendChild(axis);
+  bins.forEach((label, i) => {
+    const cx = m.left + slot * i + slot / 2;
+    const series = [["reference", reference[i]], ["live", live ? live[i] : null]];
+    series.forEach(([cls, v], j) => {
+      if (!Number.isFinite(v)) return;
+      const bar = el("rect", {
+        class: `hist ${cls}`, x: cx - barW + j * barW, y: y(v), width: barW - 1, height: Math.max(0, m.top + plotH - y(v)),
+        "data-bin": label, "data-share": v,
+      });
+      svg.appendChild(titled(bar, `${label}: ${cls === "reference" ? "training" : "live"} ${(v * 100).toFixed(1)} %`));
+    });
+    const text = el("text", { x: cx, y: height - m.bottom + 14, "text-anchor": "end", transform: `rotate(-35 ${cx} ${height - m.bottom + 14})` }, String(label));
+    svg.appendChild(text);
+  });
+  const legend = el("g", { class: "legend", transform: `translate(${m.left}, ${height - 6})` });
+  legend.appendChild(el("rect", { class: "hist-key reference", x: 0, y: -10, width: 12, height: 10 }));
+  legend.appendChild(el("text", { x: 16, y: 0 }, "training rows"));
+  legend.appendChild(el("rect", { class: "hist-key live", x: 120, y: -10, width: 12, height: 10 }));
+  legend.appendChild(el("text", { x: 136, y: 0 }, live ? "live rows" : "live rows (none yet)"));
   svg.appendChild(legend);
   container.replaceChildren(svg);
 }
