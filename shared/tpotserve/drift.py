@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from scipy.spatial.distance import jensenshannon
+from scipy.stats import chi2_contingency
 
 PROFILE_NAME = "profile.json"
 BINS = 10
@@ -139,10 +140,25 @@ def js_distance(reference: np.ndarray, live: np.ndarray) -> float:
     return 0.0 if math.isnan(value) else value
 
 
+def homogeneity_p(reference_counts: np.ndarray, live_counts: np.ndarray) -> float:
+    """p-value of a chi-square test that both samples come from one distribution over the bins."""
+    table = np.vstack([reference_counts, live_counts]).astype(float)
+    table = table[:, table.sum(axis=0) > 0]
+    if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():
+        return 1.0
+    return float(chi2_contingency(table, correction=False)[1])
+
+
 def compare(profile: dict[str, Any], counts: list[list[int]], out_of_range: list[int], rows: int, *,
-            js_threshold: float, psi_threshold: float, min_rows: int) -> dict[str, Any]:
+            js_threshold: float, psi_threshold: float, min_rows: int, p_value: float) -> dict[str, Any]:
     """Per feature, live vs reference: PSI, JS distance, live shares and a verdict; and the
-    share of drifted features. ``counts``: per feature, live rows per bin."""
+    share of drifted features. ``counts``: per feature, live rows per bin.
+
+    A feature has drifted when the distance is large (JS or PSI over its threshold) *and*
+    more than sampling could make it: two samples of a few hundred rows over ten bins differ
+    by a JS distance of about 0.1 by chance alone (the expected divergence grows with
+    bins / rows), so the verdict also needs a chi-square test of the two histograms to reject
+    "one distribution" at ``p_value``."""
     enough = rows >= min_rows
     features = []
     for feature, live, outside in zip(profile["features"], counts, out_of_range):
@@ -159,10 +175,12 @@ def compare(profile: dict[str, Any], counts: list[list[int]], out_of_range: list
         if total:
             entry["psi"] = round(psi(reference, live / total), 6)
             entry["js_distance"] = round(js_distance(reference, live / total), 6)
-            drifted = entry["psi"] > psi_threshold or entry["js_distance"] > js_threshold
+            entry["p_value"] = homogeneity_p(np.rint(reference * profile["rows"]), live)
+            drifted = (entry["psi"] > psi_threshold or entry["js_distance"] > js_threshold) and (
+                entry["p_value"] < p_value)
             entry["verdict"] = ("drift" if drifted else "ok") if enough else "not_enough_rows"
         else:
-            entry.update(psi=None, js_distance=None, verdict="not_enough_rows")
+            entry.update(psi=None, js_distance=None, p_value=None, verdict="not_enough_rows")
         features.append(entry)
     judged = [f for f in features if f["verdict"] != "not_enough_rows"]
     drifted = [f["feature"] for f in judged if f["verdict"] == "drift"]
@@ -170,7 +188,7 @@ def compare(profile: dict[str, Any], counts: list[list[int]], out_of_range: list
         "rows": int(rows),
         "enough_rows": enough,
         "min_rows": min_rows,
-        "thresholds": {"js_distance": js_threshold, "psi": psi_threshold},
+        "thresholds": {"js_distance": js_threshold, "psi": psi_threshold, "p_value": p_value},
         "drifted_features": drifted,
         "drifted_share": (len(drifted) / len(features)) if judged and features else None,
         "verdict": ("drift" if drifted else "ok") if enough else "not_enough_rows",

@@ -190,6 +190,10 @@ class Settings(BaseSettings):
     drift_psi_threshold: float = Field(default=0.2, gt=0)
     """DRIFT_PSI_THRESHOLD: ...or whose population stability index exceeds this."""
 
+    drift_p_value: float = Field(default=0.001, gt=0, lt=1)
+    """DRIFT_P_VALUE: ...and a chi-square test of live vs training bins rejects "the same distribution"
+    at this level (so sampling noise in small windows is not called drift)."""
+
     feedback_ttl_s: int = Field(default=86400, ge=60)
     """FEEDBACK_TTL_S: how long the stack remembers what it answered, for feedback to join."""
 

@@ -253,3 +253,30 @@ def test_the_one_row_path_counts_as_the_batch_path(training) -> None:
     assert (one_by_one == binner.count(live)).all()
     bins, outside = binner.split(binner.count(live))
     assert [sum(b) for b in bins] == [len(live)] * 4 and all(o > 0 for o in outside)
+
+
+def test_sampling_noise_of_small_windows_is_not_called_drift() -> None:
+    """120 training rows against 300 live rows of the same distribution: the JS distance alone
+    is often over 0.1 by chance; the chi-square gate keeps the verdict ok. A real shift of the
+    same size still is drift."""
+    from tpotserve.drift import Binner, compare
+
+    rng = np.random.default_rng(5)
+    reference = pd.DataFrame(_iris_like(rng, 120), columns=FEATURES)
+    profile = reference_profile(reference, pd.Series(["a"] * 120), "classification")
+    binner = Binner(profile)
+    over_js, flagged, shifted_flagged = 0, 0, 0
+    for seed in range(20):
+        for shift, flags in ((0.0, "same"), (1.0, "shift")):
+            live = _iris_like(np.random.default_rng(100 + seed), 300, shift=shift)
+            bins, outside = binner.split(binner.count(live))
+            report = compare(profile, bins, outside, 300, js_threshold=0.1, psi_threshold=0.2, min_rows=100,
+                             p_value=0.001)
+            if flags == "same":
+                over_js += sum(f["js_distance"] > 0.1 for f in report["features"])
+                flagged += len(report["drifted_features"])
+            else:
+                shifted_flagged += report["drifted_features"] == ["PetalWidth"]
+    assert over_js > 0  # the distance alone would have raised false alarms
+    assert flagged <= 1, flagged  # 80 feature checks; a 0.1 % test may fire about once in a thousand
+    assert shifted_flagged == 20

@@ -112,7 +112,8 @@ def drift_figures(context: Any, name: str, version: str, since: float, until: fl
         rows, bins, outside = monitoring.live_counts(
             context.queue.redis, name, version, sizes, monitoring.buckets(settings, since, until))
     report = compare(profile, bins, outside, rows, js_threshold=settings.drift_js_threshold,
-                     psi_threshold=settings.drift_psi_threshold, min_rows=settings.drift_min_rows)
+                     psi_threshold=settings.drift_psi_threshold, min_rows=settings.drift_min_rows,
+                     p_value=settings.drift_p_value)
     return {
         "version": version, "since": utc_iso(since), "until": utc_iso(until),
         "bucket_s": settings.monitoring_bucket_s, "monitoring": settings.monitoring,
