@@ -276,3 +276,96 @@ def test_model_panel_history_chart_and_rollback(page: Page, stack: LiveStack, re
     assert stack.get("/models").json()["current"] == target
     panel.screenshot(path=IMAGES / "models.png")
 
+
+
+def test_leaderboard_card_drift_and_live_quality(page: Page, stack: LiveStack) -> None:
+    """The selected model's leaderboard and card as the API has them, the drift of its live rows
+    (a bar per feature, a histogram on click) and the live quality of the feedback sent."""
+    default = stack.get("/registry").json()["default"]
+    board = stack.get(f"/models/{default}/versions/current/leaderboard").json()
+    card = stack.get(f"/models/{default}/versions/current/card?format=json").json()
+    flowers = [
+        {"SepalLength": 5.0, "SepalWidth": 3.4, "PetalLength": 1.5, "PetalWidth": 0.2},
+        {"SepalLength": 5.9, "SepalWidth": 2.8, "PetalLength": 4.3, "PetalWidth": 1.3},
+        {"SepalLength": 7.7, "SepalWidth": 3.0, "PetalLength": 6.1, "PetalWidth": 2.3},
+    ]
+    answered = stack.post("/predict", json={"instances": [flowers[i % 3] for i in range(250)]})
+    assert answered.status_code == 200, answered.text
+    prediction_id = answered.headers["X-Prediction-ID"]
+    truth = [{"id": f"{prediction_id}:{i}", "label": label}
+             for i, label in enumerate(answered.json()["predictions"][:5])]
+    # Answers reach Redis at the workers' next flush (MONITORING_FLUSH_S): the drift rows say when.
+    wait_for(lambda: stack.get("/drift").json()["rows"] >= 250, 30, interval_s=0.5, what="250 live rows")
+    fed = stack.post("/feedback", json=truth)
+    assert fed.status_code == 200 and fed.json()["accepted"] == 5, fed.text
+    drift = stack.get("/drift").json()
+
+    _open(page)
+    rows = page.locator("#leaderboard tbody tr")
+    expect(rows).to_have_count(len(board["rows"]))
+    selected = [r["name"] for r in board["rows"] if r["selected"]]
+    expect(page.locator("#leaderboard tr.selected")).to_have_count(len(selected))
+    assert page.locator("#leaderboard tr.selected").get_attribute("data-name") == selected[0]
+    baselines = [r for r in board["rows"] if r["source"] == "baseline"]
+    expect(page.locator("#leaderboard tr.baseline .tag.baseline")).to_have_count(len(baselines))
+    expect(page.locator("#leaderboard-summary")).to_contain_text(board["selection"]["summary"])
+    winner = stack.get("/models").json()
+    current = next(v for v in winner["versions"] if v["current"])
+    expect(page.locator("#versions tr.current td.winner")).to_have_text(current["selection"]["winner"])
+
+    model_card = page.locator("#model-card")
+    if card["pipeline"].get("code"):
+        assert page.locator("#card-code").inner_text().strip() == card["pipeline"]["code"].strip()
+    else:
+        expect(page.locator("#card-code-unavailable")).to_be_visible()
+    expect(model_card.locator("#card-confusion tbody tr")).to_have_count(len(card["confusion_matrix"]["labels"]))
+    expect(model_card.locator("#card-features tbody tr")).to_have_count(len(card["dataset"]["features"]))
+    expect(model_card.locator("#card-importance rect.bar")).to_have_count(
+        len(card["permutation_importance"].get("features") or []))
+    expect(model_card.locator("#card-interval")).to_contain_text("interval")
+    expect(model_card.locator("#card-gate")).to_contain_text(card["gate"]["reason"] or "Gate")
+    page.locator("#card-panel").screenshot(path=IMAGES / "card.png")
+
+    bars = page.locator("#drift-chart rect.bar")
+    expect(bars).to_have_count(len(IRIS_FEATURES))
+    verdicts = {f["feature"]: f["verdict"] for f in drift["features"]}
+    for name in IRIS_FEATURES:
+        bar = page.locator(f"#drift-chart rect.bar[data-feature='{name}']")
+        assert bar.get_attribute("data-verdict") == verdicts[name]
+        assert f"verdict-{verdicts[name]}" in (bar.get_attribute("class") or "")
+    page.locator("#drift-chart g.bar-row[data-feature='PetalWidth']").click()
+    expect(page.locator("#drift-feature")).to_have_value("PetalWidth")
+    petal = next(f for f in drift["features"] if f["feature"] == "PetalWidth")
+    expect(page.locator("#drift-histogram rect.hist.reference")).to_have_count(len(petal["bins"]))
+    expect(page.locator("#drift-histogram rect.hist.live")).to_have_count(len(petal["bins"]))
+    expect(page.locator("#drift-summary")).to_contain_text("live rows")
+    served_row = page.locator(f"#quality-table tbody tr[data-version='{current['version']}']")
+    expect(served_row).to_contain_text("(serving)")
+    assert int(served_row.locator("td").nth(1).inner_text()) >= 5
+    expect(page.locator("#score-chart circle.point.live")).not_to_have_count(0)
+    page.locator("#watch-panel").screenshot(path=IMAGES / "drift.png")
+
+
+def test_retrain_form_sends_baselines_and_description(page: Page, stack: LiveStack) -> None:
+    """Unchecking Baselines sends "baselines": false with the description; the answer is faked, so
+    nothing trains, and its error sits next to the field it names."""
+    sent: list[dict] = []
+
+    def refuse(route) -> None:  # noqa: ANN001 - Playwright's Route
+        sent.append(route.request.post_data_json)
+        route.fulfill(status=422, content_type="application/json", body=(
+            '{"error": {"code": "invalid_input", "message": "description is too long", "field": "description"}}'))
+
+    page.route("**/retrain", refuse)
+    _open(page)
+    expect(page.locator("#rt-baselines")).to_be_checked()
+    page.locator("#rt-baselines").uncheck()
+    page.locator("#rt-description").fill("spring <b>data</b>")
+    page.locator("#rt-random-state").fill("7")
+    page.get_by_role("button", name="Start training").click()
+    page.locator("#key-input").fill(API_KEY)
+    page.get_by_role("button", name="Use this key").click()
+    expect(_field_error(page, "#retrain-form", "description")).to_have_text("description is too long")
+    assert sent and sent[-1]["baselines"] is False
+    assert sent[-1]["description"] == "spring <b>data</b>" and sent[-1]["random_state"] == 7
+    expect(page.locator("#job")).to_be_hidden()
