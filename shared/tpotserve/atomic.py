@@ -109,7 +109,8 @@ def remove_temp_leftovers(directory: Path, older_than_s: float, now: float) -> l
     return removed
 
 
-def call_with_cleanup(path: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(path)``, then make the result readable and durable."""
+def write_durably(path: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(path)`` (e.g. joblib.dump), then fsync what it wrote. A failure leaves the
+    partial file for the caller's temp directory to remove (``new_directory``)."""
     write(path)
     fsync_file(path)

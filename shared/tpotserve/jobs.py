@@ -39,8 +39,6 @@ STATUS_MAP = {
     "canceled": "canceled",
 }
 
-ENDED = ("finished", "failed", "stopped", "canceled")
-"""RQ's statuses of a job that will not run (any more)."""
 
 
 def rq_status(job: Any, refresh: bool = True) -> str:

@@ -29,7 +29,7 @@ from typing import Any
 
 from .atomic import (
     TMP_PREFIX,
-    call_with_cleanup,
+    write_durably,
     new_directory,
     remove_temp_leftovers,
     replace_file,
@@ -194,7 +194,7 @@ class ModelStore:
             raise ValueError(f"not a version document: {sorted(unknown)}")
         final = self._version_dir(version)
         with new_directory(final) as tmp:
-            call_with_cleanup(tmp / ARTIFACT_NAME, dump)
+            write_durably(tmp / ARTIFACT_NAME, dump)
             digests = digest_file(tmp / ARTIFACT_NAME, self.signing_key)
             for name, raw in documents.items():
                 write_new_file(tmp / name, raw)

@@ -40,3 +40,23 @@ def test_local_links_in_the_readme_and_docs_resolve() -> None:
         if not (page.parent / target).exists()
     ]
     assert not broken, f"links to files that do not exist: {broken}"
+
+
+LAYOUT_PACKAGES = ("services/api/tpotserve_api", "services/trainer/tpotserve_trainer", "shared/tpotserve",
+                   "cli/tpotserve_cli", "native")
+
+
+def test_the_architecture_layout_names_every_module() -> None:
+    """docs/architecture.md's layout is drawn from the code: every module has its line."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    layout = text[text.index("## Layout"):]
+    missing = [f"{package}/{path.name}" for package in LAYOUT_PACKAGES for path in sorted((ROOT / package).glob("*.py"))
+               if path.name not in ("__init__.py", "__main__.py") and path.name not in layout]
+    assert not missing, f"docs/architecture.md's layout lacks {missing}"
+
+
+def test_the_shared_packages_all_lists_every_module() -> None:
+    import tpotserve
+
+    modules = sorted(p.stem for p in (ROOT / "shared" / "tpotserve").glob("*.py") if p.stem != "__init__")
+    assert sorted(tpotserve.__all__) == modules

@@ -46,7 +46,6 @@ from .limits import MAX_MAGNITUDE
 from .loaded_model import LoadedModel
 from .predict_request import parse_json
 
-PROTOCOL_VERSION = "2"
 FLOAT_TYPES = ("FP32", "FP64")
 OUTPUTS = ("predict", "predict_proba")
 
