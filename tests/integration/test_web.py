@@ -289,13 +289,15 @@ def test_leaderboard_card_drift_and_live_quality(page: Page, stack: LiveStack) -
         {"SepalLength": 5.9, "SepalWidth": 2.8, "PetalLength": 4.3, "PetalWidth": 1.3},
         {"SepalLength": 7.7, "SepalWidth": 3.0, "PetalLength": 6.1, "PetalWidth": 2.3},
     ]
+    counted_before = stack.get("/drift").json()["rows"]  # earlier tests' rows are in the window too
     answered = stack.post("/predict", json={"instances": [flowers[i % 3] for i in range(250)]})
     assert answered.status_code == 200, answered.text
     prediction_id = answered.headers["X-Prediction-ID"]
     truth = [{"id": f"{prediction_id}:{i}", "label": label}
              for i, label in enumerate(answered.json()["predictions"][:5])]
     # Answers reach Redis at the workers' next flush (MONITORING_FLUSH_S): the drift rows say when.
-    wait_for(lambda: stack.get("/drift").json()["rows"] >= 250, 30, interval_s=0.5, what="250 live rows")
+    wait_for(lambda: stack.get("/drift").json()["rows"] >= counted_before + 250, 30, interval_s=0.5,
+             what="250 more live rows")
     fed = stack.post("/feedback", json=truth)
     assert fed.status_code == 200 and fed.json()["accepted"] == 5, fed.text
     drift = stack.get("/drift").json()

@@ -744,7 +744,7 @@ function renderDrift(report) {
     data: { feature: f.feature, verdict: f.verdict },
     title: `${f.feature}: ${VERDICT_TEXT[f.verdict] || f.verdict}; JS ${f.js_distance ?? "–"}, PSI ${f.psi ?? "–"}, ` +
       `${Number.isFinite(f.out_of_range_share) ? (f.out_of_range_share * 100).toFixed(1) : "–"} % out of the training range`,
-  })), { max: top, format: (v) => v.toFixed(3), onPick: (item) => pickDriftFeature(item.label), empty: "no features" });
+  })), { max: top, format: (v) => (Number.isFinite(v) ? v.toFixed(3) : "–"), onPick: (item) => pickDriftFeature(item.label), empty: "no features" });
   const select = $("#drift-feature");
   select.replaceChildren(...features.map((f) => elt("option", { value: f.feature }, `${f.feature} · ${VERDICT_TEXT[f.verdict] || f.verdict}`)));
   if (!features.some((f) => f.feature === state.driftFeature)) {
