@@ -10,9 +10,13 @@ import pytest
 from sklearn.linear_model import LinearRegression
 
 from tpotserve.contract import Contract, diff, guard, history
-from tpotserve.errors import ContractConflict
+from tpotserve.datasets import iris_frame
+from tpotserve.errors import ContractConflict, InvalidInput
+from tpotserve.registry import ModelRegistry
 from tpotserve.schema import parse_activate_request
-from tpotserve.errors import InvalidInput
+from tpotserve_trainer import contract_guard
+
+from tests.unit.payloads import training_payload
 
 from tests.unit.test_api import AUTH, make_meta, publish, upload  # noqa: F401 - fixtures below come from there too
 from tests.unit.test_api import client, iris, make_client, model, store, v1  # noqa: F401
@@ -144,3 +148,55 @@ def test_registry_and_model_endpoints_show_the_contract_and_a_mixed_history(stor
     assert listing["mixed_contracts"] is True
     assert {v["version"]: v["other_contract"] for v in listing["versions"]} == {"v1": False, "v2": True}
     assert np.isfinite(listing["versions"][0]["cv_score"])
+
+
+# --- the trainer's checks (tpotserve_trainer.contract_guard) -------------------------------
+def test_the_trainer_refuses_a_change_and_reports_added_classes(store, v1) -> None:
+    frame = iris_frame()
+    X, y = frame.drop(columns=["species"]), frame["species"]
+    same = contract_guard.check_training(store, training_payload(), X, y, "iris")
+    assert same["classes_added"] == [] and same["replaced"] is False and same["change"] is None
+
+    grown_y = y.where(y != "virginica", "hybrida")
+    grown_y.iloc[:3] = "virginica"
+    grown = contract_guard.check_training(store, training_payload(), X, grown_y, "iris")
+    assert grown["classes_added"] == ["hybrida"] and grown["replaced"] is False
+
+    other = training_payload(target="PetalWidth", task="regression", scoring="r2")
+    features, target = frame.drop(columns=["species", "PetalWidth"]), frame["PetalWidth"]
+    with pytest.raises(ContractConflict) as refused:
+        contract_guard.check_training(store, other, features, target, "iris")
+    assert refused.value.details["contract_change"]["features_missing"] == ["PetalWidth"]
+    replaced = contract_guard.check_training(store, training_payload(target="PetalWidth", task="regression",
+                                                                     scoring="r2", replace_contract=True),
+                                             features, target, "iris")
+    assert replaced["replaced"] is True
+
+
+def test_the_control_worker_refuses_an_activation_across_contracts(store, model, iris, v1) -> None:
+    X, _ = iris
+    regressor = LinearRegression().fit(X[:, :2], X[:, 3])
+    publish(store, "v2", regressor, make_meta(regressor, X[:, :2], names=["width", "height"], task="regression",
+                                              target="size"), activate=False)
+    with store.publishing():
+        with pytest.raises(ContractConflict):
+            contract_guard.check_activation(store, "v2", "iris", replace=False)
+        contract_guard.check_activation(store, "v2", "iris", replace=True)
+        contract_guard.check_activation(store, "v1", "iris", replace=False)  # the served one
+
+
+def test_a_mixed_history_splits_by_moving_version_directories(store, model, iris, v1) -> None:
+    """docs/models.md's split: move the versions of the other contract into a model of their own."""
+    X, _ = iris
+    regressor = LinearRegression().fit(X[:, :2], X[:, 3])
+    publish(store, "v2", regressor, make_meta(regressor, X[:, :2], names=["width", "height"], task="regression",
+                                              target="size"), activate=False)
+    assert history(store.list_versions(), "v1").mixed
+    registry = ModelRegistry(store.root.parents[1], store.signing_key, "iris")
+    split = registry.store("sizes")
+    split.versions_dir.mkdir(parents=True)
+    (store.versions_dir / "v2").rename(split.versions_dir / "v2")
+    assert not history(store.list_versions(), "v1").mixed
+    assert registry.names() == ["iris", "sizes"]
+    assert split.set_current("v2").version == "v2"  # hash and signature still verify
+    assert history(split.list_versions(), "v2").contract.target == "size"
