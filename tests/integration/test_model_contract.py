@@ -1,7 +1,7 @@
 """A model's contract holds on the real stack (issue 26): a retrain of the default model on
 another data set without "model" is a 409 naming what would change and enqueues nothing; with
 "replace_contract" it trains and publishes; activating across contracts is a 409, with the
-override a 200; a same-contract retrain and a data set with a new class are allowed (the new
+override a 200 (over HTTP and through `tpotserve rollback` / `activate --replace-contract`); a same-contract retrain and a data set with a new class are allowed (the new
 class said in the job's result). Under prediction load, the default model's answers keep
 their shape through every refused attempt.
 
@@ -22,6 +22,7 @@ from tpotserve import jobs
 from tpotserve.datasets import iris_frame
 
 from .conftest import BOOK_REQUEST, LiveStack, wait_for
+from .test_cli import tpotserve
 
 TINY = {"max_time_mins": 0.3, "generations": 1, "population_size": 4, "cv": 3}
 IRIS_KEYS = {"In_SepalLength", "In_SepalWidth", "In_PetalLength", "In_PetalWidth", "Prediction", "Probability",
@@ -164,6 +165,16 @@ def test_a_retrain_of_the_default_model_on_other_data_is_refused_then_replaced_d
     # ...and the named endpoint refuses the same way.
     named = stack.post(f"/models/iris/versions/{iris_version}/activate", headers=stack.admin())
     assert named.status_code == 409 and named.json()["error"]["code"] == "contract_changed", named.text
+    # ...and so does the CLI: one line on stderr, exit 1; `tpotserve registry` marks the mixed history.
+    cli = tpotserve(stack, "rollback", iris_version)
+    assert cli.returncode == 1, cli
+    assert cli.stderr.startswith("tpotserve: error: 409 contract_changed: ") and cli.stderr.count("\n") == 1
+    assert "replace_contract" in cli.stderr
+    assert _served(stack) == houses_version
+    listing = tpotserve(stack, "registry")
+    assert listing.returncode == 0, listing
+    iris_line = next(line for line in listing.stdout.splitlines() if " iris " in f" {line} ")
+    assert "MIXED" in iris_line and "2 features" in iris_line, listing.stdout
 
     # With the override: 200, and the iris answers come back.
     forced = stack.post(f"/models/{iris_version}/activate?replace_contract=true", headers=stack.admin())
@@ -173,6 +184,14 @@ def test_a_retrain_of_the_default_model_on_other_data_is_refused_then_replaced_d
     # Forward again is refused the same way (the override is per request).
     assert stack.post(f"/models/{houses_version}/activate", headers=stack.admin()).status_code == 409
     assert _served(stack) == iris_version
+    # The CLI's override: forward to the regressor, then back to iris, each deliberately.
+    cli = tpotserve(stack, "activate", houses_version, "--replace-contract")
+    assert cli.returncode == 0 and houses_version in cli.stdout, cli  # activated (or queued: it will be)
+    stack.wait_all_workers_serve(houses_version, timeout_s=15)
+    cli = tpotserve(stack, "rollback", iris_version, "--replace-contract")
+    assert cli.returncode == 0, cli
+    stack.wait_all_workers_serve(iris_version, timeout_s=15)
+    assert set(stack.predict_book().json()) == IRIS_KEYS
 
 
 def test_same_contract_and_new_classes_are_allowed(stack: LiveStack, iris_version: str) -> None:
