@@ -310,6 +310,7 @@ class Client:
         baselines: bool | None = None,
         description: str | None = None,
         random_state: int | None = None,
+        replace_contract: bool | None = None,
     ) -> JSON:
         """Start a training (admin key). Omitted values take the server's defaults.
 
@@ -320,6 +321,10 @@ class Client:
         TPOT's pick only (the server's default fits the scikit-learn baselines too and
         publishes the best by CV score); ``description``: text for the model card;
         ``random_state``: seeds TPOT, the baselines, the folds and the holdout split.
+
+        ``replace_contract``: train even if the data set changes the model's contract
+        (features, target, task, removed classes); without it the server answers 409
+        ``contract_changed`` (``TpotServeAPIError.details["contract_change"]`` says what changes).
 
         Returns the 202 answer: ``job_id``, ``status``, ``location`` and the full ``request``.
         """
@@ -338,6 +343,7 @@ class Client:
             "baselines": baselines,
             "description": description,
             "random_state": random_state,
+            "replace_contract": replace_contract,
         }
         return self.request("POST", "/retrain", json={k: v for k, v in body.items() if v is not None})
 
@@ -399,16 +405,19 @@ class Client:
         """
         return self.request("GET", "/models/current" if model is None else _named(model))
 
-    def activate(self, version: str, model: str | None = None) -> JSON:
+    def activate(self, version: str, model: str | None = None, replace_contract: bool = False) -> JSON:
         """Make a stored version current (rollback; admin key).
 
         ``model``: a named model's version; None: the default model's. ``activated`` is
-        False when the activation was queued (202) rather than done.
+        False when the activation was queued (202) rather than done. A version whose
+        contract differs from the served one's is a 409 ``contract_changed`` unless
+        ``replace_contract``.
         """
         version_path = quote(version, safe="")
+        body = {"json": {"replace_contract": True}} if replace_contract else {}
         if model is None:
-            return self.request("POST", f"/models/{version_path}/activate")
-        return self.request("POST", f"{_named(model)}/versions/{version_path}/activate")
+            return self.request("POST", f"/models/{version_path}/activate", **body)
+        return self.request("POST", f"{_named(model)}/versions/{version_path}/activate", **body)
 
     # --- a version's documents ------------------------------------------------
     def _version_path(self, model: str | None, version: str) -> str:

@@ -43,7 +43,7 @@ LEADERBOARD_COLUMNS = (
 DRIFT_COLUMNS = ("feature", "kind", "rows", "js_distance", "psi", "out_of_range", "verdict")
 QUALITY_METRICS = {"classification": ("accuracy",), "regression": ("mae", "rmse", "r2")}
 REGISTRY_COLUMNS = (
-    "default", "name", "current_version", "versions", "dataset", "target", "task", "holdout_score",
+    "default", "name", "current_version", "versions", "dataset", "target", "task", "holdout_score", "contract",
 )
 ENV_URL = "TPOTSERVE_URL"
 ENV_KEYS = ("TPOTSERVE_API_KEY", "API_KEY")
@@ -348,10 +348,25 @@ def registry_table(registry: JSON) -> str:
             entry.get("target"),
             entry.get("task"),
             _score(entry.get("holdout_score")),
+            contract_brief(entry),
         )
         for entry in registry.get("models") or []
     ]
     return format_table(REGISTRY_COLUMNS, rows)
+
+
+def contract_brief(entry: JSON) -> str:
+    """A registry entry's contract in a few words: "4 features, 3 classes; MIXED: 2 versions differ"."""
+    contract = entry.get("contract")
+    if not isinstance(contract, dict):
+        return ""
+    text = f"{len(contract.get('features') or [])} features"
+    if contract.get("classes") is not None:
+        text += f", {len(contract['classes'])} classes"
+    others = entry.get("other_contract_versions") or []
+    if entry.get("mixed_contracts"):
+        text += f"; MIXED: {len(others)} version{'' if len(others) == 1 else 's'} differ{'s' if len(others) == 1 else ''}"
+    return text
 
 
 def datasets_table(datasets: Sequence[JSON]) -> str:
@@ -525,6 +540,7 @@ def cmd_retrain(client: Client, args: argparse.Namespace) -> int:
         baselines=args.baselines,
         description=args.description,
         random_state=args.random_state,
+        replace_contract=True if args.replace_contract else None,
     )
     if not args.wait:
         _print_json(answer)
@@ -569,7 +585,7 @@ def cmd_current(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_activate(client: Client, args: argparse.Namespace) -> int:
-    answer = client.activate(args.version, model=args.model)
+    answer = client.activate(args.version, model=args.model, replace_contract=args.replace_contract)
     of = f" of model {args.model}" if args.model else ""
     if answer.get("activated"):
         print(f"activated {answer.get('version')}{of}")
@@ -716,6 +732,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--description", metavar="TEXT", help="free text for the model card (at most 2000 characters)")
     p.add_argument("--random-state", type=int, metavar="N",
                    help="seed of TPOT, the baselines, the CV folds and the holdout split")
+    p.add_argument("--replace-contract", action="store_true",
+                   help="train even if the data set changes the model's features, target, task or classes "
+                        "(otherwise a 409; a new --model name is usually what you want)")
     _wait_options(p)
     p.set_defaults(func=cmd_retrain)
 
@@ -745,6 +764,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="make a stored version current (admin key)")
     p.add_argument("version")
     _model_option(p, "the named model the version belongs to")
+    p.add_argument("--replace-contract", action="store_true",
+                   help="activate even a version whose features, target, task or classes differ from the "
+                        "served one's (otherwise a 409)")
     p.set_defaults(func=cmd_activate)
 
     p = commands.add_parser("leaderboard", parents=[common],

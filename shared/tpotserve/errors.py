@@ -9,6 +9,8 @@ The API maps each one to a status code in one table
     │   └── UnsupportedMedia  wrong Content-Type
     ├── NotFound              no such job, model version, ...
     ├── Conflict              the request clashes with the current state (a training is running)
+    │   ├── NoReference       a version without a reference profile: no drift to compute
+    │   └── ContractConflict  a retrain or activation would change a model's contract (tpotserve.contract)
     ├── Unauthorized          missing or wrong credentials
     ├── NotConfigured         a feature needs configuration the operator did not give
     ├── ModelNotReady         no verified model is loaded yet
@@ -57,6 +59,13 @@ class NoReference(Conflict):
     """A version without a reference profile (trained before drift monitoring): no drift to compute."""
 
     code = "no_reference"
+
+
+class ContractConflict(Conflict):
+    """A retrain or activation would change the features, target, task or classes a model
+    serves; ``details`` carry ``contract_change`` (tpotserve.contract.ContractChange.to_json)."""
+
+    code = "contract_changed"
 
 
 class PayloadTooLarge(InvalidInput):

@@ -85,6 +85,9 @@ class RetrainRequest(BaseModel):
     """Fit scikit-learn's defaults beside the search and publish the best by CV score."""
     description: str | None = Field(default=None, max_length=DESCRIPTION_MAX_CHARS)
     """Free text for the version's model card."""
+    replace_contract: bool = False
+    """Train even though the data set changes the model's contract (features, target, task,
+    removed classes): tpotserve.contract. Otherwise such a training is a 409."""
 
 
 class TrainingPayload(BaseModel):
@@ -111,6 +114,37 @@ class TrainingPayload(BaseModel):
     reason: str = "retrain"
     baselines: bool = True
     description: str | None = None
+    replace_contract: bool = False
+    """The request's override: the trainer may replace the model's contract."""
+
+
+class ActivateRequest(BaseModel):
+    """The optional body of POST .../activate."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    replace_contract: bool = False
+    """Activate even a version whose contract differs from the served one's."""
+
+
+def parse_activate_request(body: Any, query: str | None = None) -> ActivateRequest:
+    """An activate's body (None: none) and its ``?replace_contract=`` (true/false, 1/0)."""
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object", field=None)
+    try:
+        request = ActivateRequest.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or None
+        raise InvalidInput(f"{field}: {first['msg']}", field=field) from exc
+    if query is not None:
+        flags = {"true": True, "1": True, "false": False, "0": False}
+        if query.lower() not in flags:
+            raise InvalidInput("replace_contract: send true or false", field="replace_contract")
+        request = ActivateRequest(replace_contract=request.replace_contract or flags[query.lower()])
+    return request
 
 
 def parse_retrain_request(body: Any) -> RetrainRequest:
@@ -183,4 +217,5 @@ def build_training_payload(
         reason=reason,
         baselines=request.baselines,
         description=request.description,
+        replace_contract=request.replace_contract,
     )

@@ -6,6 +6,9 @@ queued; the trainer runs the data checks again on what it loads.
 
 from __future__ import annotations
 
+from typing import Any
+
+from .contract import Contract, guard
 from .datasets import DEFAULT_DATASET, DatasetStore, check_trainable
 from .errors import InvalidInput, NotFound, TpotServeError
 from .schema import RetrainRequest, TrainingPayload, build_training_payload, check_caps
@@ -27,9 +30,13 @@ def plan_training(
     ``store``: the named model's store. A request that names no data set retrains the
     model on what its current version was trained on (data set, target, task), so
     ``{"model": "housing"}`` alone retrains housing; a model with none gets iris.
+    A data set that would change the contract of the model's current version (its
+    features, target, task, or remove classes) is a ContractConflict (409) unless the
+    request says ``replace_contract``.
     """
     check_caps(request, settings)
-    previous = _current_training(store)
+    served = _current_meta(store)
+    previous = {key: served.get(key) for key in ("dataset", "target", "task") if isinstance(served.get(key), str)}
     dataset = request.dataset or previous.get("dataset") or DEFAULT_DATASET
     try:
         meta = datasets.meta(dataset)
@@ -46,14 +53,25 @@ def plan_training(
     frame = datasets.frame(dataset)
     cv = request.cv or settings.tpot_cv
     task = check_trainable(frame, target, task, cv, datasets.limits)
+    guard(served or None, planned_contract(frame, target, task), model=request.model or settings.model_name,
+          action="this training", replace=request.replace_contract)
     return build_training_payload(
         request, settings, target=target, task=task, dataset_sha256=meta.get("sha256"), reason=reason,
         dataset=dataset,
     )
 
 
-def _current_training(store: ModelStore | None) -> dict:
-    """Data set, target and task of the store's current version; {} when there is none."""
+def planned_contract(frame: Any, target: str, task: str) -> Contract:
+    """The contract a training on ``frame`` gives: every other column a numeric feature (the
+    data rules refuse anything else), in the data set's order; the target's labels as classes."""
+    y = frame[target]
+    classes = [c.item() if hasattr(c, "item") else c for c in y.unique()] if task == "classification" else None
+    features = [(str(column), "number") for column in frame.columns if column != target]
+    return Contract.build(features, target, task, sorted(classes, key=str) if classes is not None else None)
+
+
+def _current_meta(store: ModelStore | None) -> dict:
+    """The metadata of the store's current version; {} when there is none."""
     pointer = store.read_pointer_quietly() if store is not None else None
     if pointer is None:
         return {}
@@ -61,4 +79,4 @@ def _current_training(store: ModelStore | None) -> dict:
         meta = store.read_meta(pointer.version)
     except TpotServeError:
         return {}
-    return {key: meta.get(key) for key in ("dataset", "target", "task") if isinstance(meta.get(key), str)}
+    return meta if isinstance(meta, dict) else {}

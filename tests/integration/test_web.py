@@ -252,7 +252,8 @@ def test_model_panel_history_chart_and_rollback(page: Page, stack: LiveStack, re
     expect(panel.locator("#current-model")).to_contain_text(current["version"])
     expect(panel.locator("#current-pipeline")).to_have_text(current["pipeline"])
     points = panel.locator("#score-chart circle.point.cv")
-    expect(points).to_have_count(len(listing["versions"]))
+    # Versions of another contract (earlier tests' regressors of the default model) are listed, not charted.
+    expect(points).to_have_count(len([v for v in listing["versions"] if not v.get("other_contract")]))
     assert len(listing["versions"]) >= 1
     expect(panel.locator("#score-chart circle.point.cv.current")).to_have_count(1)
     expect(panel.locator("#versions tbody tr")).to_have_count(len(listing["versions"]))
@@ -371,3 +372,63 @@ def test_retrain_form_sends_baselines_and_description(page: Page, stack: LiveSta
     assert sent and sent[-1]["baselines"] is False
     assert sent[-1]["description"] == "spring <b>data</b>" and sent[-1]["random_state"] == 7
     expect(page.locator("#job")).to_be_hidden()
+
+
+def test_an_activation_across_contracts_shows_the_refusal_and_asks_before_replacing(
+    page: Page, stack: LiveStack
+) -> None:
+    """Issue 26 on the page: a stored version of another contract is marked and not charted;
+    its Activate button shows the 409 next to it and asks; declined, nothing changes;
+    confirmed, it is activated with replace_contract."""
+    _no_training_active(stack)
+    served = stack.get("/readyz").json()["model_version"]
+    rows = "\n".join(f"{r},{a},{40 * r + 2.5 * a:.2f}" for r, a in
+                     ((1 + i % 6, 30.0 + (i * 37) % 170) for i in range(60)))
+    upload = stack.post("/datasets", data=f"rooms,area,price\n{rows}\n".encode(),
+                        headers={**stack.admin(), "Content-Type": "text/csv"})
+    assert upload.status_code in (200, 201), upload.text
+    # A regressor stored beside the iris versions of the default model, not served.
+    started = stack.post("/retrain", headers=stack.admin(), json={
+        "dataset": upload.json()["id"], "target": "price", "task": "regression", "replace_contract": True,
+        "promote": "never", "max_time_mins": 0.3, "generations": 1, "population_size": 4, "cv": 3})
+    assert started.status_code == 202, started.text
+    job = stack.wait_job(started.json()["job_id"], timeout_s=240)
+    assert job["status"] == "finished" and job["result"]["published"] is False, job
+    other = job["result"]["version"]
+    try:
+        _open(page)
+        panel = page.locator("#models-panel")
+        expect(panel.locator("#current-model")).to_contain_text("4 features")
+        expect(panel.locator("#current-model")).to_contain_text("another contract")  # the mixed history
+        row = panel.locator(f"#versions tr[data-version='{other}']")
+        expect(row).to_have_class(re.compile(r"\bother-contract\b"))
+        expect(row).to_contain_text("(another contract)")
+        expect(panel.locator("#score-caption")).to_contain_text("of another contract not charted")
+
+        asked: list[str] = []
+
+        def decline(dialog) -> None:
+            asked.append(dialog.message)
+            dialog.dismiss()
+
+        page.once("dialog", decline)
+        row.get_by_role("button", name="Activate").click()
+        expect(page.locator("#key-dialog")).to_be_visible()
+        page.locator("#key-input").fill(API_KEY)
+        page.locator("#key-input").press("Enter")
+        refusal = row.locator(".refusal")
+        expect(refusal).to_contain_text("contract")
+        wait_for(lambda: asked, 10, what="the confirmation")
+        assert "target species → price" in asked[0] and "anyway" in asked[0], asked
+        assert stack.get("/readyz").json()["model_version"] == served  # declined: nothing changed
+        expect(row).not_to_have_class(re.compile(r"\bcurrent\b"))
+
+        page.once("dialog", lambda dialog: dialog.accept())
+        row.get_by_role("button", name="Activate").click()
+        expect(row).to_have_class(re.compile(r"\bcurrent\b"), timeout=30_000)
+        expect(refusal).to_have_count(0)
+        assert stack.get("/models").json()["current"] == other
+    finally:
+        back = stack.post(f"/models/{served}/activate", json={"replace_contract": True}, headers=stack.admin())
+        assert back.status_code == 200, back.text
+        stack.wait_all_workers_serve(served, timeout_s=15)

@@ -331,7 +331,8 @@ def test_cold_start_answers_503_until_a_model_exists(make_client) -> None:
     assert body["queue"] == "unavailable"
 
     assert client.get("/healthz").status_code == 200  # alive, just not ready
-    assert client.get("/models").get_json() == {"current": None, "versions": []}
+    assert client.get("/models").get_json() == {"current": None, "versions": [], "contract": None,
+                                                "mixed_contracts": False, "other_contract_versions": []}
     assert_error(client.get("/models/current"), 503, "model_not_ready")
 
 
@@ -970,8 +971,10 @@ def test_retrain_on_an_unknown_dataset_is_422(client, dataset: str) -> None:
 
 def test_retrain_on_a_good_upload_gets_as_far_as_the_queue(client) -> None:
     # The control for the tests above: valid data passes every check and reaches (dead) Redis.
+    # (A new model name: on the default iris model this data set is a change of contract, a 409:
+    # tests/unit/test_model_contract.py.)
     dataset_id = upload(client).get_json()["id"]
-    resp = client.post("/retrain", json={"dataset": dataset_id, "target": "label"}, headers=AUTH)
+    resp = client.post("/retrain", json={"model": "pets", "dataset": dataset_id, "target": "label"}, headers=AUTH)
     assert_error(resp, 503, "queue_unavailable")
 
 

@@ -53,7 +53,10 @@ REGISTRY = {
     "models": [
         {"name": "iris", "default": True, "current_version": "v1", "versions": 2, "task": "classification",
          "dataset": "iris", "target": "species", "scoring": "accuracy", "holdout_score": 0.96667,
-         "created_at": "2026-01-01T00:00:00Z", "loaded": True},
+         "created_at": "2026-01-01T00:00:00Z", "loaded": True,
+         "contract": {"features": [{"name": n, "type": "number"} for n in "abcd"], "target": "species",
+                      "task": "classification", "classes": ["x", "y", "z"]},
+         "mixed_contracts": True, "other_contract_versions": ["v0"]},
         {"name": "housing", "default": False, "current_version": None, "versions": 0, "task": None,
          "dataset": None, "target": None, "scoring": None, "holdout_score": None, "created_at": None,
          "loaded": False},
@@ -304,7 +307,8 @@ def test_the_models_table_marks_the_current_version_newest_first() -> None:
 def test_the_registry_table_marks_the_default_model() -> None:
     table = registry_table(REGISTRY).splitlines()
     assert table[0].split() == list(REGISTRY_COLUMNS)
-    assert table[1].split() == ["*", "iris", "v1", "2", "iris", "species", "classification", "0.9667"]
+    assert table[1].split() == ["*", "iris", "v1", "2", "iris", "species", "classification", "0.9667",
+                                "4", "features,", "3", "classes;", "MIXED:", "1", "version", "differs"]
     assert table[2].split() == ["housing", "(none)", "0"]
 
 
@@ -630,3 +634,21 @@ def test_cli_predict_ids_retrain_flags_and_the_winner(gateway, monkeypatch, caps
     assert lines[0].split()[-1] == "winner"
     assert lines[1].split() == ["*", "v2", "0.9750", "linear"]
     assert lines[2].split() == ["v1"]
+
+
+def test_cli_shows_a_contract_refusal_in_one_line_and_sends_the_override(gateway, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("TPOTSERVE_API_KEY", "k")
+    message = ("activating v0 would change the contract of model 'iris' (served: version v1): target species -> "
+               "price. Train a new model instead, or send \"replace_contract\": true")
+    refusal = (409, _error("contract_changed", message, contract_change={"target": {"from": "species", "to": "price"}}))
+    gateway.answer("POST", "/models/v0/activate", refusal, (200, {"version": "v0", "activated": True, "job_id": "a1"}))
+    assert main(["--url", gateway.url, "rollback", "v0"]) == 1
+    assert capsys.readouterr().err == f"tpotserve: error: 409 contract_changed: {message}\n"
+    assert not gateway.seen[-1].body  # no override unless asked
+    assert main(["--url", gateway.url, "activate", "v0", "--replace-contract"]) == 0
+    assert gateway.json_sent() == {"replace_contract": True}
+    assert capsys.readouterr().out == "activated v0\n"
+
+    gateway.answer("POST", "/retrain", (202, {"job_id": "j7", "status": "queued"}))
+    assert main(["--url", gateway.url, "retrain", "--dataset", "ds-1", "--target", "price", "--replace-contract"]) == 0
+    assert gateway.json_sent() == {"dataset": "ds-1", "target": "price", "replace_contract": True}

@@ -300,7 +300,8 @@ def test_an_empty_retrain_body_is_all_defaults(body) -> None:
 def test_every_retrain_field_is_parsed() -> None:
     body = {"model": "housing", "dataset": "ds-0123456789ab", "target": "label", "task": "regression", "max_time_mins": 0.5,
             "generations": 2, "population_size": 4, "cv": 3, "scoring": "r2", "random_state": 7, "promote": "never",
-            "queue": True, "baselines": False, "description": "House prices from the 2026 survey."}
+            "queue": True, "baselines": False, "description": "House prices from the 2026 survey.",
+            "replace_contract": True}
     assert parse_retrain_request(body).model_dump() == body
 
 

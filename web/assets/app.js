@@ -404,6 +404,11 @@ function renderCurrent(model) {
   fact(list, "holdout score", `${fmtScore(model.holdout_score)} on ${model.holdout_rows ?? "?"} rows kept out of the search`);
   fact(list, "trained", `${fmtTime(model.created_at)}, ${model.training_rows ?? "?"} rows, ${model.training_seconds ?? "?"} s`);
   if (model.gate && model.gate.reason) fact(list, "gate", model.gate.reason);
+  if (model.contract) fact(list, "contract", contractBrief(model.contract));
+  if (model.mixed_contracts) {
+    const n = (model.other_contract_versions || []).length;
+    fact(list, "history", `mixed: ${n} stored version${n === 1 ? " has" : "s have"} another contract (marked in the table); docs/models.md says how to split them into a model of their own`);
+  }
   $("#current-pipeline").textContent = model.pipeline || "(not recorded)";
 }
 
@@ -412,33 +417,44 @@ function liveMetric(scoring) {
   return { accuracy: "accuracy", r2: "r2" }[scoring] || null;
 }
 
+/** "4 features → species, classification; classes setosa, versicolor, virginica" */
+function contractBrief(contract) {
+  const classes = contract.classes ? `; classes ${contract.classes.join(", ")}` : "";
+  return `${(contract.features || []).length} features (${(contract.features || []).map((f) => f.name).join(", ")}) → ${contract.target}, ${contract.task}${classes}`;
+}
+
 function renderVersions(listing, quality = null) {
   const versions = [...(listing.versions || [])].sort((a, b) => versionTime(a) - versionTime(b));
-  const scorings = [...new Set(versions.map((v) => v.scoring).filter(Boolean))];
+  // One chart, one contract: versions of another contract (another target, maybe another score) are listed, not charted.
+  const charted = versions.filter((v) => !v.other_contract);
+  const scorings = [...new Set(charted.map((v) => v.scoring).filter(Boolean))];
   const live = new Map((quality?.versions || []).map((q) => [q.version, q]));
   const livePoint = (v) => {
     const metric = liveMetric(v.scoring);
     const entry = live.get(v.version);
     return metric && entry && Number.isFinite(entry[metric]) ? entry[metric] : null;
   };
-  const metrics = [...new Set(versions.filter((v) => livePoint(v) !== null).map((v) => liveMetric(v.scoring)))];
+  const metrics = [...new Set(charted.filter((v) => livePoint(v) !== null).map((v) => liveMetric(v.scoring)))];
   lineChart(
     $("#score-chart"),
-    versions.map((v) => ({ t: versionTime(v), cv: v.cv_score, holdout: v.holdout_score, live: livePoint(v), label: v.version, current: v.current })),
+    charted.map((v) => ({ t: versionTime(v), cv: v.cv_score, holdout: v.holdout_score, live: livePoint(v), label: v.version, current: v.current })),
     { yLabel: scorings.length === 1 ? scorings[0] : "score", liveLabel: metrics.length === 1 ? `live ${metrics[0]}` : "live" },
   );
+  const others = versions.length - charted.length;
   $("#score-caption").textContent =
-    `${versions.length} stored version${versions.length === 1 ? "" : "s"} over time` +
-    (scorings.length > 1 ? ` (scorings differ: ${scorings.join(", ")})` : "");
+    `${charted.length} stored version${charted.length === 1 ? "" : "s"} over time` +
+    (scorings.length > 1 ? ` (scorings differ: ${scorings.join(", ")})` : "") +
+    (others ? `; ${others} of another contract not charted` : "");
   const rows = versions.reverse().map((v) => {
     const tr = document.createElement("tr");
     tr.dataset.version = v.version;
     if (v.current) tr.className = "current";
+    if (v.other_contract) tr.classList.add("other-contract");
     const cells = [
       code(v.version),
       new Date(versionTime(v)).toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" }),
       `${v.dataset || "?"} → ${v.target || "?"}`,
-      `${v.task || "?"}, ${v.scoring || "?"}`,
+      `${v.task || "?"}, ${v.scoring || "?"}${v.other_contract ? " (another contract)" : ""}`,
       fmtScore(v.cv_score),
       fmtScore(v.holdout_score),
       v.selection?.winner || "–",
@@ -814,10 +830,23 @@ async function waitServed(version, name = state.model, timeoutMs = SERVE_WAIT_MS
 async function activate(version, button) {
   const message = $("#models-error");
   message.textContent = "";
+  button.parentElement.querySelector(".refusal")?.remove();
   button.disabled = true;
   const model = state.model;
   try {
-    const result = await adminApi("POST", modelPaths(model).activate(version));
+    let result = await adminApi("POST", modelPaths(model).activate(version));
+    if (!result.ok && result.error.code === "contract_changed") {
+      // Shown next to the button; the override is a deliberate second step.
+      const refusal = document.createElement("p");
+      refusal.className = "refusal form-error";
+      refusal.setAttribute("role", "alert");
+      refusal.textContent = result.error.message;
+      button.after(refusal);
+      const change = result.error.contract_change ? contractChangeText(result.error.contract_change) : "";
+      if (!window.confirm(`${version}${ofModel(model)} serves another contract than the current version${change ? `: ${change}` : ""}.\n\nEvery client of this model will get answers of the new shape. Activate it anyway (replace the contract)?`)) return;
+      refusal.remove();
+      result = await adminApi("POST", modelPaths(model).activate(version), { json: { replace_contract: true } });
+    }
     if (!result.ok) {
       message.textContent = result.error.message;
       return;
@@ -829,6 +858,19 @@ async function activate(version, button) {
   } finally {
     button.disabled = false;
   }
+}
+
+/** A ContractChange (the 409's error.contract_change) in a few words. */
+function contractChangeText(change) {
+  const parts = [];
+  if (change.features_added?.length) parts.push(`features added: ${change.features_added.join(", ")}`);
+  if (change.features_missing?.length) parts.push(`features missing: ${change.features_missing.join(", ")}`);
+  if (change.features_retyped?.length) parts.push(`features retyped: ${change.features_retyped.map((f) => f.name).join(", ")}`);
+  if (change.features_reordered) parts.push("features reordered");
+  if (change.target) parts.push(`target ${change.target.from} → ${change.target.to}`);
+  if (change.task) parts.push(`task ${change.task.from} → ${change.task.to}`);
+  if (change.classes_removed?.length) parts.push(`classes removed: ${change.classes_removed.join(", ")}`);
+  return parts.join("; ");
 }
 
 // --- the model selector ----------------------------------------------------------------------

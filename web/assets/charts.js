@@ -184,7 +184,7 @@ export function valueBars(container, items, { max = null, format = (v) => String
   const valueWidth = 70;
   const barWidth = width - labelWidth - valueWidth;
   const height = Math.max(rowHeight, rowHeight * items.length) + 4;
-  const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": items.map((i) => `${i.label} ${format(i.value)}`).join(", ") || empty });
+  const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": items.map((i) => `${i.label} ${Number.isFinite(i.value) ? format(i.value) : "–"}`).join(", ") || empty });
   if (items.length === 0) {
     svg.appendChild(el("text", { class: "empty", x: width / 2, y: rowHeight / 2 + 6, "text-anchor": "middle" }, empty));
     container.replaceChildren(svg);

@@ -122,17 +122,19 @@ class JobQueue:
                 return "canceling"
             raise Conflict(f"job {job.id} has already ended ({jobs.STATUS_MAP.get(status, status)})", field=None)
 
-    def activate(self, version: str, wait_s: float, model: str | None = None) -> Job:
+    def activate(self, version: str, wait_s: float, model: str | None = None, replace_contract: bool = False) -> Job:
         """Ask the control worker to point ``model``'s current.json (None: the default model's)
         at ``version``; wait up to ``wait_s``
         for it, blocked in Redis on the job's result stream (no polling): it takes milliseconds
         (the control worker runs it without a fork), and ``wait_s`` only bounds how long a
-        busy or dead control worker can hold this API worker."""
+        busy or dead control worker can hold this API worker. ``replace_contract``: the
+        control worker may change the model's contract (tpotserve.contract)."""
         with _redis_errors():
             named = {"model": model} if model is not None else {}
+            override = {"replace_contract": True} if replace_contract else {}
             job = self.control.enqueue(
                 jobs.ACTIVATE_FUNC,
-                kwargs={"version": version, **named},
+                kwargs={"version": version, **named, **override},
                 job_timeout=jobs.ACTIVATE_TIMEOUT_S,
                 result_ttl=jobs.RESULT_TTL_S,
                 failure_ttl=jobs.FAILURE_TTL_S,

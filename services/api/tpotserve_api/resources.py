@@ -12,8 +12,9 @@ from flask import Response, request
 from flask_restful import Resource
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from tpotserve.errors import InvalidInput, NotConfigured, TpotServeError, Unauthorized, UnsupportedMedia
-from tpotserve.schema import parse_retrain_request
+from tpotserve import contract
+from tpotserve.errors import ContractConflict, InvalidInput, NotConfigured, TpotServeError, Unauthorized, UnsupportedMedia
+from tpotserve.schema import parse_activate_request, parse_retrain_request
 from tpotserve.training import plan_training
 
 from . import dataplane
@@ -144,8 +145,10 @@ class CurrentModel(Resource):
     """``GET /models/current``: the default model as this worker serves it."""
 
     def get(self) -> tuple[dict, int, dict]:
-        model = _ctx().models.get(None)
-        return {**model.meta.to_json(), "version": model.version}, 200, {"X-Model-Version": model.version}
+        ctx = _ctx()
+        model = ctx.models.get(None)
+        body = {**model.meta.to_json(), "version": model.version, **_contract_view(ctx.registry.store(), model)}
+        return body, 200, {"X-Model-Version": model.version}
 
 
 class Activate(Resource):
@@ -163,9 +166,9 @@ class NamedPredict(Predict):
 class NamedModel(Resource):
     def get(self, name: str) -> tuple[dict, int, dict]:
         ctx = _ctx()
-        dataplane.existing_store(name)
+        store = dataplane.existing_store(name)
         model = ctx.models.get(name)
-        body = {**model.meta.to_json(), "model": model.name, "version": model.version}
+        body = {**model.meta.to_json(), "model": model.name, "version": model.version, **_contract_view(store, model)}
         return body, 200, {"X-Model-Version": model.version, "X-Model-Name": model.name}
 
 
@@ -195,6 +198,7 @@ class Registry(Resource):
                     meta = store.read_meta(pointer.version)
                 except TpotServeError:
                     meta = {}
+            history = contract.history(store.list_versions(), pointer.version if pointer else None)
             models.append({
                 "name": name,
                 "default": name == ctx.registry.default_name,
@@ -203,6 +207,7 @@ class Registry(Resource):
                 **{key: meta.get(key) for key in ("task", "dataset", "target", "scoring", "holdout_score",
                                                   "created_at")},
                 "loaded": held.get(name, {}).get("model_version") is not None,
+                **history.to_json(),
             })
         return {"default": ctx.registry.default_name, "max_loaded_models": ctx.settings.max_loaded_models,
                 "models": models}
@@ -211,27 +216,60 @@ class Registry(Resource):
 def _versions(store: Any) -> dict:
     pointer = store.read_pointer()
     current = pointer.version if pointer else None
-    versions = [{**meta, "current": meta.get("version") == current} for meta in store.list_versions()]
-    return {"current": current, "versions": versions}
+    metas = store.list_versions()
+    history = contract.history(metas, current)
+    others = set(history.other_versions)
+    versions = [
+        {**meta, "current": meta.get("version") == current, "other_contract": meta.get("version") in others}
+        for meta in metas
+    ]
+    return {"current": current, "versions": versions, **history.to_json()}
+
+
+def _contract_view(store: Any, model: Any) -> dict:
+    """The served version's ``contract``, and whether the model's stored history mixes contracts."""
+    history = contract.history(store.list_versions(), model.version)
+    served = contract.contract_of(model.meta.to_json())
+    return {**history.to_json(), "contract": served.to_json() if served else None}
 
 
 def _activate(name: str | None, version: str) -> tuple[dict, int, dict]:
     ctx = _ctx()
     require_admin(ctx.settings)
+    asked = parse_activate_request(json_body(required=False), request.args.get("replace_contract"))
     store = ctx.registry.existing_store(name) if name is not None else ctx.registry.store()
     meta = store.read_meta(version)  # 404 before anything is enqueued
-    job = ctx.queue.activate(meta["version"], model=name, wait_s=ACTIVATE_WAIT_S)
+    _check_activation_contract(store, meta, name or ctx.registry.default_name, asked.replace_contract)
+    job = ctx.queue.activate(meta["version"], model=name, wait_s=ACTIVATE_WAIT_S,
+                             replace_contract=asked.replace_contract)
     view = ctx.queue.describe(job)
     location = f"/jobs/{job.id}"
     named = {"model": name} if name is not None else {}
     if view["status"] == "finished":
         return {**named, "version": version, "activated": True, "job_id": job.id}, 200, {"Location": location}
     if view["status"] == "failed":
+        failed = ctx.queue.fetch(job.id).meta  # what the control worker recorded
+        if failed.get("error_code") == ContractConflict.code:  # the served version changed meanwhile
+            raise ContractConflict(str(failed.get("error")), **(failed.get("error_details") or {}))
         raise InvalidInput(f"could not activate {version!r}: {view['error']}", field="version")
     # The worker is busy or slow: the activation is queued and will happen.
     return {**named, "version": version, "activated": False, "job_id": job.id, "status": view["status"]}, 202, {
         "Location": location
     }
+
+
+def _check_activation_contract(store: Any, meta: dict, model: str, replace: bool) -> None:
+    """409 (ContractConflict) before anything is enqueued when ``meta``'s version would change
+    the served contract; the control worker checks again under the store's lock."""
+    new = contract.contract_of(meta)
+    pointer = store.read_pointer_quietly()
+    if new is None or pointer is None or pointer.version == meta.get("version"):
+        return
+    try:
+        served = store.read_meta(pointer.version)
+    except TpotServeError:
+        return  # nothing readable is served: nothing to keep
+    contract.guard(served, new, model=model, action=f"activating {meta.get('version')}", replace=replace)
 
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")

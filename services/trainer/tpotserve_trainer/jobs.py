@@ -32,7 +32,7 @@ from tpotserve.registry import ModelRegistry
 from tpotserve.settings import Settings, load_settings
 from tpotserve.store import ModelStore, new_version_id
 
-from . import automl, baselines, card, data, leaderboard
+from . import automl, baselines, card, contract_guard, data, leaderboard
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def retrain(payload: dict[str, Any]) -> dict[str, Any]:
             store.remove_stale_temp()
         # Where the search runs: a Dask cluster (fails here, at once, if unreachable) or TPOT's local one.
         with automl.compute_for(settings, run) as compute:
-            trained = _train(run, DatasetStore.from_settings(settings), compute, report)
+            trained = _train(run, DatasetStore.from_settings(settings), compute, report, store, model)
         report("scoring", cv_score=trained.chosen.cv_score, selected=trained.selection["winner"])
         card_body = card.build(
             run=run.model_copy(update={"model": model}), pipeline=trained.chosen.pipeline, classes=trained.classes,
@@ -103,10 +103,13 @@ class _Trained:
     compute: dict[str, Any]
 
 
-def _train(run: TrainingPayload, datasets: DatasetStore, compute: automl.Compute, report: _Progress) -> _Trained:
-    """Load and split the data, search with TPOT, fit the baselines on the same folds, choose."""
+def _train(run: TrainingPayload, datasets: DatasetStore, compute: automl.Compute, report: _Progress,
+           store: ModelStore, model: str) -> _Trained:
+    """Load the data, check it keeps the model's contract (so a refused run costs no search),
+    split it, search with TPOT, fit the baselines on the same folds, choose."""
     report("loading_data", compute=compute.info)
     X, y = data.load(datasets, run)
+    contract_guard.check_training(store, run, X, y, model)
     X_train, X_hold, y_train, y_hold = data.holdout_split(X, y, run)
     report("searching", rows=len(X), training_rows=len(X_train), holdout_rows=len(X_hold),
            features=X.shape[1], generations_planned=run.generations)
@@ -135,8 +138,11 @@ def _train(run: TrainingPayload, datasets: DatasetStore, compute: automl.Compute
 
 def _publish(store: ModelStore, run: TrainingPayload, model: str, trained: _Trained, card_body: dict[str, Any],
              started: float, report: _Progress) -> dict[str, Any]:
-    """Under the store's lock: gate, write the version with its documents, point current.json, prune."""
+    """Under the store's lock: check the contract again (an activation during the search may
+    have changed the served one), gate, write the version with its documents, point
+    current.json, prune."""
     chosen = trained.chosen
+    contract = contract_guard.check_training(store, run, trained.X, trained.y, model)
     label_encoded = trained.search.label_encoded if chosen.name == "tpot" else False
     gate = promotion_gate(store, run, list(trained.X.columns), chosen.holdout_score, trained.X_hold, trained.y_hold)
     report("publishing", cv_score=chosen.cv_score, holdout_score=chosen.holdout_score)
@@ -200,6 +206,7 @@ def _publish(store: ModelStore, run: TrainingPayload, model: str, trained: _Trai
         "training_seconds": meta["training_seconds"],
         "compute": trained.compute,
         "pruned_versions": pruned,
+        "contract": contract,
     }
 
 
@@ -280,18 +287,22 @@ def _current_comparable(store: ModelStore, run: TrainingPayload, features: list[
     return pointer.version, meta, joblib.load(path)
 
 
-def activate(version: str, model: str | None = None) -> dict[str, Any]:
+def activate(version: str, model: str | None = None, replace_contract: bool = False) -> dict[str, Any]:
     """Point a model's current.json at one of its stored versions (rollback), after
-    verifying its hash. ``model`` None: the default model."""
+    verifying its hash and, unless ``replace_contract``, that it keeps the served contract.
+    ``model`` None: the default model."""
     settings = load_settings()
     try:
         store = registry_for(settings).existing_store(model)
         with store.publishing():
+            contract_guard.check_activation(store, str(version), model or settings.model_name, replace_contract)
             pointer = store.set_current(str(version))
     except TpotServeError as exc:
         job = get_current_job()
         if job is not None:
             job.meta["error"] = exc.message
+            job.meta["error_code"] = exc.code
+            job.meta["error_details"] = exc.details
             job.save_meta()
         raise
     return {"model": model or settings.model_name, "version": pointer.version, "sha256": pointer.sha256}
