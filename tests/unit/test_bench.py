@@ -559,3 +559,30 @@ def test_smoke_defaults_are_small() -> None:
     full = bench_run.parse_args([])
     assert full.concurrency == [1, 16, 64] and full.batch_sizes == [1000, 10_000] and full.repeats >= 3
     assert Path(bench_run.LUA).is_file()
+
+
+# --- bench/quality.py: the table and the verdict from its JSON, on a fake run --------------
+def fake_quality_run(published: str, diff: float, low: float, high: float) -> dict[str, Any]:
+    scores = {"tpot": 0.9, "dummy": 0.4, "linear": 0.95, "hist_gradient_boosting": 0.93}
+    return {
+        "dataset": "wine", "scoring": "accuracy", "seed": 1, "holdout_rows": 36, "tpot_seconds": 61.4,
+        "candidates": {name: {"holdout_score": score, "cv_score": score - 0.01} for name, score in scores.items()},
+        "published": {"name": published, "holdout_score": scores[published], "cv_score": scores[published] - 0.01},
+        "best_baseline_on_holdout": {"name": "linear", "holdout_score": 0.95},
+        "bootstrap": {"published_vs_best_baseline": {"diff": diff, "low": low, "high": high}},
+    }
+
+
+def test_quality_table_and_verdict() -> None:
+    from bench import quality
+
+    runs = [fake_quality_run("hist_gradient_boosting", -0.02, -0.06, 0.0),
+            fake_quality_run("tpot", -0.05, -0.1, -0.01)]
+    text = quality.table(runs)
+    lines = text.splitlines()
+    assert len(lines) == 4 and lines[0].count("|") == lines[2].count("|")
+    assert "| 0.900 | 0.400 | 0.950 | 0.930 | 0.930 HGB (0.920) | -0.020 [-0.060, +0.000] vs linear | 61 |" in lines[2]
+    assert "0.900 TPOT (0.890)" in lines[3]
+    result = quality.verdict(runs)
+    assert [v["status"] for v in result["runs"]] == ["worse, within noise", "worse, beyond noise"]
+    assert result["all_within_noise"] is False
