@@ -678,7 +678,8 @@ def test_disk_full_while_the_trainer_writes(tmp_path: Path) -> None:
         # Nothing half-written became current, or is listed, or is left on the volume.
         store = models / "models" / "iris"  # the default model's store
         assert not (store / "current.json").exists()
-        assert requests.get(url + "/models", timeout=10).json() == {"current": None, "versions": []}
+        listing = requests.get(url + "/models", timeout=10).json()
+        assert (listing["current"], listing["versions"]) == (None, []), listing
         leftovers = [p.name for p in store.iterdir() if p.name.startswith(".tmp-")] if store.is_dir() else []
         if (store / "versions").is_dir():
             leftovers += [p.name for p in (store / "versions").iterdir()]

@@ -284,8 +284,13 @@ def test_a_sigkilled_service_comes_back(launcher: Launcher, name: str) -> None:
                  what=f"the new {name} healthy")
         back_s = time.monotonic() - killed_at
         # The supervisor says so once its own health check passed, maybe after ours.
-        said = wait_for(lambda: launcher.said_back(name, new, since=restarts_before),
-                        timeout_s=RESTART_TIMEOUT_S, what=f"the supervisor's line on {name} being back")
+        try:
+            said = wait_for(lambda: launcher.said_back(name, new, since=restarts_before),
+                            timeout_s=RESTART_TIMEOUT_S, what=f"the supervisor's line on {name} being back")
+        except AssertionError as exc:  # say what it said instead, and what the service logged
+            raise AssertionError(f"{exc}; pid {new}; the supervisor said: "
+                                 f"{launcher.supervisor_lines()[restarts_before:]}; "
+                                 f"{name}'s last lines: {launcher.output().splitlines()[-30:]}") from None
     say(f"{name}: pid {old} SIGKILLed, pid {new} healthy after {back_s:.1f} s; said: {said}")
     died = rf"{name} killed by SIGKILL \(status -9\); restart \d+ in [0-9.]+ s"
     assert any(re.fullmatch(died, line) for line in said), said
