@@ -3,7 +3,10 @@
     <root>/versions/<version>/model.joblib   the fitted scikit-learn pipeline, plain joblib
     <root>/versions/<version>/meta.json      schema, classes, scores, settings, sha256, library versions
     <root>/versions/<version>/<document>     leaderboard.json, card.json, card.md: sha256 in meta.json "files"
-    <root>/current.json                      {"version", "sha256", "activated_at"}: the only mutable file
+    <root>/current.json                      {"version", "sha256", "activated_at"}: the served version
+    <root>/activations.jsonl                 every change of current.json, one JSON line each, with its reason
+    <root>/policy.json                       the retraining policy (tpotserve.policy), if one was set
+    <root>/shadow.json                       the version in shadow (tpotserve.shadow), if any
 
 Only the trainer writes here. A version is written under a dot-prefixed temp
 directory, fsynced, and renamed into place; the pointer is replaced with one
@@ -45,6 +48,9 @@ __all__ = ["ModelStore", "Pointer", "new_version_id", "sha256_file"]
 ARTIFACT_NAME = "model.joblib"
 META_NAME = "meta.json"
 POINTER_NAME = "current.json"
+ACTIVATIONS_NAME = "activations.jsonl"
+POLICY_NAME = "policy.json"
+SHADOW_NAME = "shadow.json"
 LOCK_NAME = ".publish.lock"
 DOCUMENTS = ("leaderboard.json", "card.json", "card.md", "profile.json")
 """Files a version may hold beside its artifact, each covered by a sha256 in meta.json
@@ -234,8 +240,10 @@ class ModelStore:
         finally:
             os.close(fd)
 
-    def set_current(self, version: str) -> Pointer:
-        """Point current.json at a stored, verified version (publish and rollback)."""
+    def set_current(self, version: str, reason: str = "activate", by: str = "request",
+                    details: dict[str, Any] | None = None) -> Pointer:
+        """Point current.json at a stored, verified version (publish and rollback), and log it
+        in activations.jsonl with ``reason`` (publish, activate, promotion...) and who asked."""
         meta = self.read_meta(version)
         self.verified_artifact(version, meta["sha256"])
         old = self.read_pointer_quietly()
@@ -243,7 +251,56 @@ class ModelStore:
         body = {"version": version, "sha256": meta["sha256"], "previous": previous, "activated_at": utc_iso()}
         self.root.mkdir(parents=True, exist_ok=True)
         replace_file(self.pointer_path, json.dumps(body).encode())
+        entry = {"at": body["activated_at"], "version": version, "from": old.version if old else None,
+                 "reason": reason, "by": by, **({"details": details} if details else {})}
+        self._append_activation(entry)
         return Pointer(version=version, sha256=meta["sha256"], previous=previous)
+
+    def _append_activation(self, entry: dict[str, Any]) -> None:
+        # One write of one line with O_APPEND: lines never interleave, and the publish lock
+        # (held by every caller of set_current) orders them. Best effort after the pointer:
+        # the log explains the pointer, it never decides it.
+        try:
+            fd = os.open(self.root / ACTIVATIONS_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                os.write(fd, (json.dumps(entry, separators=(",", ":")) + "\n").encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+
+    def activations(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest ``limit`` changes of the served version, newest first."""
+        try:
+            lines = (self.root / ACTIVATIONS_NAME).read_text().splitlines()
+        except OSError:
+            return []
+        out = []
+        for line in reversed(lines[-limit:]):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a line torn by a crash mid-write
+        return out
+
+    # --- the model's documents outside its versions (policy, shadow) ----------
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        """``policy.json`` or ``shadow.json``: None when absent (or unreadable: never a 500)."""
+        try:
+            data = json.loads((self.root / name).read_bytes())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write_json(self, name: str, data: dict[str, Any] | None) -> None:
+        """Replace (None: remove) ``policy.json`` or ``shadow.json``, crash-safe."""
+        path = self.root / name
+        if data is None:
+            path.unlink(missing_ok=True)
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        replace_file(path, json.dumps(data, indent=1).encode())
 
     def read_pointer_quietly(self) -> Pointer | None:
         """The pointer, or None when it is missing or unreadable."""

@@ -7,14 +7,7 @@ every MONITORING_FLUSH_ROWS rows or MONITORING_FLUSH_S seconds in one pipelined 
 trip. If Redis is slow or down the buffer is dropped and counted
 (``tpotserve_monitoring_dropped_total``); a prediction never waits on it.
 
-Redis keys (``tpotserve:mon:`` prefix), each with a TTL:
-
-    counts:<model>:<version>:<bucket>    hash: rows, f<j>:<bin>, o<j> (out of the training range)
-    answers:<model>:<hour>               hash: prediction id -> JSON: version, predictions (and rows,
-                                         when kept), time; at most FEEDBACK_MAX_ANSWERS fields
-    quality:<model>:<version>:<bucket>   hash: n, correct | abs, sq, y, y2
-    skips:<model>                        hash: feedback skipped, by reason
-    labelled:<model>                     list: labelled live rows (FEEDBACK_KEEP_ROWS only)
+The Redis keys are listed in ``tpotserve.live``, which reads them back.
 """
 
 from __future__ import annotations
@@ -34,12 +27,12 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from tpotserve.drift import Binner
+from tpotserve.live import answers_key, counts_key
 from tpotserve.settings import Settings, keeps_feedback_rows
 
 from .loaded_model import LoadedModel
 
 log = logging.getLogger(__name__)
-PREFIX = "tpotserve:mon:"
 MAX_PENDING_ANSWERS = 50_000
 """Answers a worker buffers at most between two flushes (a stuck Redis must not grow it without end)."""
 WARN_EVERY_S = 60.0
@@ -50,31 +43,6 @@ DROPPED = Counter(
     "(Redis slow or down) and answers not kept (buffer or hourly cap full), by what.",
     ["what"],
 )
-
-
-def counts_key(model: str, version: str, bucket: int) -> str:
-    return f"{PREFIX}counts:{model}:{version}:{bucket}"
-
-
-def answers_key(model: str, hour: int) -> str:
-    return f"{PREFIX}answers:{model}:{hour}"
-
-
-def fed_key(model: str, prediction_id: str, row: int) -> str:
-    """Set once feedback for that row was counted: each row counts once."""
-    return f"{PREFIX}fed:{model}:{prediction_id}:{row}"
-
-
-def quality_key(model: str, version: str, bucket: int) -> str:
-    return f"{PREFIX}quality:{model}:{version}:{bucket}"
-
-
-def skips_key(model: str) -> str:
-    return f"{PREFIX}skips:{model}"
-
-
-def labelled_key(model: str) -> str:
-    return f"{PREFIX}labelled:{model}"
 
 
 @dataclass
@@ -217,51 +185,3 @@ class Monitor:
         if len(kept) < len(answers):
             DROPPED.labels("answers").inc(len(answers) - len(kept))
         return kept
-
-
-# --- reading back -------------------------------------------------------------------
-def buckets(settings: Settings, since: float, until: float) -> list[int]:
-    """The time buckets that overlap [since, until]."""
-    size = settings.monitoring_bucket_s
-    return list(range(int(since // size), int(until // size) + 1))
-
-
-def find_answers(redis: Redis, settings: Settings, model: str, prediction_ids: list[str]) -> list[bytes | None]:
-    """What the stack answered under each prediction id (None: unknown or expired), newest hour first."""
-    if not prediction_ids:
-        return []
-    now_hour = int(time.time() // 3600)
-    hours = range(now_hour, now_hour - settings.feedback_ttl_s // 3600 - 2, -1)
-    pipe = redis.pipeline(transaction=False)
-    for hour in hours:
-        pipe.hmget(answers_key(model, hour), prediction_ids)
-    found: list[bytes | None] = [None] * len(prediction_ids)
-    for values in pipe.execute():
-        for i, value in enumerate(values):
-            if found[i] is None and value is not None:
-                found[i] = value
-    cutoff = time.time() - settings.feedback_ttl_s
-    return [raw if raw is not None and json.loads(raw)["t"] >= cutoff else None for raw in found]
-
-
-def live_counts(redis: Redis, model: str, version: str, sizes: list[int], bucket_ids: list[int]
-                ) -> tuple[int, list[list[int]], list[int]]:
-    """Rows, per-feature bin counts and out-of-range counts of ``version`` over ``bucket_ids``."""
-    pipe = redis.pipeline(transaction=False)
-    for bucket in bucket_ids:
-        pipe.hgetall(counts_key(model, version, bucket))
-    rows = 0
-    bins = [[0] * size for size in sizes]
-    outside = [0] * len(sizes)
-    for found in pipe.execute():
-        for raw_name, raw_value in found.items():
-            name, value = raw_name.decode(), int(raw_value)
-            if name == "rows":
-                rows += value
-            elif name.startswith("f"):
-                j, _, i = name[1:].partition(":")
-                if int(j) < len(sizes) and int(i) < sizes[int(j)]:
-                    bins[int(j)][int(i)] += value
-            elif name.startswith("o") and int(name[1:]) < len(sizes):
-                outside[int(name[1:])] += value
-    return rows, bins, outside

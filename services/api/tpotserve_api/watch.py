@@ -4,7 +4,7 @@
     POST /models/<name>/feedback   (and /feedback)
     GET  /models/<name>/quality    (and /quality)
 
-The counts come from ``monitoring.py`` (every API worker adds to the same Redis keys, so
+The counts come from ``live.py`` (every API worker adds to the same Redis keys, so
 any worker answers for all); the statistics from ``tpotserve.drift``. Feedback takes the
 predict scope: whoever may ask for a prediction may say whether it was right.
 """
@@ -25,11 +25,11 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from redis.exceptions import RedisError
 
 from tpotserve.clock import utc_iso
-from tpotserve.drift import PROFILE_NAME, compare
+from tpotserve import live
 from tpotserve.errors import InvalidInput, NoReference, QueueUnavailable, TpotServeError
 from tpotserve.settings import Settings, keeps_feedback_rows
 
-from . import dataplane, monitoring
+from . import dataplane
 from .auth import require_predict
 from .context import ctx
 from .http_io import json_body
@@ -100,26 +100,9 @@ def drift_report(name: str | None, version: str | None) -> dict[str, Any]:
 
 
 def drift_figures(context: Any, name: str, version: str, since: float, until: float) -> dict[str, Any]:
-    settings = context.settings
-    store = context.registry.store(name)
-    meta = store.read_meta(version)
-    if PROFILE_NAME not in (meta.get("files") or {}):
-        raise NoReference(f"version {version!r} of {name!r} has no reference profile: it was trained before "
-                          "drift monitoring; retrain to get one", field="version")
-    profile = json.loads(store.read_document(version, PROFILE_NAME))
-    sizes = [len(f["shares"]) for f in profile["features"]]
     with _redis("drift"):
-        rows, bins, outside = monitoring.live_counts(
-            context.queue.redis, name, version, sizes, monitoring.buckets(settings, since, until))
-    report = compare(profile, bins, outside, rows, js_threshold=settings.drift_js_threshold,
-                     psi_threshold=settings.drift_psi_threshold, min_rows=settings.drift_min_rows,
-                     p_value=settings.drift_p_value)
-    return {
-        "version": version, "since": utc_iso(since), "until": utc_iso(until),
-        "bucket_s": settings.monitoring_bucket_s, "monitoring": settings.monitoring,
-        "reference": {"rows": profile["rows"], "of": "the version's training rows (the search rows)"},
-        **report,
-    }
+        return live.drift_figures(context.registry.store(name), context.queue.redis, context.settings, name,
+                                  version, since, until)
 
 
 class Drift(Resource):
@@ -188,7 +171,7 @@ class _Scorer:
 
     def write(self, pipe: Any) -> None:
         for (version, bucket), fields in self.adds.items():
-            key = monitoring.quality_key(self.model, version, bucket)
+            key = live.quality_key(self.model, version, bucket)
             for name, value in fields.items():
                 pipe.hincrbyfloat(key, name, value)
             pipe.expire(key, self.settings.monitoring_retention_s)
@@ -229,7 +212,7 @@ def feedback(name: str | None) -> dict[str, Any]:
             prediction, row = item["id"], "0"
         wanted.append((index, item["id"], prediction, int(row), truth))
     with _redis("feedback"):
-        answers = monitoring.find_answers(redis, settings, model.name, [w[2] for w in wanted])
+        answers = live.find_answers(redis, settings, model.name, [w[2] for w in wanted])
         checked = []
         for (index, item_id, prediction, row, truth), raw in zip(wanted, answers):
             if raw is None:
@@ -243,7 +226,7 @@ def feedback(name: str | None) -> dict[str, Any]:
             if not ok:
                 skip(index, "feedback", why, item_id)
                 continue
-            checked.append((index, item_id, monitoring.fed_key(model.name, prediction, row), answer, row, value))
+            checked.append((index, item_id, live.fed_key(model.name, prediction, row), answer, row, value))
         # Each answered row counts once, however often its feedback is sent.
         first_time = _first_times(redis, [c[2] for c in checked], settings.feedback_ttl_s)
         for (index, item_id, _, answer, row, value), new in zip(checked, first_time):
@@ -282,10 +265,10 @@ def feedback(name: str | None) -> dict[str, Any]:
         scorer.write(pipe)
         if skipped:
             for entry in skipped:
-                pipe.hincrby(monitoring.skips_key(model.name), entry["reason"], 1)
+                pipe.hincrby(live.skips_key(model.name), entry["reason"], 1)
         if labelled:
-            pipe.lpush(monitoring.labelled_key(model.name), *labelled)
-            pipe.ltrim(monitoring.labelled_key(model.name), 0, settings.feedback_keep_rows_max - 1)
+            pipe.lpush(live.labelled_key(model.name), *labelled)
+            pipe.ltrim(live.labelled_key(model.name), 0, settings.feedback_keep_rows_max - 1)
         pipe.execute()
     accepted = sum(int(f["n"]) for f in scorer.adds.values())
     return {"model": model.name, "accepted": accepted, "skipped": skipped, "kept_rows": len(labelled)}
@@ -337,45 +320,9 @@ def quality_report(name: str | None) -> dict[str, Any]:
 
 
 def quality_figures(context: Any, name: str, served: str, task: str, since: float, until: float) -> dict[str, Any]:
-    """Live quality per version from the feedback on answers given in [since, until]."""
-    settings = context.settings
-    bucket_ids = monitoring.buckets(settings, since, until)
-    metas = {meta["version"]: meta for meta in context.registry.store(name).list_versions()}
     with _redis("quality"):
-        pipe = context.queue.redis.pipeline(transaction=False)
-        for version in metas:
-            for bucket in bucket_ids:
-                pipe.hgetall(monitoring.quality_key(name, version, bucket))
-        found = pipe.execute()
-        skips = {k.decode(): int(v) for k, v in context.queue.redis.hgetall(monitoring.skips_key(name)).items()}
-    versions, series = [], []
-    for v_index, (version, meta) in enumerate(metas.items()):
-        total: dict[str, float] = {}
-        for b_index, bucket in enumerate(bucket_ids):
-            fields = {k.decode(): float(v) for k, v in found[v_index * len(bucket_ids) + b_index].items()}
-            if not fields.get("n"):
-                continue
-            for key, value in fields.items():
-                total[key] = total.get(key, 0.0) + value
-            series.append({"version": version, "at": utc_iso(bucket * settings.monitoring_bucket_s),
-                           **_scores(fields, task)})
-        if total.get("n"):
-            versions.append({"version": version, "served": version == served,
-                             "holdout_score": meta.get("holdout_score"), "scoring": meta.get("scoring"),
-                             **_scores(total, task)})
-    return {"model": name, "task": task, "served_version": served, "since": utc_iso(since),
-            "until": utc_iso(until), "bucket_s": settings.monitoring_bucket_s, "versions": versions,
-            "series": series, "skipped": skips}
-
-
-def _scores(fields: dict[str, float], task: str) -> dict[str, Any]:
-    n = fields["n"]
-    if task == "classification":
-        return {"rows": int(n), "accuracy": fields.get("correct", 0.0) / n}
-    sse, y, y2 = fields.get("sq", 0.0), fields.get("y", 0.0), fields.get("y2", 0.0)
-    sst = y2 - y * y / n
-    return {"rows": int(n), "mae": fields.get("abs", 0.0) / n, "rmse": math.sqrt(sse / n),
-            "r2": (1 - sse / sst) if n >= 2 and sst > 1e-12 else None}
+        return live.quality_figures(context.registry.store(name), context.queue.redis, context.settings, name,
+                                    served, task, since, until)
 
 
 class Quality(Resource):

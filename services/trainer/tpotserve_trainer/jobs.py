@@ -189,7 +189,7 @@ def _publish(store: ModelStore, run: TrainingPayload, model: str, trained: _Trai
     }
     written = store.write_version(version, lambda path: joblib.dump(chosen.pipeline, path), meta, documents)
     if gate["promoted"]:
-        store.set_current(version)
+        store.set_current(version, reason=run.reason if run.reason != "retrain" else "publish", by="trainer")
     pruned = store.prune(run.model_keep)
     return {
         "model": model,
@@ -287,7 +287,8 @@ def _current_comparable(store: ModelStore, run: TrainingPayload, features: list[
     return pointer.version, meta, joblib.load(path)
 
 
-def activate(version: str, model: str | None = None, replace_contract: bool = False) -> dict[str, Any]:
+def activate(version: str, model: str | None = None, replace_contract: bool = False, reason: str = "activate",
+             by: str = "request", details: dict[str, Any] | None = None) -> dict[str, Any]:
     """Point a model's current.json at one of its stored versions (rollback), after
     verifying its hash and, unless ``replace_contract``, that it keeps the served contract.
     ``model`` None: the default model."""
@@ -296,7 +297,7 @@ def activate(version: str, model: str | None = None, replace_contract: bool = Fa
         store = registry_for(settings).existing_store(model)
         with store.publishing():
             contract_guard.check_activation(store, str(version), model or settings.model_name, replace_contract)
-            pointer = store.set_current(str(version))
+            pointer = store.set_current(str(version), reason=reason, by=by, details=details)
     except TpotServeError as exc:
         job = get_current_job()
         if job is not None:
