@@ -42,6 +42,7 @@ SERVICE_COMMANDS: dict[str, list[str]] = {
     "api": ["services/api/entrypoint.sh"],
     "worker": ["services/trainer/entrypoint.sh", "training"],
     "worker-control": ["services/trainer/entrypoint.sh", "control"],
+    "scheduler": ["services/trainer/entrypoint.sh", "scheduler"],
 }
 REDIS_COMMAND = ["redis-server", "--appendonly", "yes"]
 # The optional queue dashboard (not started by default), served by nginx at /rq/ behind the
@@ -184,6 +185,7 @@ class NativeStack:
             *(dask if self.dask_workers else ()),
             "worker-control",
             "worker",  # the training queue's one consumer (tpotserve.jobs.TRAINING_QUEUE)
+            "scheduler",  # the retraining policies (tpotserve_trainer.scheduler)
             *(self.instance_name("api", i + 1) for i in range(self.api_instances)),
             "nginx",
         )
@@ -244,6 +246,8 @@ class NativeStack:
             env["DASK_SCHEDULER_ADDRESS"] = self.dask_scheduler_address
         if name is not None and self.service_kind(name) == "api":
             env["API_BIND"] = f"127.0.0.1:{self.api_port_of(name)}"
+        if name is not None and self.service_kind(name) == "scheduler":
+            env["SCHEDULER_HEARTBEAT_FILE"] = str(self.heartbeat_file(name))
         if name is not None and name.startswith("dask-"):
             # Dask runs whatever its clients submit: it gets none of the stack's secrets.
             for secret in ("MODEL_SIGNING_KEY", "API_KEY", "PREDICT_API_KEY"):
@@ -315,10 +319,14 @@ class NativeStack:
         elif self.service_kind(name) in SERVICE_COMMANDS:
             kind = self.service_kind(name)
             command = SERVICE_COMMANDS[kind]
+            if kind == "scheduler":
+                self.heartbeat_file(name).unlink(missing_ok=True)
             self._spawn(name, [str(REPO / command[0]), *command[1:]])
             if kind == "api":
                 port = self.api_port_of(name)
                 self._wait(name, lambda: self._http_ok(f"http://127.0.0.1:{port}/healthz"), timeout_s)
+            elif kind == "scheduler":
+                self._wait(name, lambda: self._scheduler_ticked(name), timeout_s)
             else:
                 self._wait(name, lambda: self._worker_listening(name), timeout_s)
         else:
@@ -477,6 +485,14 @@ class NativeStack:
                 return sock.recv(16).startswith(b"+PONG")
         except OSError:
             return False
+
+    def heartbeat_file(self, name: str = "scheduler") -> Path:
+        return self.data_dir / "scheduler" / f"{name}.alive"
+
+    def _scheduler_ticked(self, name: str) -> bool:
+        # The scheduler writes its heartbeat file after each tick, the first one at start
+        # (removed before it is spawned, so an old one does not count).
+        return self.heartbeat_file(name).exists()
 
     def _worker_listening(self, name: str) -> bool:
         # RQ logs this once it has registered and is waiting on its queues.

@@ -3,6 +3,7 @@
 # launcher alike. $1 picks the queue this worker serves:
 #   training  long TPOT runs (and, first, the bootstrap model if none exists)
 #   control   quick store operations such as activate/rollback, never stuck behind a training
+#   scheduler evaluates the models' retraining policies and enqueues trainings (not a worker)
 set -eu
 role="${1:-training}"
 worker_class=rq.worker.Worker
@@ -11,7 +12,8 @@ case "$role" in
   # An activate is a hash check and one rename: run it in the worker's process, no fork per
   # job, so it is done in milliseconds while POST /models/<v>/activate waits for it.
   control) worker_class=rq.worker.SimpleWorker ;;
-  *) echo "usage: $0 training|control" >&2; exit 2 ;;
+  scheduler) exec python -m tpotserve_trainer.scheduler ;;
+  *) echo "usage: $0 training|control|scheduler" >&2; exit 2 ;;
 esac
 # --job-monitoring-interval 5: the horse's heartbeat; a job whose worker was
 # killed shows as failed at most ~65 s later (RQ adds 60 s to the interval).

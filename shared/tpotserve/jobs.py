@@ -18,6 +18,13 @@ CONTROL_QUEUE = "control"
 
 RETRAIN_FUNC = "tpotserve_trainer.jobs.retrain"
 ACTIVATE_FUNC = "tpotserve_trainer.jobs.activate"
+SET_POLICY_FUNC = "tpotserve_trainer.jobs.set_policy"
+
+ENQUEUE_LOCK = "tpotserve:lock:enqueue-training"
+"""Makes "is a training of this model queued or running? if not, enqueue" one step across
+API workers and the scheduler, so two simultaneous POST /retrain of one model get one 202
+and one 409. (That trainings then run one at a time, whichever model they train, is the
+training queue's doing: it has one consumer.)"""
 
 BOOTSTRAP_JOB_ID = "bootstrap"
 """Fixed id of the first training, so two starting workers cannot both enqueue one."""

@@ -14,6 +14,7 @@ Redis keys (``tpotserve:mon:`` prefix), each with a TTL:
     quality:<model>:<version>:<bucket>   hash: n, correct | abs, sq, y, y2
     skips:<model>                        hash: feedback skipped, by reason
     labelled:<model>                     list: labelled live rows (FEEDBACK_KEEP_ROWS only)
+    feedback-total:<model>               counter: feedback rows ever counted (the feedback trigger's clock)
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ def quality_key(model: str, version: str, bucket: int) -> str:
 
 def skips_key(model: str) -> str:
     return f"{PREFIX}skips:{model}"
+
+
+def feedback_total_key(model: str) -> str:
+    return f"{PREFIX}feedback-total:{model}"
 
 
 def labelled_key(model: str) -> str:

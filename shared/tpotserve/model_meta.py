@@ -74,6 +74,8 @@ class ModelMeta(BaseModel):
     library_versions: dict[str, Any] = {}
     job_id: str | None = None
     reason: str | None = None
+    trigger: dict[str, Any] | None = None
+    """Why the scheduler ran this training (tpotserve.policy); absent for a requested one."""
     gate: dict[str, Any] | None = None
 
     # Added by the store when the version is written.

@@ -22,6 +22,28 @@ from .schema import RetrainRequest, check_caps
 from .settings import Settings
 
 POLICY_NAME = "policy.json"
+KEY_PREFIX = "tpotserve:sched:"
+FIRED_KEY = KEY_PREFIX + "fired"
+"""hash ``<model>|<trigger>`` -> trainings the scheduler enqueued (the metric)."""
+TICK_KEY = KEY_PREFIX + "tick"
+"""When a scheduler last evaluated the policies (epoch seconds)."""
+STATE_TTL_S = 7 * 24 * 3600
+
+
+def state_key(model: str) -> str:
+    """JSON: the scheduler's last evaluation of the model's policy (GET .../policy shows it)."""
+    return f"{KEY_PREFIX}state:{model}"
+
+
+def spacing_key(model: str) -> str:
+    """Set (NX, with the policy's min_spacing_s as expiry) when a triggered training is enqueued:
+    while it exists no other trigger fires, whichever scheduler asks."""
+    return f"{KEY_PREFIX}spacing:{model}"
+
+
+def feedback_mark_key(model: str) -> str:
+    """The model's feedback count (``live.feedback_total_key``) when its last automatic training ran."""
+    return f"{KEY_PREFIX}feedback-mark:{model}"
 TRIGGERS = ("schedule", "drift", "quality", "feedback")
 """Why an automatic training ran (the job's and the version's ``trigger.kind``)."""
 

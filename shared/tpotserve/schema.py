@@ -116,6 +116,11 @@ class TrainingPayload(BaseModel):
     description: str | None = None
     replace_contract: bool = False
     """The request's override: the trainer may replace the model's contract."""
+    trigger: dict[str, Any] | None = None
+    """Why an automatic training runs (the scheduler's: kind schedule | drift | quality | feedback,
+    with the figures that fired it); None for a training someone asked for."""
+    feedback_rows: int = 0
+    """Extend the data set with up to this many of the model's kept labelled live rows."""
 
 
 class ActivateRequest(BaseModel):

@@ -207,6 +207,13 @@ class Settings(BaseSettings):
     feedback_keep_rows_max: int = Field(default=10_000, ge=1)
     """FEEDBACK_KEEP_ROWS_MAX: labelled live rows kept per model (the newest)."""
 
+    # --- automation (the scheduler: tpotserve.policy, docs/automation.md) ---------
+    scheduler_interval_s: float = Field(default=60.0, gt=0)
+    """SCHEDULER_INTERVAL_S: how often the scheduler evaluates every model's policy."""
+
+    scheduler_heartbeat_file: str = "/tmp/tpotserve-scheduler.alive"
+    """SCHEDULER_HEARTBEAT_FILE: touched after every tick; the healthcheck reads its age."""
+
     # --- training budget (defaults for bootstrap and for retrains) ----------
     tpot_max_time_mins: float = 1.0
     """TPOT_MAX_TIME_MINS: default wall-clock budget of one TPOT search."""

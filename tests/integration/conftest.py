@@ -127,6 +127,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         # test_monitoring compares one-second windows of live rows; counts flush twice a second.
         "MONITORING_BUCKET_S": "1",
         "MONITORING_FLUSH_S": "0.5",
+        # test_automation's scheduler evaluates the policies every second (not every minute).
+        "SCHEDULER_INTERVAL_S": "1",
         **BUDGET,
     }
     native = NativeStack(data_dir=tmp_path_factory.mktemp("stack"), gateway_port=free_port(), env=env)

@@ -687,7 +687,7 @@ def test_only_the_gateway_publishes_a_port(services) -> None:
 
 
 # --- volumes, health and start order ------------------------------------------------------
-def test_model_volume_is_read_only_for_the_api_only(compose, services) -> None:
+def test_model_volume_is_writable_for_the_workers_only(compose, services) -> None:
     assert "models" in (compose.get("volumes") or {}), "declare the named volume `models`"
     for service in PYTHON_SERVICES:
         model_dir = environment(services[service]).get("MODEL_DIR")
@@ -696,7 +696,7 @@ def test_model_volume_is_read_only_for_the_api_only(compose, services) -> None:
         assert found[0].target == model_dir, (
             f"{service}: models is mounted at {found[0].target}, but MODEL_DIR={model_dir}"
         )
-        want_read_only = service == "api"
+        want_read_only = service in ("api", "scheduler")  # the scheduler only enqueues
         assert found[0].read_only == want_read_only, (
             f"{service}: the models volume must be {'read-only' if want_read_only else 'writable'}"
         )

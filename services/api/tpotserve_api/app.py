@@ -15,7 +15,7 @@ from tpotserve.offline import disable_tpot_update_check
 from tpotserve.settings import Settings, load_settings
 from tpotserve.registry import ModelRegistry
 
-from . import documents, metrics, resources, v2, watch
+from . import automation, documents, metrics, resources, v2, watch
 from .context import EXTENSION, AppContext
 from .errors import to_response
 from .model_pool import ModelPool
@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
     api.add_resource(resources.NamedActivate, "/models/<string:name>/versions/<string:version>/activate")
     documents.register(api)
     watch.register(api)
+    automation.register(api)
     api.add_resource(resources.Healthz, "/healthz")
     api.add_resource(resources.OpenApi, "/openapi.json")
     api.add_resource(resources.AdminCheck, "/auth/admin")

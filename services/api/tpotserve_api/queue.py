@@ -26,13 +26,6 @@ from tpotserve.schema import TrainingPayload
 from tpotserve.settings import Settings
 
 
-ENQUEUE_LOCK = "tpotserve:lock:enqueue-training"
-"""Makes "is a training of this model queued or running? if not, enqueue" one step across
-API workers, so two simultaneous POST /retrain of one model get one 202 and one 409.
-(That trainings then run one at a time, whichever model they train, is the training
-queue's doing: it has one consumer.)"""
-
-
 @contextmanager
 def _redis_errors() -> Iterator[None]:
     try:
@@ -66,7 +59,7 @@ class JobQueue:
         model = payload.model or self.settings.model_name
         with _redis_errors():
             # A short lock makes "check, then enqueue" one step across API workers.
-            with self.redis.lock(ENQUEUE_LOCK, timeout=10, blocking_timeout=5):
+            with self.redis.lock(jobs.ENQUEUE_LOCK, timeout=10, blocking_timeout=5):
                 active = self.active_training(model)
                 if active is not None and not queue_behind:
                     what = "a training" if model == self.settings.model_name else f"a training of {model!r}"
@@ -129,16 +122,26 @@ class JobQueue:
         (the control worker runs it without a fork), and ``wait_s`` only bounds how long a
         busy or dead control worker can hold this API worker. ``replace_contract``: the
         control worker may change the model's contract (tpotserve.contract)."""
+        named = {"model": model} if model is not None else {}
+        override = {"replace_contract": True} if replace_contract else {}
+        return self.control_job(jobs.ACTIVATE_FUNC, {"version": version, **named, **override}, wait_s,
+                                meta={"kind": "activate", "version": version, **named})
+
+    def set_policy(self, model: str, policy: dict[str, Any] | None, wait_s: float) -> Job:
+        """Ask the control worker to write (None: remove) ``model``'s policy.json."""
+        return self.control_job(jobs.SET_POLICY_FUNC, {"model": model, "policy": policy}, wait_s,
+                                meta={"kind": "set_policy", "model": model})
+
+    def control_job(self, func: str, kwargs: dict[str, Any], wait_s: float, meta: dict[str, Any]) -> Job:
+        """Enqueue a quick store write on the control queue and wait up to ``wait_s`` for it."""
         with _redis_errors():
-            named = {"model": model} if model is not None else {}
-            override = {"replace_contract": True} if replace_contract else {}
             job = self.control.enqueue(
-                jobs.ACTIVATE_FUNC,
-                kwargs={"version": version, **named, **override},
+                func,
+                kwargs=kwargs,
                 job_timeout=jobs.ACTIVATE_TIMEOUT_S,
                 result_ttl=jobs.RESULT_TTL_S,
                 failure_ttl=jobs.FAILURE_TTL_S,
-                meta={"kind": "activate", "version": version, **named},
+                meta=meta,
             )
             # Below the connection's socket timeout, or the blocked read would raise instead.
             block_ms = int(1000 * min(wait_s, 0.8 * self.settings.redis_timeout_s))
@@ -176,6 +179,7 @@ class JobQueue:
                 "request": job.meta.get("payload")
                 or _without_none({"model": job.meta.get("model"), "version": job.meta.get("version")}),
                 "progress": job.meta.get("progress"),
+                "trigger": job.meta.get("trigger"),
                 "result": None,
                 "error": None,
             }

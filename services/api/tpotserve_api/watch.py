@@ -263,6 +263,9 @@ def feedback(name: str | None) -> dict[str, Any]:
                         labelled.append(_labelled(model, X[i].tolist(), value, model.version))
         pipe = redis.pipeline(transaction=False)
         scorer.write(pipe)
+        counted = sum(int(f["n"]) for f in scorer.adds.values())
+        if counted:
+            pipe.incrby(live.feedback_total_key(model.name), counted)
         if skipped:
             for entry in skipped:
                 pipe.hincrby(live.skips_key(model.name), entry["reason"], 1)

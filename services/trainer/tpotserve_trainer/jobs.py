@@ -27,10 +27,11 @@ from tpotserve.clock import utc_iso
 from tpotserve.datasets import DatasetStore
 from tpotserve.errors import TpotServeError, TrainingFailed
 from tpotserve.model_meta import ModelMeta
+from tpotserve.policy import Policy
 from tpotserve.schema import TrainingPayload
 from tpotserve.registry import ModelRegistry
 from tpotserve.settings import Settings, load_settings
-from tpotserve.store import ModelStore, new_version_id
+from tpotserve.store import POLICY_NAME, ModelStore, new_version_id
 
 from . import automl, baselines, card, contract_guard, data, leaderboard
 
@@ -161,7 +162,8 @@ def _publish(store: ModelStore, run: TrainingPayload, model: str, trained: _Trai
         scoring=run.scoring,
         training_rows=trained.training_rows,
         holdout_rows=len(trained.X_hold),
-        tpot_settings=run.model_dump(exclude={"reason", "model_keep", "model", "baselines", "description"}),
+        tpot_settings=run.model_dump(exclude={"reason", "model_keep", "model", "baselines", "description", "trigger",
+                                              "feedback_rows"}),
         pipeline=str(chosen.pipeline),
         tpot_pipeline=trained.search.pipeline_text,
         selection=trained.selection,
@@ -173,6 +175,7 @@ def _publish(store: ModelStore, run: TrainingPayload, model: str, trained: _Trai
         library_versions=automl.library_versions(),
         job_id=_job_id(),
         reason=run.reason,
+        **({"trigger": run.trigger} if run.trigger else {}),
         gate=gate,
     ).to_json()
     version = new_version_id()
@@ -307,6 +310,22 @@ def activate(version: str, model: str | None = None, replace_contract: bool = Fa
             job.save_meta()
         raise
     return {"model": model or settings.model_name, "version": pointer.version, "sha256": pointer.sha256}
+
+
+def set_policy(model: str, policy: dict[str, Any] | None, by: str = "request") -> dict[str, Any]:
+    """Write (None: remove) a model's retraining policy, ``policy.json`` beside its current.json.
+    The scheduler reads it on its next tick. ``set_at`` anchors an interval schedule."""
+    settings = load_settings()
+    store = registry_for(settings).existing_store(model)
+    if policy is None:
+        store.write_json(POLICY_NAME, None)
+        return {"model": model, "policy": None}
+    checked = Policy.model_validate(policy)  # the API checked it; a queued job is checked again
+    document = {"policy": checked.model_dump(mode="json"), "set_at": utc_iso(), "set_at_epoch": time.time(),
+                "by": by}
+    with store.publishing():
+        store.write_json(POLICY_NAME, document)
+    return {"model": model, **document}
 
 
 def registry_for(settings: Settings) -> ModelRegistry:
