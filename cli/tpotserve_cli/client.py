@@ -442,6 +442,23 @@ class Client:
         response = self.send("GET", path, params={"format": "markdown"})
         return response.content.decode("utf-8", errors="replace")
 
+    # --- retraining on its own (docs/automation.md) -----------------------------
+    def _model_path(self, model: str | None) -> str:
+        return _named(model if model is not None else str(self.registry()["default"]))
+
+    def policy(self, model: str | None = None) -> JSON:
+        """A model's retraining policy (None: none set) and the scheduler's last view of it
+        (``scheduler``: next due time, each trigger's figures, what it enqueued); admin key."""
+        return self.request("GET", f"{self._model_path(model)}/policy")
+
+    def set_policy(self, policy: dict[str, Any], model: str | None = None) -> JSON:
+        """Set a model's retraining policy (admin key); effective at the scheduler's next tick."""
+        return self.request("PUT", f"{self._model_path(model)}/policy", json=policy)
+
+    def delete_policy(self, model: str | None = None) -> JSON:
+        """Remove a model's policy: it trains only on request again (admin key)."""
+        return self.request("DELETE", f"{self._model_path(model)}/policy")
+
     # --- data sets -----------------------------------------------------------
     def datasets(self) -> list[JSON]:
         """The bundled ``iris`` and every uploaded data set."""

@@ -637,6 +637,53 @@ def cmd_feedback(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def policy_text(view: JSON) -> str:
+    """A policy and the scheduler's view of it, for a person."""
+    policy, state = view.get("policy"), view.get("scheduler") or {}
+    if policy is None:
+        return f"model {view.get('model')}: no policy (it trains only on request)\n"
+    lines = [f"model {view.get('model')}: policy set {view.get('set_at')}" + ("" if policy.get("enabled", True)
+                                                                            else " (disabled)")]
+    schedule = policy.get("schedule")
+    if schedule:
+        when = schedule.get("cron") and f"cron {schedule['cron']} ({schedule.get('timezone', 'UTC')})"
+        lines.append(f"  schedule: {when or 'every ' + str(schedule.get('every_s')) + ' s'}; next due "
+                     f"{state.get('next_due') or '-'}")
+    for kind, trigger in (policy.get("triggers") or {}).items():
+        if trigger:
+            figures = (state.get("triggers") or {}).get(kind) or {}
+            shown = ", ".join(f"{k}={v}" for k, v in figures.items() if k not in ("fired", "drifted_features"))
+            lines.append(f"  trigger {kind}: {json.dumps(trigger)}; now: "
+                         f"{'FIRED' if figures.get('fired') else 'not fired'}{'; ' + shown if shown else ''}")
+    lines.append(f"  min spacing: {policy.get('min_spacing_s')} s; budget: {json.dumps(policy.get('budget'))}")
+    held = state.get("held_by_spacing")
+    if held:
+        lines.append(f"  held back by the spacing until {held.get('until')}: {', '.join(held.get('fired', []))}")
+    for job in state.get("enqueued") or []:
+        lines.append(f"  enqueued {job.get('job_id')} ({job.get('trigger')})")
+    if state.get("checked_at"):
+        lines.append(f"  scheduler checked at {state['checked_at']}")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_policy(client: Client, args: argparse.Namespace) -> int:
+    if args.action == "set":
+        text = _read_input(args.file)
+        try:
+            policy = json.loads(text)
+        except ValueError as exc:
+            raise UsageError(f"the policy is not JSON: {exc}") from None
+        view = client.set_policy(policy, model=args.model)
+    elif args.action == "delete":
+        view = client.delete_policy(model=args.model)
+    else:
+        view = client.policy(model=args.model)
+    if view.get("written") is False:
+        print(f"the write is queued as job {view.get('job_id')} (tpotserve jobs {view.get('job_id')})")
+        return 0
+    return _print_listing(view, policy_text, args.json)
+
+
 def cmd_datasets_list(client: Client, args: argparse.Namespace) -> int:
     return _print_listing(client.datasets(), datasets_table, args.json)
 
@@ -802,6 +849,14 @@ def build_parser() -> argparse.ArgumentParser:
     _model_option(p, "the named model the answers came from")
     p.add_argument("--json", action="store_true", help="print the answer's JSON")
     p.set_defaults(func=cmd_feedback)
+
+    p = commands.add_parser("policy", parents=[common],
+                            help="a model's retraining policy: show, set FILE (JSON) or delete (admin key)")
+    p.add_argument("action", nargs="?", choices=("show", "set", "delete"), default="show")
+    p.add_argument("file", nargs="?", default="-", help="set: the policy as JSON; '-' or omitted: stdin")
+    _model_option(p, "the named model (default: the default model)")
+    p.add_argument("--json", action="store_true", help="print GET /models/<name>/policy as JSON")
+    p.set_defaults(func=cmd_policy)
 
     p = commands.add_parser("datasets", help="upload or list training data sets")
     datasets = p.add_subparsers(dest="datasets_command", required=True, metavar="{upload,list}")

@@ -26,6 +26,7 @@ from sklearn.datasets import load_iris
 from native.stack import REPO, SERVICE_COMMANDS
 
 from .conftest import LiveStack, wait_for
+from .test_cli import tpotserve
 
 MODEL = "auto"
 TINY = {"max_time_mins": 0.2, "generations": 1, "population_size": 4, "cv": 2, "baselines": False}
@@ -223,4 +224,11 @@ def test_drift_fires_on_shifted_rows_only_and_spacing_holds(auto: LiveStack) -> 
     say(f"held by spacing: {held}")
     assert held["fired"] == ["drift"] and held["min_spacing_s"] == 3600
     assert len(automatic_jobs(redis, "drift")) == 1 and fired(redis, "drift") == before + 1
-    requests_delete(auto)
+
+    # The CLI says the same, and removes the policy.
+    shown = tpotserve(auto, "policy", "--model", MODEL)
+    assert shown.returncode == 0, shown.stderr
+    assert "trigger drift" in shown.stdout and "held back by the spacing" in shown.stdout, shown.stdout
+    removed = tpotserve(auto, "policy", "delete", "--model", MODEL)
+    assert removed.returncode == 0 and "no policy" in removed.stdout, (removed.stdout, removed.stderr)
+    assert policy_state(auto)["policy"] is None

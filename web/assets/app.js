@@ -469,6 +469,10 @@ function renderVersions(listing, quality = null) {
         if (v.selection?.summary) td.title = v.selection.summary;
       }
       if (index === 7 && v.gate && v.gate.reason) td.title = v.gate.reason;
+      if (index === 7 && v.trigger) {
+        td.append(elt("span", { className: "trigger" }, ` · ${v.trigger.kind}`));
+        td.title = `${td.title ? `${td.title}; ` : ""}trained by the scheduler: ${triggerText(v.trigger)}`;
+      }
       tr.append(td);
     });
     const action = document.createElement("td");
@@ -924,6 +928,9 @@ async function loadRegistry() {
 function selectModel(name) {
   state.model = namedOrDefault(name);
   state.current = null;
+  $("#policy-form").hidden = true; // another model's policy: read again on request
+  $("#policy-summary").textContent = "";
+  $("#policy-state").replaceChildren();
   state.docVersion = null;
   state.docShown = null;
   state.driftFeature = null;
@@ -1111,6 +1118,91 @@ function renderJob(view) {
   if (p.training_rows !== undefined) parts.push(`${p.training_rows} search rows + ${p.holdout_rows} holdout rows, ${p.features} features`);
   if (request.dataset) parts.unshift(`${request.model ? `${request.model}: ` : ""}${request.dataset} → ${request.target} (${request.task})`);
   $("#job-progress").textContent = parts.join(" · ");
+  const trigger = view.trigger || request.trigger;
+  $("#job-trigger").hidden = !trigger;
+  $("#job-trigger").textContent = trigger ? `Started by the scheduler: ${triggerText(trigger)}` : "";
+}
+
+/** Why an automatic training ran, in words: "drift: 3 of 4 features drifted on 600 rows". */
+function triggerText(trigger) {
+  if (!trigger) return "";
+  const f = trigger.figures || {};
+  const why = {
+    schedule: () => `schedule (${trigger.cron ? `cron ${trigger.cron}` : `every ${trigger.every_s} s`}, due ${fmtTime(trigger.due)})`,
+    drift: () => `drift: ${fmtNumber((f.drifted_share ?? 0) * 100)}% of the features drifted (${(f.drifted_features || []).join(", ")}) on ${f.rows} rows`,
+    quality: () => `live quality: ${f.scoring} ${fmtScore(f.live_score)} vs holdout ${fmtScore(f.holdout_score)} on ${f.rows} labelled rows`,
+    feedback: () => `feedback: ${f.new_rows} new labelled rows (threshold ${f.threshold})`,
+  }[trigger.kind];
+  return why ? why() : trigger.kind;
+}
+
+const POLICY_EXAMPLE = {
+  schedule: { cron: "0 3 * * *", timezone: "UTC" },
+  triggers: { drift: { share: 0.3 }, quality: { margin: 0.05, min_rows: 100 } },
+  budget: { max_time_mins: 2 },
+  min_spacing_s: 3600,
+};
+
+function policyPath() {
+  const shown = modelName();
+  return shown ? `/models/${encodeURIComponent(shown)}/policy` : null;
+}
+
+function renderPolicy(view) {
+  const form = $("#policy-form");
+  form.hidden = false;
+  clearErrors(form);
+  const policy = view.policy;
+  const state = view.scheduler || {};
+  $("#policy-text").value = policy ? JSON.stringify(policy, null, 2) : "";
+  $("#policy-summary").textContent = policy
+    ? `Policy set ${fmtTime(view.set_at)}${policy.enabled === false ? " (disabled)" : ""}` +
+      (state.checked_at ? `; the scheduler last checked it ${fmtTime(state.checked_at)}` : "; not checked by a scheduler yet")
+    : `No policy${ofModel()}: it trains only on request.`;
+  const items = [];
+  if (state.next_due) items.push(`next scheduled training ${fmtTime(state.next_due)}`);
+  for (const [kind, figures] of Object.entries(state.triggers || {})) {
+    if (kind === "note") { items.push(figures); continue; }
+    const parts = Object.entries(figures).filter(([k]) => !["fired", "drifted_features", "note"].includes(k))
+      .map(([k, v]) => `${k} ${typeof v === "number" ? fmtNumber(v) : v}`);
+    items.push(`${kind}: ${figures.fired ? "FIRED" : "not fired"}${figures.note ? ` (${figures.note})` : ""}; ${parts.join(", ")}`);
+  }
+  if (state.held_by_spacing) items.push(`held back by the spacing until ${fmtTime(state.held_by_spacing.until)} (${state.held_by_spacing.fired.join(", ")})`);
+  for (const job of state.enqueued || []) items.push(`enqueued ${job.job_id} (${job.trigger})`);
+  if (state.error) items.push(`error: ${state.error}`);
+  $("#policy-state").replaceChildren(...items.map((text) => elt("li", {}, text)));
+}
+
+async function loadPolicy() {
+  const path = policyPath();
+  if (!path) return;
+  const result = await adminApi("GET", path);
+  if (result.ok) renderPolicy(result.body);
+  else if (!result.cancelled) $("#policy-summary").textContent = `Could not read the policy: ${result.error.message}`;
+}
+
+async function savePolicy(event, remove = false) {
+  event?.preventDefault();
+  const form = $("#policy-form");
+  clearErrors(form);
+  const path = policyPath();
+  let body;
+  if (!remove) {
+    try {
+      body = JSON.parse($("#policy-text").value || "{}");
+    } catch (error) {
+      showError(form, { message: `not JSON: ${error.message}`, field: null });
+      return;
+    }
+  }
+  const result = await adminApi(remove ? "DELETE" : "PUT", path, remove ? {} : { json: body });
+  if (result.ok && result.body.written === false) {
+    $("#policy-summary").textContent = `The write is queued as job ${result.body.job_id}.`;
+  } else if (result.ok) {
+    renderPolicy(result.body);
+  } else if (!result.cancelled) {
+    showError(form, result.error);
+  }
 }
 
 function setOutcome(text, tone = "", ...nodes) {
@@ -1205,6 +1297,13 @@ function start() {
   $("#drift-window").addEventListener("change", () => refreshModels());
   $("#drift-refresh").addEventListener("click", () => refreshModels());
   $("#drift-feature").addEventListener("change", (event) => pickDriftFeature(event.target.value));
+  $("#policy-load").addEventListener("click", loadPolicy);
+  $("#policy-example").addEventListener("click", () => {
+    $("#policy-form").hidden = false;
+    $("#policy-text").value = JSON.stringify(POLICY_EXAMPLE, null, 2);
+  });
+  $("#policy-form").addEventListener("submit", savePolicy);
+  $("#policy-delete").addEventListener("click", (event) => savePolicy(event, true));
   $("#forget-key").addEventListener("click", () => {
     sessionStorage.removeItem(ADMIN_KEY);
     sessionStorage.removeItem(PREDICT_KEY);
