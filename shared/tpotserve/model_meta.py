@@ -75,6 +75,8 @@ class ModelMeta(BaseModel):
     job_id: str | None = None
     reason: str | None = None
     trigger: dict[str, Any] | None = None
+    feedback_rows: int | None = None
+    """Labelled live rows added to the data set for this training (their CSV: feedback_rows.csv)."""
     """Why the scheduler ran this training (tpotserve.policy); absent for a requested one."""
     gate: dict[str, Any] | None = None
 

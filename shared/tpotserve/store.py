@@ -52,7 +52,7 @@ ACTIVATIONS_NAME = "activations.jsonl"
 POLICY_NAME = "policy.json"
 SHADOW_NAME = "shadow.json"
 LOCK_NAME = ".publish.lock"
-DOCUMENTS = ("leaderboard.json", "card.json", "card.md", "profile.json")
+DOCUMENTS = ("leaderboard.json", "card.json", "card.md", "profile.json", "feedback_rows.csv")
 """Files a version may hold beside its artifact, each covered by a sha256 in meta.json
 (profile.json: the training rows' reference for drift, ``tpotserve.drift``)."""
 PUBLISH_WAIT_S = 120.0

@@ -129,6 +129,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         "MONITORING_FLUSH_S": "0.5",
         # test_automation's scheduler evaluates the policies every second (not every minute).
         "SCHEDULER_INTERVAL_S": "1",
+        # ...and its model "auto" keeps its labelled live rows, for a policy to train on them.
+        "FEEDBACK_KEEP_ROWS": "auto",
         **BUDGET,
     }
     native = NativeStack(data_dir=tmp_path_factory.mktemp("stack"), gateway_port=free_port(), env=env)

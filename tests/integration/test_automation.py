@@ -232,3 +232,50 @@ def test_drift_fires_on_shifted_rows_only_and_spacing_holds(auto: LiveStack) -> 
     removed = tpotserve(auto, "policy", "delete", "--model", MODEL)
     assert removed.returncode == 0 and "no policy" in removed.stdout, (removed.stdout, removed.stderr)
     assert policy_state(auto)["policy"] is None
+
+
+def test_feedback_fires_after_n_labelled_rows_and_the_training_learns_from_them(auto: LiveStack) -> None:
+    redis = auto.redis()
+    redis.delete(f"tpotserve:sched:spacing:{MODEL}")  # the drift test's spacing: this is another policy
+    put_policy(auto, {"triggers": {"feedback": {"rows": 50}}, "data": {"feedback_rows": True, "max_feedback_rows": 40},
+                      "min_spacing_s": 600, "budget": TINY})
+    served = _wait_served(auto)
+    start = wait_for(lambda: ((policy_state(auto)["scheduler"] or {}).get("triggers") or {}).get("feedback"),
+                     timeout_s=20, interval_s=0.2, what="the feedback trigger evaluated")
+    assert start["fired"] is False and start["new_rows"] == 0
+
+    X, y = load_iris().data, load_iris().target_names[load_iris().target]
+    rows = [dict(zip(FEATURES, map(float, x))) for x in X[::2][:60]]
+    truth = [str(label) for label in y[::2][:60]]
+    response = auto.post(f"/models/{MODEL}/predict", json={"instances": rows})
+    assert response.status_code == 200, response.text
+    pid = response.headers["X-Prediction-ID"]
+    items = [{"id": f"{pid}:{i}", "label": t} for i, t in enumerate(truth)]
+
+    def fed() -> dict | None:  # the answer is kept once the worker's buffer is flushed (MONITORING_FLUSH_S)
+        response = auto.post(f"/models/{MODEL}/feedback", json=items)
+        assert response.status_code == 200, response.text
+        return response.json() if response.json()["accepted"] else None
+
+    feedback = wait_for(fed, timeout_s=10, interval_s=0.2, what="the feedback joined to its answers")
+    assert feedback["accepted"] == 60 and feedback["kept_rows"] == 60, feedback
+
+    jobs = wait_for(lambda: automatic_jobs(redis, "feedback"), timeout_s=20, interval_s=0.2, what="the feedback training")
+    assert len(jobs) == 1
+    job = auto.wait_job(jobs[0]["id"])
+    say(f"feedback fired: {job['trigger']}; result {job['result']}")
+    assert job["status"] == "finished", job
+    assert job["trigger"]["figures"]["new_rows"] == 60 and job["trigger"]["served_version"] == served
+    assert job["request"]["feedback_rows"] == 40
+    version_dir = auto.native.model_dir / "models" / MODEL / "versions" / job["result"]["version"]
+    meta = json.loads((version_dir / "meta.json").read_text())
+    assert meta["trigger"]["kind"] == "feedback" and meta["feedback_rows"] == 40, meta
+    kept = (version_dir / "feedback_rows.csv").read_text().splitlines()
+    assert kept[0] == ",".join([*FEATURES, "species"]) and len(kept) == 41
+    assert "feedback_rows.csv" in meta["files"]  # hashed with the version
+    # The count starts again: no second training on the same rows.
+    after = wait_for(lambda: (policy_state(auto)["scheduler"]["triggers"]["feedback"]
+                              if policy_state(auto)["scheduler"]["checked_at"] > job["enqueued_at"] else None),
+                     timeout_s=20, interval_s=0.2, what="a tick after the training")
+    assert after["new_rows"] == 0 and len(automatic_jobs(redis, "feedback")) == 1
+    requests_delete(auto)

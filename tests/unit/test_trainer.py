@@ -402,3 +402,34 @@ def test_the_workers_start_moves_a_single_model_volume_without_losing_a_version(
     assert store.read_pointer() == before  # same version, hash and previous: no worker reloads
     assert not (tmp_path / "models" / "versions").exists() and not (tmp_path / "models" / "current.json").exists()
     store.verified_artifact("v2", before.sha256)
+
+
+def test_kept_live_rows_extend_the_data_set_and_misfits_are_left_out() -> None:
+    import json as _json
+
+    import pandas as _pd
+
+    from tpotserve.schema import TrainingPayload as _Payload
+    from tpotserve_trainer.data import extend_with_feedback
+
+    X = _pd.DataFrame({"a": [0.0, 1.0, 2.0], "b": [1.0, 1.0, 0.0]})
+    y = _pd.Series([0, 1, 1], name="label")
+    run = _Payload(dataset="d", target="label", task="classification", max_time_mins=1, generations=1,
+                   population_size=2, cv=2, scoring="accuracy", n_jobs=1, feedback_rows=4)
+
+    def kept(features: dict, target: object) -> bytes:
+        return _json.dumps({"features": features, "target": target, "version": "v1", "at": "t"}).encode()
+
+    rows = [kept({"a": 5.0, "b": 0.5}, "1"),            # the class 1, sent as text: kept, typed like y
+            kept({"a": 6.0}, 0),                        # a feature missing: left out
+            kept({"a": 7.0, "b": 0.0}, 2),              # a class the data set does not have: left out
+            kept({"a": 8.0, "b": 1.0}, 0),              # kept
+            kept({"a": 9.0, "b": 1.0}, 1)]              # beyond the newest feedback_rows=4: not read
+    X2, y2, added = extend_with_feedback(X, y, rows, run, ["0", "1"])
+    assert X2["a"].tolist() == [0.0, 1.0, 2.0, 5.0, 8.0]
+    assert y2.tolist() == [0, 1, 1, 1, 0] and y2.dtype == y.dtype and y2.name == "label"
+    assert list(added.columns) == ["a", "b", "label"] and len(added) == 2
+    regression = run.model_copy(update={"task": "regression", "scoring": "r2"})
+    X3, y3, added3 = extend_with_feedback(X, y.astype(float), [kept({"a": 1.0, "b": 2.0}, float("nan")),
+                                                              kept({"a": 1.0, "b": 2.0}, 3.5)], regression, None)
+    assert y3.tolist() == [0.0, 1.0, 1.0, 3.5] and len(added3) == 1

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import joblib
+import pandas as pd
 from rq import get_current_job
 from rq.registry import CanceledJobRegistry
 
-from tpotserve import drift
+from tpotserve import drift, live
 from tpotserve.clock import utc_iso
 from tpotserve.datasets import DatasetStore
 from tpotserve.errors import TpotServeError, TrainingFailed
@@ -102,6 +103,16 @@ class _Trained:
     selection: dict[str, Any]
     leaderboard: dict[str, Any]
     compute: dict[str, Any]
+    feedback_rows: pd.DataFrame | None = None
+    """Labelled live rows added to the data set (the policy's ``data.feedback_rows``)."""
+
+
+def _kept_rows(model: str, limit: int) -> list[bytes]:
+    """The model's newest kept labelled live rows (FEEDBACK_KEEP_ROWS), from the job's Redis."""
+    job = get_current_job()
+    if job is None:
+        return []
+    return job.connection.lrange(live.labelled_key(model), 0, limit - 1)
 
 
 def _train(run: TrainingPayload, datasets: DatasetStore, compute: automl.Compute, report: _Progress,
@@ -110,6 +121,12 @@ def _train(run: TrainingPayload, datasets: DatasetStore, compute: automl.Compute
     split it, search with TPOT, fit the baselines on the same folds, choose."""
     report("loading_data", compute=compute.info)
     X, y = data.load(datasets, run)
+    added = None
+    if run.feedback_rows:
+        X, y, added = data.extend_with_feedback(X, y, _kept_rows(model, run.feedback_rows), run,
+                                                sorted(map(str, pd.unique(y))) if run.task == "classification"
+                                                else None)
+        report("loading_data", feedback_rows=len(added))
     contract_guard.check_training(store, run, X, y, model)
     X_train, X_hold, y_train, y_hold = data.holdout_split(X, y, run)
     report("searching", rows=len(X), training_rows=len(X_train), holdout_rows=len(X_hold),
@@ -134,7 +151,7 @@ def _train(run: TrainingPayload, datasets: DatasetStore, compute: automl.Compute
     if chosen is not tpot_pick and run.task == "classification":
         classes = [automl.plain(c) for c in chosen.pipeline.classes_]
     return _Trained(X, y, X_hold, y_hold, len(X_train), result, chosen, classes, selection, board,
-                    dict(compute.info))
+                    dict(compute.info), added)
 
 
 def _publish(store: ModelStore, run: TrainingPayload, model: str, trained: _Trained, card_body: dict[str, Any],
@@ -176,6 +193,7 @@ def _publish(store: ModelStore, run: TrainingPayload, model: str, trained: _Trai
         job_id=_job_id(),
         reason=run.reason,
         **({"trigger": run.trigger} if run.trigger else {}),
+        **({"feedback_rows": len(trained.feedback_rows)} if trained.feedback_rows is not None else {}),
         gate=gate,
     ).to_json()
     version = new_version_id()
@@ -190,6 +208,9 @@ def _publish(store: ModelStore, run: TrainingPayload, model: str, trained: _Trai
         drift.PROFILE_NAME: _json_bytes(drift.reference_profile(
             trained.X.drop(index=trained.X_hold.index), trained.y.drop(index=trained.y_hold.index), run.task)),
     }
+    if trained.feedback_rows is not None and len(trained.feedback_rows):
+        # The data set this version learned from is the upload plus these rows: kept with it.
+        documents[data.FEEDBACK_ROWS_NAME] = trained.feedback_rows.to_csv(index=False).encode()
     written = store.write_version(version, lambda path: joblib.dump(chosen.pipeline, path), meta, documents)
     if gate["promoted"]:
         store.set_current(version, reason=run.reason if run.reason != "retrain" else "publish", by="trainer")
