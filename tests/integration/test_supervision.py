@@ -91,6 +91,7 @@ LEADERS: dict[str, Callable[[str], bool]] = {
     "worker": lambda c: is_rq(c) and c.endswith(" training"),
     "worker-control": lambda c: is_rq(c) and c.endswith(" control"),
     "nginx": lambda c: c.startswith("nginx: master process"),
+    "scheduler": lambda c: "-m tpotserve_trainer.scheduler" in c,
 }
 
 
@@ -267,15 +268,17 @@ def healthy(run: Launcher, name: str, pid: int) -> bool:
         return requests.get(run.url + "/readyz", timeout=10).json().get("queue") == "ok"
     if name in ("worker", "worker-control"):
         return pid in run.registered()
+    if name == "scheduler":  # removed before it is started again; written after its first tick
+        return (run.data_dir / "scheduler" / "scheduler.alive").exists()
     return run.predict().status_code == 200
 
 
-@pytest.mark.parametrize("name", ["redis", "api", "worker", "worker-control", "nginx"])
+@pytest.mark.parametrize("name", ["redis", "api", "worker", "worker-control", "scheduler", "nginx"])
 def test_a_sigkilled_service_comes_back(launcher: Launcher, name: str) -> None:
     old = launcher.leader(name)
     restarts_before = len(launcher.supervisor_lines())
     # Predictions do not go through Redis or the workers: those may die without a failed request.
-    loop = PredictLoop(launcher.url) if name in ("redis", "worker", "worker-control") else None
+    loop = PredictLoop(launcher.url) if name in ("redis", "worker", "worker-control", "scheduler") else None
     with loop or _nothing():
         killed_at = time.monotonic()
         os.kill(old, signal.SIGKILL)

@@ -760,7 +760,7 @@ def test_env_example_documents_what_compose_reads(raw_compose) -> None:
 
 
 # --- hardening -------------------------------------------------------------------
-@pytest.mark.parametrize("service", ["redis", "api", "worker", "worker-control", "nginx"])
+@pytest.mark.parametrize("service", ["redis", "api", "worker", "worker-control", "scheduler", "nginx"])
 def test_every_service_is_hardened(services, service: str) -> None:
     config = services[service]
     assert config.get("read_only") is True, f"{service}: read_only: true (tmpfs where it must write)"
