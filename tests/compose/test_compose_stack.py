@@ -160,6 +160,7 @@ def stack(lookalikes: float, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "GATEWAY_PORT": str(port),
         "GATEWAY_TLS_PORT": str(tls_port),
         **BUDGET,
+        "SCHEDULER_INTERVAL_S": "2",
     }
     compose = ComposeStack(env=env, env_file=env_file, url=f"http://127.0.0.1:{port}")
     compose.compose("down", "--volumes", "--remove-orphans", check=False)  # a run killed half-way
@@ -203,7 +204,7 @@ def test_the_images_start_as_the_official_ones_would(stack: ComposeStack) -> Non
     rendered = stack.compose("exec", "-T", "nginx", "ls", "/etc/nginx/conf.d").stdout.split()
     assert "default.conf" in rendered
     assert stack.compose("exec", "-T", "nginx", "id", "-u").stdout.strip() == "101"
-    for service in ("redis", "api", "worker", "worker-control", "nginx"):
+    for service in ("redis", "api", "worker", "worker-control", "scheduler", "nginx"):
         assert stack.inspect(service, "{{.State.Health.Status}}") == "healthy", service
 
 
@@ -250,6 +251,25 @@ def test_a_retrain_becomes_the_served_version(stack: ComposeStack) -> None:
         timeout_s=30, what="the new version served",
     )
     assert served.json()["Prediction"] in SPECIES
+
+
+def test_a_policy_set_through_the_gateway_is_read_by_the_scheduler_container(stack: ComposeStack) -> None:
+    """The control worker writes policy.json on the shared volume; the scheduler (its own
+    container, the volume read-only) evaluates it on its next tick."""
+    policy = {"schedule": {"cron": "0 3 * * *"}, "triggers": {"drift": {"share": 0.5}}}
+    written = stack.session.put(stack.url + "/models/iris/policy", json=policy, headers=stack.admin(), timeout=30)
+    assert written.status_code == 200, written.text
+    set_at = written.json()["set_at"]
+
+    def evaluated() -> dict | None:
+        view = stack.get("/models/iris/policy", headers=stack.admin()).json()
+        state = view["scheduler"] or {}
+        return state if state.get("checked_at", "") >= set_at and "drift" in state.get("triggers", {}) else None
+
+    state = wait_for(evaluated, timeout_s=60, interval_s=0.5, what="the scheduler's evaluation of the policy")
+    assert state["next_due"].endswith("T03:00:00Z") and state["triggers"]["drift"]["fired"] is False, state
+    removed = stack.session.delete(stack.url + "/models/iris/policy", headers=stack.admin(), timeout=30)
+    assert removed.status_code == 200 and removed.json()["policy"] is None, removed.text
 
 
 def test_a_sigkilled_worker_is_restarted_and_predictions_never_fail(stack: ComposeStack) -> None:
