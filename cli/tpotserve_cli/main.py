@@ -485,9 +485,17 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> int:
 def follow(client: Client, job_id: str, args: argparse.Namespace) -> int:
     """Wait for a job with a progress bar; print its JSON; exit 1 unless it finished."""
     bar = JobProgress(job_id)
+    said: list[bool] = []
+
+    def progress(view: JSON) -> None:
+        if view.get("trigger") and not said:  # once, before the bar: why the scheduler started it
+            said.append(True)
+            print(f"job {job_id}: started by the scheduler: {trigger_text(view['trigger'])}", file=sys.stderr)
+        bar(view)
+
     try:
         view = client.wait(
-            job_id, poll_interval=args.poll_interval, timeout=args.wait_timeout, on_progress=bar
+            job_id, poll_interval=args.poll_interval, timeout=args.wait_timeout, on_progress=progress
         )
     except TimeoutError as exc:
         bar.close()
@@ -635,6 +643,24 @@ def cmd_feedback(client: Client, args: argparse.Namespace) -> int:
         of = f" (id {skip['id']})" if skip.get("id") is not None else ""
         print(f"skipped {skip.get('in')}[{skip.get('index')}]{of}: {skip.get('reason')}", file=sys.stderr)
     return 0
+
+
+def trigger_text(trigger: JSON) -> str:
+    """Why an automatic training ran, in one line."""
+    figures = trigger.get("figures") or {}
+    kind = trigger.get("kind")
+    if kind == "schedule":
+        what = f"cron {trigger['cron']}" if trigger.get("cron") else f"every {trigger.get('every_s')} s"
+        return f"schedule ({what}, due {trigger.get('due')})"
+    if kind == "drift":
+        return (f"drift: {_share(figures.get('drifted_share'))} of the features drifted "
+                f"({', '.join(figures.get('drifted_features') or [])}) on {figures.get('rows')} rows")
+    if kind == "quality":
+        return (f"quality: live {figures.get('scoring')} {_score(figures.get('live_score'))} vs holdout "
+                f"{_score(figures.get('holdout_score'))} on {figures.get('rows')} labelled rows")
+    if kind == "feedback":
+        return f"feedback: {figures.get('new_rows')} new labelled rows (threshold {figures.get('threshold')})"
+    return str(kind)
 
 
 def policy_text(view: JSON) -> str:
