@@ -203,3 +203,13 @@ def test_the_api_reads_the_policy_and_the_schedulers_view(store, settings, redis
     assert body["scheduler"]["next_due"] == "2026-12-08T03:00:00Z"
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'tpotserve_policy_next_due_timestamp_seconds{model="iris"}' in metrics
+
+
+def test_a_training_the_server_refuses_is_reported_once_not_retried_every_tick(store, settings, redis) -> None:  # noqa: F811
+    # r2 is no scorer for a classifier: the training is refused when planned, as POST /retrain would be.
+    _set(store, {"schedule": {"every_s": 600}, "budget": {"scoring": "r2"}}, set_at=NOW - 700)
+    scheduler = Scheduler(settings, redis)
+    (state,) = scheduler.tick(NOW)
+    assert state["enqueued"] == [] and "not enqueued" in state["error"] and "r2" in state["error"], state
+    assert "error" not in scheduler.tick(NOW + 1)[0]  # the due time is done with
+    assert _training_jobs(redis) == []

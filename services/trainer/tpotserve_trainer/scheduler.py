@@ -148,7 +148,13 @@ class Scheduler:
             return  # this due time was enqueued already (by us or another scheduler)
         what = {"cron": schedule.cron, "timezone": schedule.timezone} if schedule.cron else {"every_s": schedule.every_s}
         trigger = {"kind": "schedule", "due": utc_iso(due), "late_s": round(now - due, 1), **what}
-        enqueued = self._enqueue(name, store, policy, trigger, job_id(name, "schedule", due))
+        try:
+            enqueued = self._enqueue(name, store, policy, trigger, job_id(name, "schedule", due))
+        except TpotServeError as exc:  # e.g. its data set is gone: said once per due time, not every tick
+            enqueued = None
+            state["error"] = f"the training due {utc_iso(due)} was not enqueued: {exc.message}"
+            log.warning("scheduled training not enqueued", extra={"fields": {
+                "event": "scheduler_refused", "model": name, "error": exc.message}})
         # Recorded whether we enqueued it or another scheduler had: either way it is done.
         self.redis.set(mark_key, due)
         if enqueued is not None:
@@ -183,7 +189,13 @@ class Scheduler:
             return
         kind = fired[0]
         trigger = {"kind": kind, "figures": figures[kind], "also": fired[1:], "served_version": pointer.version}
-        enqueued = self._enqueue(name, store, policy, trigger, job_id(name, kind, now))
+        try:
+            enqueued = self._enqueue(name, store, policy, trigger, job_id(name, kind, now))
+        except TpotServeError as exc:  # the spacing still holds: a refused training is not retried every tick
+            enqueued = None
+            state["error"] = f"the {kind} training was not enqueued: {exc.message}"
+            log.warning("triggered training not enqueued", extra={"fields": {
+                "event": "scheduler_refused", "model": name, "error": exc.message}})
         if enqueued is not None:
             state["enqueued"].append(enqueued)
         if triggers.feedback is not None:
