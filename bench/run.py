@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from native import proc
 from tpotserve.clock import utc_iso
 
 from .models import FEATURES, BenchModel, build
@@ -83,14 +84,9 @@ def cpu_ticks(pids: set[int]) -> dict[int, tuple[str, int]]:
     """Name and utime + stime (clock ticks) of each live process, from /proc/<pid>/stat."""
     ticks = {}
     for pid in pids:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        head, tail = stat.rsplit(")", 1)
-        fields = tail.split()
-        # fields[0] is the state (field 3); utime and stime are fields 14 and 15.
-        ticks[pid] = (head.split("(", 1)[1], int(fields[11]) + int(fields[12]))
+        entry = proc.read(pid)
+        if entry is not None:
+            ticks[pid] = (entry.name, entry.cpu_ticks)
     return ticks
 
 

@@ -34,6 +34,8 @@ from typing import IO
 
 from tpotserve.settings import Settings
 
+from .proc import descendants
+
 REPO = Path(__file__).resolve().parent.parent
 
 # The one source of truth for what each service runs. The Dockerfiles'
@@ -521,29 +523,6 @@ class NativeStack:
                 return response.status == 200
         except (urllib.error.URLError, OSError):
             return False
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below ``pid``, read from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command may contain spaces and parentheses: the ppid follows the last ')'.
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 def _signal_group(popen: subprocess.Popen, sig: int) -> None:

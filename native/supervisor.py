@@ -23,8 +23,9 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .proc import Proc, below, process_table
 
 if TYPE_CHECKING:
     from .stack import NativeStack
@@ -44,50 +45,6 @@ def become_subreaper() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
-
-
-@dataclass(frozen=True)
-class Proc:
-    """One process; equal to another by (pid, start time): that names a process, never a reused pid."""
-
-    pid: int
-    ppid: int = field(compare=False)
-    pgid: int = field(compare=False)
-    state: str = field(compare=False)
-    started: int = 0
-    """Start time in clock ticks since boot."""
-
-
-def process_table() -> dict[int, Proc]:
-    """Every process, read from /proc/<pid>/stat."""
-    table: dict[int, Proc] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command may contain spaces and parentheses: the fields follow the last ')'.
-        fields = stat.rsplit(")", 1)[1].split()
-        pid = int(entry.name)
-        table[pid] = Proc(pid, int(fields[1]), int(fields[2]), fields[0], int(fields[19]))
-    return table
-
-
-def below(table: dict[int, Proc], pid: int) -> set[int]:
-    """The pids of every process under ``pid`` in ``table``."""
-    children: dict[int, list[int]] = {}
-    for proc in table.values():
-        children.setdefault(proc.ppid, []).append(proc.pid)
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 def describe_exit(returncode: int) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from native.proc import children
 from native.stack import free_port
 from tests.compose import images
 from tests.tools import tool
@@ -92,19 +93,6 @@ class ComposeStack:
 
     def admin(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {API_KEY}"}
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -275,8 +263,8 @@ def test_a_policy_set_through_the_gateway_is_read_by_the_scheduler_container(sta
 def test_a_sigkilled_worker_is_restarted_and_predictions_never_fail(stack: ComposeStack) -> None:
     restarts = int(stack.inspect("worker", "{{.RestartCount}}"))
     init_pid = int(stack.inspect("worker", "{{.State.Pid}}"))  # docker-init (compose's `init: true`)
-    (worker_pid,) = _children(init_pid)
-    assert b"rq" in Path(f"/proc/{worker_pid}/cmdline").read_bytes() or _children(worker_pid)
+    (worker_pid,) = children(init_pid)
+    assert b"rq" in Path(f"/proc/{worker_pid}/cmdline").read_bytes() or children(worker_pid)
 
     failures: list[str] = []
     answered = 0

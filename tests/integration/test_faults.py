@@ -40,6 +40,7 @@ from typing import Any
 import pytest
 import requests
 
+from native.proc import alive
 from native.stack import NativeStack, descendants, free_port
 
 from .conftest import API_KEY, API_WORKERS, BOOK_REQUEST, SIGNING_KEY, LiveStack, wait_for
@@ -202,14 +203,6 @@ def activate_and_wait(stack: LiveStack, version: str, session: requests.Session 
 
 def retrain(stack: LiveStack, **body: Any) -> requests.Response:
     return stack.post("/retrain", json={"dataset": "iris", **body}, headers=stack.admin())
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def running(stack: LiveStack, name: str) -> bool:

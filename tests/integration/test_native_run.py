@@ -12,17 +12,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from native.proc import alive
 from native.stack import REPO, descendants, free_port
 
 from .conftest import wait_for
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.mark.parametrize(
@@ -71,7 +64,7 @@ def test_native_run_serves_and_stops_everything_it_started(tmp_path: Path, sig: 
             if times > 1:
                 time.sleep(0.0005)  # pacing only: signals spread over the handler's first steps
         assert launcher.wait(timeout=60) == 0
-        wait_for(lambda: not any(_alive(pid) for pid in started), timeout_s=10, what="every child gone")
+        wait_for(lambda: not any(alive(pid) for pid in started), timeout_s=10, what="every child gone")
         with pytest.raises(requests.ConnectionError):
             requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
     finally:

@@ -15,7 +15,6 @@ import signal
 import time
 from collections.abc import Iterator
 from datetime import timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +23,7 @@ from redis import Redis
 from rq import Queue
 from rq.job import Job
 
+from native import proc
 from native.stack import NativeStack, free_port
 from tpotserve import jobs
 from tpotserve.datasets import DatasetStore
@@ -76,11 +76,10 @@ class Scaled:
 
     def instance_of(self, worker_pid: int) -> str:
         """Which API instance a Gunicorn worker belongs to: its parent is that instance's master."""
-        stat = Path(f"/proc/{worker_pid}/stat").read_text()
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        parent = proc.parent(worker_pid)
         for name in INSTANCES:
-            proc = self.native.processes.get(name)
-            if proc is not None and proc.popen.pid == parent:
+            process = self.native.processes.get(name)
+            if process is not None and process.popen.pid == parent:
                 return name
         return f"unknown (parent {parent})"
 

@@ -39,6 +39,7 @@ import requests
 from redis import Redis
 from rq import Worker
 
+from native.proc import alive, parent
 from native.stack import REPO, descendants, free_port
 from tpotserve.registry import ModelRegistry
 from tpotserve.settings import load_settings
@@ -62,21 +63,6 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         return ""
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def parent(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except OSError:
-        return None
 
 
 def is_rq(command: str) -> bool:
