@@ -8,7 +8,7 @@ Both read MODEL_DIR, DATASET_DIR and MODEL_NAME (the default model) from
 ``--data-dir DIR``: the native run's layout ``DIR/models``, ``DIR/datasets``,
 ``DIR/signing.key``) say otherwise.
 
-The archive (format version 2) is a gzip tar:
+The archive (format version 3) is a gzip tar:
 
     models/models/<name>/versions/<version>/model.joblib   every complete version of every model,
     models/models/<name>/versions/<version>/meta.json      byte for byte
@@ -16,6 +16,9 @@ The archive (format version 2) is a gzip tar:
                                                            its meta.json lists under "files"
     datasets/<id>/data.csv, datasets/<id>/meta.json
     signing.key                         only with --signing-key-file, when the file exists
+    models/models/<name>/activations.jsonl, policy.json, shadow.json
+                                        each model's side files (those it has), byte for byte,
+                                        as read right after its pointer
     models/models/<name>/current.json   each model's pointer, as read when its copy started
     manifest.json                       last: format, created_at, default_model, per model its
                                         pointer and its versions' sha256, every data set's sha256,
@@ -27,14 +30,16 @@ single-model layout (``<model dir>/versions``, ``<model dir>/current.json``) is
 backed up as the default model. A format 1 archive (before named models:
 ``models/versions/<version>/...``, ``models/current.json``, one ``pointer`` and
 one ``versions`` list in the manifest) is restored as the default model, into
-``<model dir>/models/<default>/``.
+``<model dir>/models/<default>/``. A format 2 archive (before the side files)
+restores as it always did: it creates no side file.
 
 Why a backup of a running stack is consistent: versions and data sets are
 immutable once renamed into place, and temp directories (dot-prefixed) are
 never read. Models are copied one after another, and for each the pointer is
-read first and its version (and ``previous``) copied first; a version that
-retention deletes while the backup runs is left out with a note, except the
-pointer's, for which the pointer is read again (bounded). A model whose store
+read first (its side files at once after it, and again whenever it is) and
+its version (and ``previous``) copied first; a version that retention deletes
+while the backup runs is left out with a note, except the pointer's, for which
+the pointer is read again (bounded). A model whose store
 moves while it is copied (the trainer moving a single-model volume under
 ``models/<default>/`` at its start) is copied again from its new place
 (bounded; versions already copied are kept, they are immutable). Every
@@ -44,15 +49,17 @@ a bad archive. A backup file is written under a temp name beside the target
 (mode 0600: it may hold the signing key) and renamed when complete.
 
 A restore refuses when any model the archive holds already has a store on the
-volume (unless ``--force``): checked at the first member of each model, before
-its files are read, and again before the first rename. It accepts only the
-member names above (or format 1's) as regular files (checked with tarfile's
-``data`` filter too), with model names that
-:func:`tpotserve.registry.check_model_name` accepts; verifies every file
-against the manifest and every artifact against its metadata; stages versions
-and data sets in a dot-prefixed directory on the target filesystem, renames
-them into place, and writes each model's ``current.json`` last, atomically,
-after every model's versions. An interrupted or rejected restore therefore
+volume (unless ``--force``; a side file counts too): checked at the first
+member of each model, before its files are read, and again before the first
+rename. It accepts only the member names above (or format 1's; side files only
+in format 3) as regular files (checked with tarfile's ``data`` filter too),
+with model names that :func:`tpotserve.registry.check_model_name` accepts;
+verifies every file against the manifest and every artifact against its
+metadata; stages versions and data sets in a dot-prefixed directory on the
+target filesystem, renames them into place, then replaces every model's side
+files (each atomically, byte for byte; one the archive lacks is left as it is),
+and writes each model's ``current.json`` last, atomically, after every model's
+versions and side files. An interrupted or rejected restore therefore
 never leaves a pointer naming a missing version, and restoring under a running
 API is safe: its workers follow a pointer when it appears.
 """
@@ -80,14 +87,34 @@ from .atomic import DIR_MODE, FILE_MODE, TMP_PREFIX, fsync_dir, replace_file, sh
 from .clock import utc_iso
 from .errors import InvalidInput
 from .registry import MIGRATING_PREFIX, MODELS_DIR, ModelRegistry, check_model_name
-from .store import ARTIFACT_NAME, DOCUMENTS, META_NAME, POINTER_NAME, ModelStore
+from .store import (
+    ACTIVATIONS_NAME,
+    ARTIFACT_NAME,
+    DOCUMENTS,
+    META_NAME,
+    POINTER_NAME,
+    POLICY_NAME,
+    SHADOW_NAME,
+    ModelStore,
+)
 
 __all__ = ["BackupError", "RestoreError", "create", "create_file", "main", "restore", "restore_file"]
 
 FORMAT = "tpotserve-backup"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
-"""1: one store at the archive's ``models/`` (before named models), restored as the default model."""
+# 3: each model's side files (SIDE_FILES) beside its pointer. Bumped although a reader of 3
+# reads 2 unchanged (a format 2 archive is one without them): a format 2 reader does not
+# ignore member names it does not know, it refuses the archive (_check_member), so these
+# archives are not format 2 to it. It refuses them at the first side file, before it reaches
+# the manifest (last) and its number, with or without the bump; the number is for the
+# manifest's readers: which tpotserve can restore this archive.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+"""1: one store at the archive's ``models/`` (before named models), restored as the default model.
+2: named models, without their side files."""
+SIDE_FILES_SINCE = 3
+SIDE_FILES = (ACTIVATIONS_NAME, POLICY_NAME, SHADOW_NAME)
+"""Each model's files beside current.json (tpotserve.store): its activation log, its retraining
+policy, its version in shadow. Any of them may be absent."""
 MANIFEST_NAME = "manifest.json"
 KEY_MEMBER = "signing.key"
 # The data set store's file names (tpotserve.datasets; not imported: it pulls in pandas).
@@ -114,6 +141,7 @@ _MEMBER = re.compile(
     # A model's store: models/models/<name>/... (format 2) or models/... (format 1, no name).
     rf"|models/(?:{MODELS_DIR}/(?P<model>{_NAME})/)?"
     rf"(?:(?P<pointer>{re.escape(POINTER_NAME)})"
+    rf"|(?P<side>{'|'.join(map(re.escape, SIDE_FILES))})"  # format 3 only: checked with the manifest
     rf"|versions/(?P<version>{_NAME})/(?P<vfile>{'|'.join(map(re.escape, (ARTIFACT_NAME, META_NAME, *DOCUMENTS)))}))"
     rf"|datasets/(?P<dataset>{_NAME})/"
     rf"(?P<dfile>{re.escape(DATASET_DATA_NAME)}|{re.escape(DATASET_META_NAME)})"
@@ -223,6 +251,24 @@ def _read_pointer(store: ModelStore) -> tuple[bytes | None, dict[str, Any] | Non
     return raw, {"version": version, "sha256": sha, "previous": str(previous) if previous else None}
 
 
+def _read_side_files(store: ModelStore) -> tuple[dict[str, bytes], list[str]]:
+    """The model's side files as they are now ({name: bytes}; an absent one is left out), and
+    the names of those too large for a restore to take (SMALL_MEMBER_MAX_BYTES), left out too."""
+    found: dict[str, bytes] = {}
+    too_large: list[str] = []
+    for name in SIDE_FILES:
+        try:
+            with open(store.root / name, "rb") as handle:
+                raw = handle.read(SMALL_MEMBER_MAX_BYTES + 1)
+        except FileNotFoundError:
+            continue
+        if len(raw) > SMALL_MEMBER_MAX_BYTES:
+            too_large.append(name)
+        else:
+            found[name] = raw
+    return found, too_large
+
+
 def _copy_entry(
     writer: _ArchiveWriter, directory: Path, prefix: str, data_name: str, meta_name: str, what: str,
     documents: bool = False,
@@ -298,7 +344,17 @@ class _ModelCopy:
     pointer_raw: bytes | None = None
     pointer: dict[str, Any] | None = None
     versions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    side: dict[str, bytes] = field(default_factory=dict)
+    """The side files as read right after the pointer."""
+    too_large: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    def read_pointer(self, store: ModelStore) -> None:
+        """The pointer, then at once the side files: the state they describe is the pointer's,
+        give or take a change in between (the activation log may then hold one line more or
+        less than the pointer explains; none of them decides what is served)."""
+        self.pointer_raw, self.pointer = _read_pointer(store)
+        self.side, self.too_large = _read_side_files(store)
 
     def copy_version(self, writer: _ArchiveWriter, store: ModelStore, version: str) -> str:
         """Copy a version unless it is held already: "" or why it was left out."""
@@ -316,7 +372,7 @@ class _ModelCopy:
         """One pass over ``store``: the pointer first, its versions at once (the window in which
         they could go is tiny), then every other complete version."""
         self.notes = []
-        self.pointer_raw, self.pointer = _read_pointer(store)
+        self.read_pointer(store)
         for attempt in range(1, POINTER_ATTEMPTS + 1):
             if self.pointer is None:
                 break
@@ -327,13 +383,17 @@ class _ModelCopy:
                 break
             if attempt < POINTER_ATTEMPTS:
                 # Retention deleted one: the pointer moved on since we read it. Follow it.
-                self.pointer_raw, self.pointer = _read_pointer(store)
+                self.read_pointer(store)
         # One that retention deletes meanwhile is left out.
         for version in _plain_entries(store.versions_dir):
             why = self.copy_version(writer, store, version)
             if why:
                 reason = "deleted by retention while the backup ran" if why == "vanished" else why
                 self.notes.append(f"model {self.name!r} version {version!r} left out: {reason}")
+        for name in self.too_large:  # a restore would refuse the archive: leave it out, say so
+            self.notes.append(
+                f"model {self.name!r} {name} left out: larger than {SMALL_MEMBER_MAX_BYTES} bytes"
+            )
 
     def check_pointer(self) -> None:
         """BackupError unless the pointer names a version the archive holds, with its sha256."""
@@ -431,7 +491,10 @@ def create(
                 writer.add_bytes(KEY_MEMBER, key, mode=KEY_MODE)
                 key_included = True
 
-        # 4. The pointers as captured, then the manifest that describes everything.
+        # 4. The side files and pointers as captured, then the manifest that describes everything.
+        for model in models:
+            for name, raw in model.side.items():
+                writer.add_bytes(f"{_model_prefix(model.name)}/{name}", raw)
         for model in models:
             if model.pointer_raw is not None:
                 writer.add_bytes(f"{_model_prefix(model.name)}/{POINTER_NAME}", model.pointer_raw)
@@ -527,8 +590,10 @@ def _check_member(member: tarfile.TarInfo, dest: Path) -> re.Match[str]:
 
 
 def _store_in_use(store: ModelStore) -> list[str]:
-    """What makes a model's store non-empty for a restore: current.json and complete versions."""
+    """What makes a model's store non-empty for a restore: current.json, complete versions, and
+    the side files (a policy set there is not replaced without --force either)."""
     found = [POINTER_NAME] if store.pointer_path.exists() else []
+    found += [name for name in SIDE_FILES if (store.root / name).exists()]
     found += [f"versions/{name}" for name in _plain_entries(store.versions_dir)]
     return found
 
@@ -630,6 +695,8 @@ class _Archived:
     pointer: dict[str, Any] | None
     versions: dict[str, str]
     """{version: sha256}, in the manifest's order."""
+    side: tuple[str, ...] = ()
+    """The side files the archive holds of it (format 3)."""
 
     @property
     def prefix(self) -> str:
@@ -664,7 +731,8 @@ def _verify(
     if manifest.get("format_version") not in READABLE_VERSIONS:
         raise RestoreError(
             f"archive format version {manifest.get('format_version')!r}; "
-            f"this tpotserve reads {' and '.join(map(str, READABLE_VERSIONS))}"
+            f"this tpotserve reads "
+            f"{', '.join(map(str, READABLE_VERSIONS[:-1]))} and {READABLE_VERSIONS[-1]}"
         )
     files = manifest.get("files")
     if not isinstance(files, dict):
@@ -689,11 +757,15 @@ def _verify(
     members = [(name, _MEMBER.fullmatch(name)) for name in received]
     in_archive: dict[str | None, set[str]] = {}
     for name, match in members:
-        if match and (match["version"] or match["pointer"]):
+        if match and (match["version"] or match["pointer"] or match["side"]):
             if match["model"] not in listed:
                 raise RestoreError(
                     f"archive member {name!r} belongs to no model its manifest lists "
                     f"(a format {manifest['format_version']} archive)"
+                )
+            if match["side"] and manifest["format_version"] < SIDE_FILES_SINCE:
+                raise RestoreError(
+                    f"archive member {name!r} is not in a format {manifest['format_version']} archive"
                 )
             if match["version"]:
                 in_archive.setdefault(match["model"], set()).add(match["version"])
@@ -722,7 +794,8 @@ def _verify(
                 raise RestoreError(f"{pointer_member} differs from the manifest's pointer")
         elif entry.get("pointer"):
             raise RestoreError(f"the archive lacks {pointer_member}")
-        archived.append(_Archived(name, member_name, entry.get("pointer"), versions))
+        side = tuple(file for file in SIDE_FILES if f"{prefix}/{file}" in received)
+        archived.append(_Archived(name, member_name, entry.get("pointer"), versions, side))
 
     datasets = set(
         _listed(
@@ -853,7 +926,8 @@ def restore(
                     if member.name in received:
                         raise RestoreError(f"archive member {member.name!r} appears twice")
                     model = match["model"] or registry.default_name
-                    if (match["version"] or match["pointer"]) and "models" in parts and not force:
+                    in_store = match["version"] or match["pointer"] or match["side"]
+                    if in_store and "models" in parts and not force:
                         if model not in checked:  # before reading a possibly large model's files
                             _refuse_non_empty(registry, model)
                             checked.add(model)
@@ -884,8 +958,8 @@ def restore(
             archived = _verify(manifest, received, small, registry.default_name)
         except (KeyError, TypeError, AttributeError) as exc:
             raise RestoreError(f"{MANIFEST_NAME} is malformed: {exc!r}") from exc
-        # A model with neither versions nor pointer has nothing to restore.
-        models = [model for model in archived if model.versions] if "models" in parts else []
+        # A model with neither versions nor pointer (nor side files) has nothing to restore.
+        models = [m for m in archived if m.versions or m.side] if "models" in parts else []
 
         # Every check before the first rename: conflicts refuse the whole restore.
         key = small.get(KEY_MEMBER) if "models" in parts else None
@@ -951,6 +1025,14 @@ def restore(
             elif key is not None and signing_key_file is None:
                 log("note: the archive holds a signing key; not restored "
                     "(give --signing-key-file or --data-dir)")
+            # Then every model's side files, byte for byte, each replaced atomically: before any
+            # pointer, so a restore that fails here has written none (the versions they may
+            # name, shadow.json's, are in place already). A side file the archive lacks (a
+            # format 2 archive has none) is neither created nor, with --force, removed.
+            for model in models:
+                for name in model.side:
+                    stores[model.name].root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+                    replace_file(stores[model.name].root / name, small[f"{model.prefix}/{name}"])
             # Last: each pointer, atomically. Until here the API kept serving what it served.
             for model in models:
                 pointer_member = f"{model.prefix}/{POINTER_NAME}"

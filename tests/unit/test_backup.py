@@ -139,12 +139,14 @@ def test_round_trip_restores_every_version_the_pointer_the_data_sets_and_the_key
     upload_id = DatasetStore(source / "datasets", LIMITS).list()[1]["id"]
     assert [d["id"] for d in manifest["datasets"]] == [upload_id]
     assert manifest["signing_key"] is True and manifest["notes"] == []
-    assert manifest["format"] == "tpotserve-backup" and manifest["format_version"] == 2
+    assert manifest["format"] == "tpotserve-backup" and manifest["format_version"] == 3
+    assert "models/models/iris/activations.jsonl" in names  # set_current logged v2 and v3
 
     target = tmp_path / "restored"
     _restore(archive, target)
 
-    assert _tree(target) == _tree(source)  # byte for byte: versions, metadata, pointer, uploads, key
+    # Byte for byte: versions, metadata, pointer, activation log, uploads, key.
+    assert _tree(target) == _tree(source)
     restored = _store(target)
     pointer = restored.read_pointer()
     assert pointer == _store(source).read_pointer()
@@ -185,6 +187,139 @@ def test_a_missing_key_file_is_a_note_not_an_error(source: Path, tmp_path: Path)
     assert any("no signing key" in note for note in manifest["notes"])
 
 
+# --- the side files beside each pointer ---------------------------------------------------
+# Not what ModelStore.write_json writes: any bytes, restored as they were (a torn last line too).
+POLICY = b'{\n "schedule": {"every_s": 3600}\n}'
+SHADOW = b'{"version": "v2", "since": "2026-12-07T10:00:00Z"}'
+TORN = b'{"at":"2026-12-07T10:00:01Z","version":"v3","fro'
+
+
+def _with_side_files(root: Path, name: str = DEFAULT) -> ModelStore:
+    store = _store(root, name)
+    (store.root / "policy.json").write_bytes(POLICY)
+    (store.root / "shadow.json").write_bytes(SHADOW)
+    with open(store.root / "activations.jsonl", "ab") as log:
+        log.write(TORN)
+    return store
+
+
+def test_policy_shadow_and_the_activation_log_round_trip_byte_for_byte_before_the_pointer(
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _with_side_files(source)
+    _publish(_store(source, "wine"), "w1")
+    _with_side_files(source, "wine")
+    archive = _backup_to(source, tmp_path / "b.tar.gz")
+    names = _members(archive)
+    for model in ("iris", "wine"):
+        assert {f"models/models/{model}/{name}" for name in SIDE_FILES} <= set(names)
+    assert names[-3:] == [  # the pointers stay last, the manifest after them
+        "models/models/iris/current.json", "models/models/wine/current.json", "manifest.json",
+    ]
+    with tarfile.open(archive) as tar:
+        listed = json.loads(tar.extractfile("manifest.json").read())["files"]
+    assert {f"models/models/iris/{name}" for name in SIDE_FILES} <= set(listed)
+
+    written: list[str] = []
+    real_replace = backup.replace_file
+
+    def replace_file(path: Path, data: bytes) -> None:
+        written.append(f"{path.parent.name}/{path.name}")
+        real_replace(path, data)
+
+    monkeypatch.setattr(backup, "replace_file", replace_file)
+    target = tmp_path / "restored"
+    _restore(archive, target)
+
+    assert _tree(target) == _tree(source)
+    restored = _store(target)
+    assert (restored.root / "policy.json").read_bytes() == POLICY
+    assert (restored.root / "shadow.json").read_bytes() == SHADOW
+    assert (restored.root / "activations.jsonl").read_bytes().endswith(b"\n" + TORN)
+    assert [a["version"] for a in restored.activations()] == ["v3", "v2"]  # the torn line skipped
+    # Every side file of every model before any pointer, each pointer last.
+    assert written[-2:] == ["iris/current.json", "wine/current.json"]
+    assert sorted(written[:-2]) == sorted(f"{m}/{n}" for m in ("iris", "wine") for n in SIDE_FILES)
+    assert _mode(restored.root / "policy.json") == 0o644
+    assert not [p for p in target.rglob(".*")]  # no temp file left beside them
+
+
+def test_an_archive_without_side_files_restores_and_creates_none(source: Path, tmp_path: Path) -> None:
+    _with_side_files(source)
+    archive = _backup_to(source, tmp_path / "b.tar.gz")
+    old = _as_format_2(archive, tmp_path / "old.tar.gz")  # as the code before side files wrote it
+    assert not [n for n in _members(old) if n.rsplit("/", 1)[-1] in SIDE_FILES]
+
+    target = tmp_path / "restored"
+    assert _restore(old, target)["format_version"] == 2
+    restored = _store(target)
+    assert not [name for name in SIDE_FILES if (restored.root / name).exists()]
+    assert _tree(target) == _without_side_files(_tree(source))
+    assert restored.read_pointer().version == "v3" and restored.activations() == []
+
+    # A store that has none (never activated since the log exists) makes a format 3 archive without them.
+    bare = tmp_path / "bare"
+    shutil.copytree(source, bare)
+    for name in SIDE_FILES:
+        (_store(bare).root / name).unlink()
+    fresh = _backup_to(bare, tmp_path / "bare.tar.gz")
+    with tarfile.open(fresh) as tar:
+        assert json.loads(tar.extractfile("manifest.json").read())["format_version"] == 3
+    _restore(fresh, tmp_path / "restored-bare")
+    assert _tree(tmp_path / "restored-bare") == _tree(bare)
+
+
+def test_restore_refuses_side_files_in_an_archive_older_than_them(source: Path, tmp_path: Path) -> None:
+    archive = _backup_to(source, tmp_path / "b.tar.gz")
+    relabeled = tmp_path / "relabeled.tar.gz"
+
+    def as_format_2(info: tarfile.TarInfo, data: bytes) -> bytes:
+        if info.name != "manifest.json":
+            return data
+        return json.dumps({**json.loads(data), "format_version": 2}).encode()
+
+    _rewrite(archive, relabeled, as_format_2)
+    refused = "'models/models/iris/activations.jsonl' is not in a format 2 archive"
+    with pytest.raises(RestoreError, match=refused):
+        _restore(relabeled, tmp_path / "target")
+    _assert_nothing_restored(tmp_path / "target")
+
+
+def test_restore_refuses_a_store_with_only_a_policy_and_force_replaces_it(
+    source: Path, tmp_path: Path
+) -> None:
+    _with_side_files(source)
+    archive = _backup_to(source, tmp_path / "b.tar.gz")
+    target = tmp_path / "target"
+    mine = _store(target)
+    mine.write_json("policy.json", {"mine": True})
+    with pytest.raises(RestoreError, match="model 'iris' \\(policy.json\\).*--force"):
+        _restore(archive, target)
+    assert mine.read_json("policy.json") == {"mine": True} and not mine.pointer_path.exists()
+
+    _restore(archive, target, force=True)
+    assert (mine.root / "policy.json").read_bytes() == POLICY
+    assert mine.read_pointer().version == "v3"
+
+
+def test_a_side_file_too_large_to_restore_is_left_out_with_a_note(
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _with_side_files(source)
+    limit = max(len(POLICY), len(SHADOW))  # the log is larger
+    monkeypatch.setattr(backup, "SMALL_MEMBER_MAX_BYTES", limit)
+    archive = tmp_path / "b.tar.gz"
+    manifest = _backup(source, archive)
+    assert manifest["notes"] == [f"model 'iris' activations.jsonl left out: larger than {limit} bytes"]
+    assert "models/models/iris/activations.jsonl" not in _members(archive)
+    assert "models/models/iris/policy.json" in _members(archive)
+    monkeypatch.undo()  # the restoring side's limit: the versions' meta.json are larger
+    target = tmp_path / "restored"
+    _restore(archive, target)
+    assert _store(target).read_pointer().version == "v3"
+    assert not (_store(target).root / "activations.jsonl").exists()
+
+
 # --- named models, and the layouts before them ----------------------------------------
 def test_two_named_models_and_the_data_sets_round_trip(source: Path, tmp_path: Path) -> None:
     _publish(_store(source, "wine"), "w1", "w2")
@@ -213,6 +348,36 @@ def test_two_named_models_and_the_data_sets_round_trip(source: Path, tmp_path: P
     assert len(DatasetStore(datasets, LIMITS).list()) == 2  # the bundled iris and the upload
 
 
+SIDE_FILES = ("activations.jsonl", "policy.json", "shadow.json")
+
+
+def _as_format_2(archive: Path, target: Path) -> Path:
+    """An archive as the code before side files wrote it: no model's activations.jsonl,
+    policy.json or shadow.json, format_version 2."""
+
+    def side(name: str) -> bool:
+        return name.startswith("models/models/") and name.rsplit("/", 1)[1] in SIDE_FILES
+
+    with tarfile.open(archive) as src, tarfile.open(target, "w:gz") as out:
+        for info in src.getmembers():
+            if side(info.name):
+                continue
+            data = src.extractfile(info).read()
+            if info.name == "manifest.json":
+                manifest = json.loads(data)
+                manifest.update(
+                    format_version=2, files={n: e for n, e in manifest["files"].items() if not side(n)}
+                )
+                data = json.dumps(manifest, indent=2, sort_keys=True).encode()
+            info.size = len(data)
+            out.addfile(info, io.BytesIO(data))
+    return target
+
+
+def _without_side_files(tree: dict[str, bytes]) -> dict[str, bytes]:
+    return {name: data for name, data in tree.items() if name.rsplit("/", 1)[-1] not in SIDE_FILES}
+
+
 def _as_format_1(archive: Path, target: Path) -> Path:
     """A one-model archive as the code before named models wrote it: the store at ``models/``,
     one ``pointer`` and one ``versions`` list in the manifest, format_version 1."""
@@ -220,7 +385,8 @@ def _as_format_1(archive: Path, target: Path) -> Path:
     def old_name(name: str) -> str:
         return name.replace(f"models/models/{DEFAULT}/", "models/", 1)
 
-    with tarfile.open(archive) as src, tarfile.open(target, "w:gz") as out:
+    with tarfile.open(_as_format_2(archive, target.with_suffix(".2.tar.gz"))) as src, \
+            tarfile.open(target, "w:gz") as out:
         for info in src.getmembers():
             data = src.extractfile(info).read()
             if info.name == "manifest.json":
@@ -257,7 +423,7 @@ def test_a_format_1_archive_restores_as_the_default_model(
 
     assert manifest["format_version"] == 1
     restored = _store(target, default_model)
-    assert _tree(restored.root) == _tree(_store(source).root)
+    assert _tree(restored.root) == _without_side_files(_tree(_store(source).root))
     pointer = restored.read_pointer()
     assert pointer.version == "v3" and restored.verified_artifact(pointer.version, pointer.sha256)
     assert ModelRegistry(target / "models", KEY, default_model).names() == [default_model]
@@ -302,8 +468,8 @@ def test_restore_refuses_files_of_a_model_its_manifest_does_not_list(source: Pat
     with pytest.raises(RestoreError, match="lists a model that cannot be restored"):
         _restore(evil, tmp_path / "target")
     newer = tmp_path / "newer.tar.gz"
-    _rewrite(archive, newer, manifest_change(lambda m: m.update(format_version=3)))
-    with pytest.raises(RestoreError, match="format version 3; this tpotserve reads 1 and 2"):
+    _rewrite(archive, newer, manifest_change(lambda m: m.update(format_version=4)))
+    with pytest.raises(RestoreError, match="format version 4; this tpotserve reads 1, 2 and 3"):
         _restore(newer, tmp_path / "target")
     _assert_nothing_restored(tmp_path / "target")
 
