@@ -28,7 +28,7 @@ from .atomic import fsync_dir
 from .errors import NotFound
 from .names import MODEL_NAME_PATTERN, RESERVED_NAMES, check_model_name, is_model_name
 from .settings import signing_key
-from .store import POINTER_NAME, ModelStore
+from .store import ACTIVATIONS_NAME, POINTER_NAME, POLICY_NAME, SHADOW_NAME, ModelStore
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -119,6 +119,23 @@ class ModelRegistry:
                 else:
                     os.replace(old_pointer, into / POINTER_NAME)
                 moved.append(POINTER_NAME)
+            for side in (ACTIVATIONS_NAME, POLICY_NAME, SHADOW_NAME):
+                # The model's documents beside its pointer move with it. Where the default name
+                # already has one (written since), the old activation lines are appended to its
+                # log, and an old policy or shadow is kept beside as .legacy, like the pointer.
+                old_side = self.root / side
+                if not old_side.exists():
+                    continue
+                if not (into / side).exists():
+                    os.replace(old_side, into / side)
+                elif side == ACTIVATIONS_NAME:
+                    with open(into / side, "ab") as log_file:
+                        log_file.write(old_side.read_bytes())
+                        os.fsync(log_file.fileno())
+                    old_side.unlink()
+                else:
+                    os.replace(old_side, into / f"{side}.legacy")
+                moved.append(side)
             old_versions = self.root / "versions"
             if old_versions.is_dir():
                 if not (into / "versions").exists():

@@ -79,6 +79,8 @@ def serving(registry: ModelRegistry, put, *names: str) -> None:
 def test_migrate_legacy_moves_every_version_and_keeps_the_pointer(root, registry, put) -> None:
     legacy = legacy_volume(root, put)
     pointer_bytes = legacy.pointer_path.read_bytes()
+    log_bytes = (root / "activations.jsonl").read_bytes()
+    (root / "policy.json").write_text('{"policy": {}}')
     pointer = legacy.read_pointer()
     assert pointer.previous == "v1"
 
@@ -93,8 +95,10 @@ def test_migrate_legacy_moves_every_version_and_keeps_the_pointer(root, registry
 
     moved = registry.migrate_legacy()
 
-    assert moved == ["current.json", "v1", "v2", "v3"]
+    assert moved == ["current.json", "activations.jsonl", "policy.json", "v1", "v2", "v3"]
     target = root / "models" / DEFAULT
+    assert (target / "activations.jsonl").read_bytes() == log_bytes  # the model's history moves with it
+    assert (target / "policy.json").read_text() == '{"policy": {}}' and not (root / "policy.json").exists()
     assert sorted(p.name for p in (target / "versions").iterdir()) == ["v1", "v2", "v3"]
     assert (target / "current.json").read_bytes() == pointer_bytes
     assert not (root / "versions").exists()
@@ -148,7 +152,7 @@ def test_migrate_resumes_after_a_crash_once_the_pointer_moved(root, registry, pu
 
     moved = registry.migrate_legacy()
 
-    assert moved == ["v1", "v2", "v3"]
+    assert moved == ["activations.jsonl", "v1", "v2", "v3"]
     target = root / "models" / DEFAULT
     assert not staging.exists()
     assert not (root / "versions").exists()
@@ -195,7 +199,8 @@ def test_migrate_merges_a_legacy_store_that_reappears(root, registry, put) -> No
 
     moved = registry.migrate_legacy()
 
-    assert moved == ["current.json", "v4"]
+    assert moved == ["current.json", "activations.jsonl", "v4"]
+    assert store.activations()[0]["version"] == "v4"  # the old place's activation joins the log
     assert store.list_version_ids() == ["v1", "v2", "v3", "v4"]
     assert store.pointer_path.read_bytes() == kept_bytes  # the existing pointer wins
     assert store.read_pointer() == kept
