@@ -681,12 +681,15 @@ def policy_text(view: JSON) -> str:
             shown = ", ".join(f"{k}={v}" for k, v in figures.items() if k not in ("fired", "drifted_features"))
             lines.append(f"  trigger {kind}: {json.dumps(trigger)}; now: "
                          f"{'FIRED' if figures.get('fired') else 'not fired'}{'; ' + shown if shown else ''}")
-    lines.append(f"  min spacing: {policy.get('min_spacing_s')} s; budget: {json.dumps(policy.get('budget'))}")
+    budget = {k: v for k, v in (policy.get("budget") or {}).items() if v is not None}
+    lines.append(f"  min spacing: {policy.get('min_spacing_s')} s; budget: {json.dumps(budget)}")
     held = state.get("held_by_spacing")
     if held:
         lines.append(f"  held back by the spacing until {held.get('until')}: {', '.join(held.get('fired', []))}")
     for job in state.get("enqueued") or []:
         lines.append(f"  enqueued {job.get('job_id')} ({job.get('trigger')})")
+    for kind, last in sorted((state.get("last") or {}).items()):
+        lines.append(f"  last {kind} training: job {last.get('job_id')} at {last.get('at')}")
     if state.get("checked_at"):
         lines.append(f"  scheduler checked at {state['checked_at']}")
     return "\n".join(lines) + "\n"

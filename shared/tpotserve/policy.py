@@ -35,6 +35,11 @@ def state_key(model: str) -> str:
     return f"{KEY_PREFIX}state:{model}"
 
 
+def last_key(model: str) -> str:
+    """hash trigger kind -> JSON of the last training the scheduler enqueued for it (job id, when, why)."""
+    return f"{KEY_PREFIX}last:{model}"
+
+
 def spacing_key(model: str) -> str:
     """Set (NX, with the policy's min_spacing_s as expiry) when a triggered training is enqueued:
     while it exists no other trigger fires, whichever scheduler asks."""

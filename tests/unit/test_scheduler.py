@@ -154,6 +154,8 @@ def test_drift_fires_on_shifted_rows_and_the_spacing_holds_the_next(store, setti
 
     held = scheduler.tick(time.time() + 1)[0]
     assert held["enqueued"] == [] and held["held_by_spacing"]["fired"] == ["drift"], held
+    assert held["last"]["drift"]["job_id"] == enqueued["job_id"]  # what ran last, and why, stays in view
+    assert held["last"]["drift"]["trigger"]["figures"]["drifted_share"] >= 0.5
     assert len(_training_jobs(redis)) == 1
 
 

@@ -1169,6 +1169,9 @@ function renderPolicy(view) {
   }
   if (state.held_by_spacing) items.push(`held back by the spacing until ${fmtTime(state.held_by_spacing.until)} (${state.held_by_spacing.fired.join(", ")})`);
   for (const job of state.enqueued || []) items.push(`enqueued ${job.job_id} (${job.trigger})`);
+  for (const [kind, last] of Object.entries(state.last || {})) {
+    items.push(`last ${kind} training: job ${last.job_id} at ${fmtTime(last.at)}: ${triggerText(last.trigger)}`);
+  }
   if (state.error) items.push(`error: ${state.error}`);
   $("#policy-state").replaceChildren(...items.map((text) => elt("li", {}, text)));
 }

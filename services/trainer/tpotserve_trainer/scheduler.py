@@ -131,6 +131,7 @@ class Scheduler:
         if policy.schedule is not None:
             self._schedule(name, store, policy, set_at, now, state)
         self._triggers(name, store, policy, now, state)
+        state["last"] = {kind.decode(): json.loads(raw) for kind, raw in self.redis.hgetall(policies.last_key(name)).items()}
         return state
 
     def _schedule(self, name: str, store: ModelStore, policy: Policy, set_at: float, now: float,
@@ -265,6 +266,8 @@ class Scheduler:
                                                            "job_id": unique_id}})
             return None
         self.redis.hincrby(policies.FIRED_KEY, f"{name}|{trigger['kind']}", 1)
+        self.redis.hset(policies.last_key(name), trigger["kind"],
+                        json.dumps({"job_id": job.id, "at": utc_iso(), "trigger": payload.trigger}))
         log.info("training enqueued", extra={"fields": {"event": "scheduler_enqueued", "model": name,
                                                         "job_id": job.id, "trigger": payload.trigger}})
         return {"job_id": job.id, "trigger": trigger["kind"]}
