@@ -19,6 +19,7 @@ CONTROL_QUEUE = "control"
 RETRAIN_FUNC = "tpotserve_trainer.jobs.retrain"
 ACTIVATE_FUNC = "tpotserve_trainer.jobs.activate"
 SET_POLICY_FUNC = "tpotserve_trainer.jobs.set_policy"
+PROMOTE_SHADOW_FUNC = "tpotserve_trainer.jobs.promote_shadow"
 
 ENQUEUE_LOCK = "tpotserve:lock:enqueue-training"
 """Makes "is a training of this model queued or running? if not, enqueue" one step across

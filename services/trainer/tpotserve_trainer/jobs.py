@@ -26,13 +26,13 @@ from rq.registry import CanceledJobRegistry
 from tpotserve import drift, live
 from tpotserve.clock import utc_iso
 from tpotserve.datasets import DatasetStore
-from tpotserve.errors import TpotServeError, TrainingFailed
+from tpotserve.errors import Conflict, TpotServeError, TrainingFailed
 from tpotserve.model_meta import ModelMeta
 from tpotserve.policy import Policy
 from tpotserve.schema import TrainingPayload
 from tpotserve.registry import ModelRegistry
 from tpotserve.settings import Settings, load_settings
-from tpotserve.store import POLICY_NAME, ModelStore, new_version_id
+from tpotserve.store import POLICY_NAME, SHADOW_NAME, ModelStore, new_version_id
 
 from . import automl, baselines, card, contract_guard, data, leaderboard
 
@@ -331,6 +331,25 @@ def activate(version: str, model: str | None = None, replace_contract: bool = Fa
             job.save_meta()
         raise
     return {"model": model or settings.model_name, "version": pointer.version, "sha256": pointer.sha256}
+
+
+def promote_shadow(model: str, version: str, details: dict[str, Any], by: str = "scheduler") -> dict[str, Any]:
+    """Serve the model's shadow ``version`` (promotion on live evidence): a normal activation,
+    logged in activations.jsonl with ``details`` (the test that decided it), and the shadow
+    ended, both under the store's lock. Refused if ``version`` is no longer the shadow (it
+    was cleared or replaced meanwhile) or would change the served contract."""
+    settings = load_settings()
+    store = registry_for(settings).existing_store(model)
+    with store.publishing():
+        shadow = store.read_json(SHADOW_NAME) or {}
+        if shadow.get("version") != version:
+            raise Conflict(f"{version!r} is no longer in shadow for {model!r}; nothing was activated", field="version")
+        contract_guard.check_activation(store, version, model, replace=False)
+        previous = store.read_pointer_quietly()
+        pointer = store.set_current(version, reason="promotion", by=by, details=details)
+        store.write_json(SHADOW_NAME, None)
+    return {"model": model, "version": pointer.version, "previous": previous.version if previous else None,
+            "promoted": True, "details": details}
 
 
 def set_policy(model: str, policy: dict[str, Any] | None, by: str = "request") -> dict[str, Any]:
