@@ -18,6 +18,11 @@ CONTROL_QUEUE = "control"
 
 RETRAIN_FUNC = "tpotserve_trainer.jobs.retrain"
 ACTIVATE_FUNC = "tpotserve_trainer.jobs.activate"
+SET_SHADOW_FUNC = "tpotserve_trainer.jobs.set_shadow"
+"""Control queue: put a stored version in shadow (kwargs: version, model, share, reason, by)."""
+CLEAR_SHADOW_FUNC = "tpotserve_trainer.jobs.clear_shadow"
+"""Control queue: take a model's shadow out (kwargs: model, reason, by), e.g. when the scheduler
+finds it timed out (``tpotserve.shadow.evaluate`` said "drop")."""
 
 BOOTSTRAP_JOB_ID = "bootstrap"
 """Fixed id of the first training, so two starting workers cannot both enqueue one."""

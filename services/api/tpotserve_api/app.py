@@ -15,12 +15,13 @@ from tpotserve.offline import disable_tpot_update_check
 from tpotserve.settings import Settings, load_settings
 from tpotserve.registry import ModelRegistry
 
-from . import documents, metrics, resources, v2, watch
+from . import documents, metrics, resources, shadow_routes, v2, watch
 from .context import EXTENSION, AppContext
 from .errors import to_response
 from .model_pool import ModelPool
 from .monitoring import Monitor
 from .queue import JobQueue
+from .shadow_runner import ShadowRunner
 
 
 class JsonApi(Api):
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
         queue=queue,
         datasets=DatasetStore.from_settings(settings),
         monitor=Monitor(settings, queue.redis),
+        shadows=ShadowRunner(settings, registry, queue.redis),
     )
 
     api = JsonApi(app, catch_all_404s=True)
@@ -89,6 +91,7 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
     api.add_resource(resources.NamedActivate, "/models/<string:name>/versions/<string:version>/activate")
     documents.register(api)
     watch.register(api)
+    shadow_routes.register(api)
     api.add_resource(resources.Healthz, "/healthz")
     api.add_resource(resources.OpenApi, "/openapi.json")
     api.add_resource(resources.AdminCheck, "/auth/admin")

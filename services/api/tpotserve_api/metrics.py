@@ -270,10 +270,12 @@ def init_app(app: Flask) -> None:
     def metrics() -> Response:
         # Here, not at the top: the context imports the pool, which imports this module.
         from .context import ctx
+        from .shadow_routes import ShadowCollector
         from .watch import MonitoringCollector
 
         context = ctx()
-        return Response(exposition(context.registry, context.queue.redis, [MonitoringCollector(context)]),
+        collectors = [MonitoringCollector(context), ShadowCollector(context)]
+        return Response(exposition(context.registry, context.queue.redis, collectors),
                         content_type=CONTENT_TYPE)
 
     app.add_url_rule("/metrics", endpoint="metrics", view_func=metrics, methods=["GET"])

@@ -147,6 +147,17 @@ class JobQueue:
                 self.redis.xread({Result.get_key(job.id): "0-0"}, count=1, block=block_ms)
             return job
 
+    def control_job(self, func: str, kwargs: dict[str, Any], meta: dict[str, Any], wait_s: float) -> Job:
+        """Enqueue a quick store write on the control queue (shadow set or cleared) and wait up
+        to ``wait_s`` for its result, as :meth:`activate` does."""
+        with _redis_errors():
+            job = self.control.enqueue(func, kwargs=kwargs, job_timeout=jobs.ACTIVATE_TIMEOUT_S,
+                                       result_ttl=jobs.RESULT_TTL_S, failure_ttl=jobs.FAILURE_TTL_S, meta=meta)
+            block_ms = int(1000 * min(wait_s, 0.8 * self.settings.redis_timeout_s))
+            if block_ms > 0:
+                self.redis.xread({Result.get_key(job.id): "0-0"}, count=1, block=block_ms)
+            return job
+
     def fetch(self, job_id: str) -> Job:
         with _redis_errors():
             try:
