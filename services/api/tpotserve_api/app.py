@@ -46,7 +46,8 @@ def _preload_tpot() -> None:
 
 def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
     """Build the API. Loads the default model (and others while there is room) before
-    returning, so a worker that accepts requests already serves what the pointers name."""
+    returning, so a worker that accepts requests already serves what the pointers name.
+    ``poll`` False (tests): no model polling and no shadow runner thread."""
     settings = settings or load_settings()
     logs.configure("api")
     _preload_tpot()
@@ -70,7 +71,7 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
         queue=queue,
         datasets=DatasetStore.from_settings(settings),
         monitor=Monitor(settings, queue.redis),
-        shadows=ShadowRunner(settings, registry, queue.redis),
+        shadows=ShadowRunner(settings, registry, queue.redis, background=poll),
     )
 
     api = JsonApi(app, catch_all_404s=True)

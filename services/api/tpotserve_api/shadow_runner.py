@@ -77,8 +77,10 @@ class _Item:
 class ShadowRunner:
     """One per API worker process: the bounded queue, the thread, the loaded shadows."""
 
-    def __init__(self, settings: Settings, registry: ModelRegistry, redis: Redis) -> None:
+    def __init__(self, settings: Settings, registry: ModelRegistry, redis: Redis, background: bool = True) -> None:
+        """``background`` False: no thread; whoever owns the runner calls :meth:`drain` (tests)."""
         self.settings = settings
+        self.background = background
         self.registry = registry
         self.redis = redis
         self.enabled = settings.monitoring
@@ -134,7 +136,7 @@ class ShadowRunner:
     # --- the thread -------------------------------------------------------------------
     def _ensure_thread(self) -> None:
         # Started on first use in this process (a thread does not survive Gunicorn's fork).
-        if self._pid == os.getpid():
+        if self._pid == os.getpid() or not self.background:
             return
         with self._lock:
             if self._pid == os.getpid():
