@@ -14,7 +14,7 @@ from tpotserve.datasets import IRIS_FEATURES, iris_frame
 from .conftest import LiveStack, wait_for
 from .test_faults import say
 
-TINY = {"max_time_mins": 0.1, "generations": 1, "population_size": 4, "cv": 2, "baselines": False,
+TINY = {"max_time_mins": 0.3, "generations": 1, "population_size": 4, "cv": 2, "baselines": False,
         "random_state": 1}
 
 
@@ -76,7 +76,7 @@ def test_a_worse_shadow_is_not_promoted_and_a_better_one_is(stack: LiveStack) ->
         "dataset": upload.json()["id"], "target": "species", "promote": "never", "queue": True, **TINY})
     assert response.status_code == 202, response.text
     job = stack.wait_job(response.json()["job_id"], timeout_s=180)
-    assert job["status"] == "finished" and job["result"]["published"] is False, job
+    assert job["status"] == "finished" and job["result"]["published"] is False, job.get("error") or job
     bad = job["result"]["version"]
 
     # Refusals first: the served version cannot be its own shadow.
