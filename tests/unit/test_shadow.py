@@ -292,3 +292,35 @@ def test_with_redis_down_predictions_answer_and_the_shadow_rows_are_counted_lost
     assert runner.drain() is False
     assert DROPPED.labels("redis")._value.get() - before_redis == 2
     assert_error(client.get("/shadow"), 503, "queue_unavailable")
+
+
+def test_a_regression_shadow_agrees_within_the_tolerance_and_feedback_pairs_squared_errors(
+        tmp_path, redis_url, redis, monkeypatch) -> None:  # noqa: F811 - fixtures
+    X, y = load_diabetes(return_X_y=True)
+    X = X[:, :4]
+    store = ModelStore(tmp_path / "models" / "models" / "iris", SIGNING_KEY.encode())
+    served_model, shadow_model = Ridge(alpha=0.1).fit(X, y), Ridge(alpha=10.0).fit(X, y)
+    _publish(store, "r_shadow", shadow_model, X, y, task="regression", classes=None, scoring="r2")
+    _publish(store, "r_served", served_model, X, y, task="regression", classes=None, scoring="r2")
+    store.write_json(SHADOW_NAME, shadow.document("r_shadow", 1.0, "test", "unit"))
+    app = create_app(settings_for(store, redis_url=redis_url), poll=False)
+    client, runner = app.test_client(), app.extensions["tpotserve"].shadows
+    _predict(client, X[:1], batch=1)
+    runner.drain()
+    (pid, predictions), = _predict(client, X[:80], batch=80)
+    assert runner.drain() and app.extensions["tpotserve"].monitor.flush()
+
+    served, other = served_model.predict(X[:80]), shadow_model.predict(X[:80])
+    tolerance = shadow.REGRESSION_TOLERANCE * float(np.std(y))  # the profile's target std
+    report = client.get("/shadow").get_json()
+    assert report["figures"]["rows"] == 80
+    assert report["figures"]["agreeing_rows"] == int((np.abs(served - other) <= tolerance).sum())
+
+    body = client.post("/feedback", json=[{"id": f"{pid}:{i}", "value": float(t)} for i, t in enumerate(y[:80])])
+    assert body.get_json()["paired_with_shadow"] == 80
+    labelled = client.get("/shadow").get_json()["figures"]["labelled"]
+    assert labelled["served"]["mse"] == pytest.approx(((served - y[:80]) ** 2).mean())
+    assert labelled["shadow"]["mse"] == pytest.approx(((other - y[:80]) ** 2).mean())
+    d = (served - y[:80]) ** 2 - (other - y[:80]) ** 2
+    assert labelled["d_sum"] == pytest.approx(d.sum()) and labelled["d2_sum"] == pytest.approx((d * d).sum())
+    assert client.get("/shadow").get_json()["evaluation"]["test"].startswith("paired t-test")
