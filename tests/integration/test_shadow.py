@@ -13,6 +13,7 @@ from tpotserve.datasets import IRIS_FEATURES, iris_frame
 
 from .conftest import LiveStack, wait_for
 from .test_faults import say
+from .test_web import browser, page  # noqa: F401 - fixtures (headless Chromium)
 
 TINY = {"max_time_mins": 0.3, "generations": 1, "population_size": 4, "cv": 2, "baselines": False,
         "random_state": 1}
@@ -115,3 +116,25 @@ def test_a_worse_shadow_is_not_promoted_and_a_better_one_is(stack: LiveStack) ->
                  what="the shadow cleared by the activation")
         cleared = stack.session.delete(stack.url + "/models/iris/shadow", headers=stack.admin(), timeout=30)
         assert cleared.status_code == 200 and cleared.json()["cleared"] is None, cleared.text
+
+
+def test_the_page_shows_the_shadow(page, stack: LiveStack) -> None:  # noqa: F811 - test_web's fixture
+    """The watch panel's shadow lines: the version, agreement and latency, both versions' rows, the decision."""
+    from playwright.sync_api import expect
+
+    listing = stack.get("/models").json()
+    others = [v["version"] for v in listing["versions"] if not v["current"] and not v["other_contract"]]
+    assert others, "the test above stored a version beside the served one"
+    _shadow(stack, others[-1])
+    try:
+        frame = iris_frame()
+        wait_for(lambda: (stack.post("/predict", json={"instances": frame[IRIS_FEATURES].head(20).to_dict("records")})
+                          and (stack.get("/shadow").json()["figures"]["rows"] > 0)), timeout_s=30, what="shadow rows")
+        page.goto("/")
+        expect(page.locator("#shadow-summary")).to_contain_text(f"{others[-1]} in shadow of {stack.bootstrap_version}")
+        expect(page.locator("#shadow-summary")).to_contain_text("agreement")
+        expect(page.locator("#shadow-table tbody tr")).to_have_count(2)
+        expect(page.locator("#shadow-decision")).to_contain_text("decision: wait")
+    finally:
+        cleared = stack.session.delete(stack.url + "/shadow", headers=stack.admin(), timeout=30)
+        assert cleared.status_code == 200, cleared.text
