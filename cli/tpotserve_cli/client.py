@@ -276,6 +276,27 @@ class Client:
         path = "/quality" if model is None else f"{_named(model)}/quality"
         return self.request("GET", path, params=_window(window, since))
 
+    def shadow(self, model: str | None = None) -> JSON:
+        """The model's shadow candidate (``GET /models/<name>/shadow``, ``GET /shadow``):
+        ``shadow`` (shadow.json, None when no version is in shadow), ``figures`` (agreement,
+        the shadow's latency, both versions' live scores on the same labelled rows) and
+        ``evaluation`` (``decision``: promote, wait or drop, with its test)."""
+        return self.request("GET", "/shadow" if model is None else f"{_named(model)}/shadow")
+
+    def set_shadow(self, version: str, model: str | None = None, share: float | None = None) -> JSON:
+        """Put a stored version in shadow (admin key): it answers ``share`` of the served rows too
+        (None: the model's policy, else the server's SHADOW_SHARE). ``done`` is False when the
+        control job was queued (202). 404: no such version; 409: the served one, or another contract."""
+        version_path = quote(version, safe="")
+        body = {"json": {"share": share}} if share is not None else {}
+        if model is None:
+            return self.request("POST", f"/shadow/{version_path}", **body)
+        return self.request("POST", f"{_named(model)}/versions/{version_path}/shadow", **body)
+
+    def clear_shadow(self, model: str | None = None) -> JSON:
+        """Take the model's shadow out (admin key); ``cleared``: what was in shadow (None: nothing)."""
+        return self.request("DELETE", "/shadow" if model is None else f"{_named(model)}/shadow")
+
     def feedback(
         self, items: Sequence[Mapping[str, Any]], model: str | None = None,
         rows: Sequence[Mapping[str, Any]] | None = None,

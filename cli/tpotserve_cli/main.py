@@ -305,6 +305,35 @@ def quality_table(report: JSON) -> str:
     return head + body
 
 
+def shadow_table(report: JSON) -> str:
+    """``GET /shadow``: the version in shadow, its agreement and latency, both versions' live
+    scores on the same labelled rows, and the decision with its test."""
+    doc = report.get("shadow")
+    if not doc:
+        return f"model {report.get('model')}: no version in shadow\n"
+    lines = [f"model {report.get('model')}: {doc.get('version')} in shadow of {report.get('served_version')} "
+             f"since {doc.get('since')} (share {_share(doc.get('share'))}; {doc.get('reason')}, by {doc.get('by')})"]
+    figures = report.get("figures") or {}
+    if figures:
+        latency = figures.get("latency") or {}
+        lines.append(f"compared rows {figures.get('rows', 0)}, agreement {_share(figures.get('agreement'))}; "
+                     f"shadow latency p50 {_ms(latency.get('p50_ms'))} ms, p95 {_ms(latency.get('p95_ms'))} ms "
+                     f"over {latency.get('calls', 0)} calls")
+        labelled = figures.get("labelled") or {}
+        metrics = ("accuracy",) if report.get("task") == "classification" else ("mse", "rmse", "r2")
+        rows = [(role, version, labelled.get("rows", 0), *(_score((labelled.get(role) or {}).get(m)) for m in metrics))
+                for role, version in (("served", figures.get("served_version")),
+                                      ("shadow", figures.get("shadow_version")))]
+        lines.append(format_table(("role", "version", "labelled_rows", *metrics), rows).rstrip("\n"))
+    evaluation = report.get("evaluation") or {}
+    if evaluation:
+        promotion = report.get("promotion") or {}
+        enabled = "automatic promotion on" if promotion.get("enabled") else "automatic promotion off"
+        lines.append(f"decision: {evaluation.get('decision')} ({evaluation.get('reason')}); {enabled}")
+        lines.append(f"test: {evaluation.get('test')}, p = {_score(evaluation.get('p_value'))}")
+    return "\n".join(lines) + "\n"
+
+
 def parse_feedback(text: str, fmt: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """(items, rows) for ``POST /feedback`` from JSON (a list of items, or ``{"feedback": [...],
     "rows": [...]}``) or from CSV with the columns ``id`` and ``label`` or ``value``."""
@@ -711,6 +740,33 @@ def cmd_policy(client: Client, args: argparse.Namespace) -> int:
         print(f"the write is queued as job {view.get('job_id')} (tpotserve jobs {view.get('job_id')})")
         return 0
     return _print_listing(view, policy_text, args.json)
+def cmd_shadow(client: Client, args: argparse.Namespace) -> int:
+    return _print_listing(client.shadow(model=args.model), shadow_table, args.json)
+
+
+def cmd_shadow_set(client: Client, args: argparse.Namespace) -> int:
+    answer = client.set_shadow(args.version, model=args.model, share=args.share)
+    of = f" of model {args.model}" if args.model else ""
+    if args.json:
+        _print_json(answer)
+    elif answer.get("done"):
+        doc = answer.get("shadow") or {}
+        print(f"{doc.get('version')}{of} in shadow, answering {_share(doc.get('share'))} of the served rows")
+    else:
+        print(f"shadow of {args.version}{of} queued as job {answer.get('job_id')} (tpotserve jobs {answer.get('job_id')})")
+    return 0
+
+
+def cmd_shadow_clear(client: Client, args: argparse.Namespace) -> int:
+    answer = client.clear_shadow(model=args.model)
+    if args.json:
+        _print_json(answer)
+    elif not answer.get("done"):
+        print(f"clearing queued as job {answer.get('job_id')} (tpotserve jobs {answer.get('job_id')})")
+    else:
+        cleared = answer.get("cleared")
+        print(f"shadow {cleared.get('version')} cleared" if cleared else "no version was in shadow")
+    return 0
 
 
 def cmd_datasets_list(client: Client, args: argparse.Namespace) -> int:
@@ -886,6 +942,24 @@ def build_parser() -> argparse.ArgumentParser:
     _model_option(p, "the named model (default: the default model)")
     p.add_argument("--json", action="store_true", help="print GET /models/<name>/policy as JSON")
     p.set_defaults(func=cmd_policy)
+    p = commands.add_parser("shadow", parents=[common],
+                            help="the version in shadow: agreement, latency, paired live scores, decision; "
+                                 "'shadow set VERSION' / 'shadow clear' (admin key)")
+    _model_option(p, "the named model")
+    p.add_argument("--json", action="store_true", help="print GET /shadow as JSON")
+    p.set_defaults(func=cmd_shadow)
+    shadow_commands = p.add_subparsers(dest="shadow_command", required=False, metavar="{set,clear}")
+    s = shadow_commands.add_parser("set", parents=[common], help="put a stored version in shadow (admin key)")
+    s.add_argument("version")
+    s.add_argument("--share", type=float, metavar="X",
+                   help="share of served rows it answers too, 0 < X <= 1 (default: the policy's, else SHADOW_SHARE)")
+    _model_option(s, "the named model the version belongs to")
+    s.add_argument("--json", action="store_true", help="print the answer's JSON")
+    s.set_defaults(func=cmd_shadow_set)
+    s = shadow_commands.add_parser("clear", parents=[common], help="take the shadow out (admin key)")
+    _model_option(s, "the named model")
+    s.add_argument("--json", action="store_true", help="print the answer's JSON")
+    s.set_defaults(func=cmd_shadow_clear)
 
     p = commands.add_parser("datasets", help="upload or list training data sets")
     datasets = p.add_subparsers(dest="datasets_command", required=True, metavar="{upload,list}")

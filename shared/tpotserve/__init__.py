@@ -8,5 +8,5 @@ names. It imports neither Flask, nor the RQ worker, nor TPOT.
 # and against docs/architecture.md's layout).
 __all__ = [
     "atomic", "backup", "clock", "contract", "datasets", "drift", "errors", "jobs", "live", "logs", "model_meta", "names",
-    "offline", "policy", "registry", "schema", "settings", "signing", "store", "training",
+    "offline", "policy", "registry", "schema", "settings", "shadow", "signing", "store", "training",
 ]

@@ -20,6 +20,12 @@ RETRAIN_FUNC = "tpotserve_trainer.jobs.retrain"
 ACTIVATE_FUNC = "tpotserve_trainer.jobs.activate"
 SET_POLICY_FUNC = "tpotserve_trainer.jobs.set_policy"
 PROMOTE_SHADOW_FUNC = "tpotserve_trainer.jobs.promote_shadow"
+"""Control queue: serve the shadow and end it, one step (kwargs: model, version, details, by)."""
+SET_SHADOW_FUNC = "tpotserve_trainer.jobs.set_shadow"
+"""Control queue: put a stored version in shadow (kwargs: version, model, share, reason, by)."""
+CLEAR_SHADOW_FUNC = "tpotserve_trainer.jobs.clear_shadow"
+"""Control queue: take a model's shadow out (kwargs: model, reason, by), e.g. when the scheduler
+finds it timed out (``tpotserve.shadow.evaluate`` said "drop")."""
 
 ENQUEUE_LOCK = "tpotserve:lock:enqueue-training"
 """Makes "is a training of this model queued or running? if not, enqueue" one step across

@@ -15,6 +15,18 @@ Redis keys (``tpotserve:mon:`` prefix), each with a TTL:
     skips:<model>                        hash: feedback skipped, by reason
     labelled:<model>                     list: labelled live rows (FEEDBACK_KEEP_ROWS only)
     feedback-total:<model>               counter: feedback rows ever counted (the feedback trigger's clock)
+    shadow:<model>:<served>:<shadow>     hash: rows (compared), agree, lat_s, lat_n (the shadow's predict
+                                         seconds, calls), h<i> (calls per tpotserve.shadow.LATENCY_BUCKETS_S)
+    shadow_paired:<model>:<served>:<shadow>  hash, from feedback on rows both answered: n, and
+                                         ok_served, ok_shadow, b (only the shadow right), c (only the
+                                         served right) | sq_served, sq_shadow, d, d2 (d = served sq.
+                                         error - shadow sq. error), y, y2
+    shadow_answers:<model>:<hour>        hash: prediction id -> JSON: s (served version), v (shadow
+                                         version), r (rows of the answer), p (the shadow's predictions), t;
+                                         at most FEEDBACK_MAX_ANSWERS fields
+
+The pair hashes live MONITORING_RETENTION_S after their last write (a shadow set again starts
+them from nothing: ``tpotserve.shadow.reset_pair``); shadow answers as long as answers.
 """
 
 from __future__ import annotations
@@ -63,21 +75,35 @@ def labelled_key(model: str) -> str:
     return f"{PREFIX}labelled:{model}"
 
 
+def shadow_key(model: str, served: str, shadow: str) -> str:
+    return f"{PREFIX}shadow:{model}:{served}:{shadow}"
+
+
+def shadow_paired_key(model: str, served: str, shadow: str) -> str:
+    return f"{PREFIX}shadow_paired:{model}:{served}:{shadow}"
+
+
+def shadow_answers_key(model: str, hour: int) -> str:
+    return f"{PREFIX}shadow_answers:{model}:{hour}"
+
+
 def buckets(settings: Settings, since: float, until: float) -> list[int]:
     """The time buckets that overlap [since, until]."""
     size = settings.monitoring_bucket_s
     return list(range(int(since // size), int(until // size) + 1))
 
 
-def find_answers(redis: Redis, settings: Settings, model: str, prediction_ids: list[str]) -> list[bytes | None]:
-    """What the stack answered under each prediction id (None: unknown or expired), newest hour first."""
+def find_answers(redis: Redis, settings: Settings, model: str, prediction_ids: list[str],
+                 key: Any = answers_key) -> list[bytes | None]:
+    """What the stack answered under each prediction id (None: unknown or expired), newest hour
+    first. ``key``: :func:`shadow_answers_key` for what the shadow answered."""
     if not prediction_ids:
         return []
     now_hour = int(time.time() // 3600)
     hours = range(now_hour, now_hour - settings.feedback_ttl_s // 3600 - 2, -1)
     pipe = redis.pipeline(transaction=False)
     for hour in hours:
-        pipe.hmget(answers_key(model, hour), prediction_ids)
+        pipe.hmget(key(model, hour), prediction_ids)
     found: list[bytes | None] = [None] * len(prediction_ids)
     for values in pipe.execute():
         for i, value in enumerate(values):

@@ -213,6 +213,17 @@ class Settings(BaseSettings):
 
     scheduler_heartbeat_file: str = "/tmp/tpotserve-scheduler.alive"
     """SCHEDULER_HEARTBEAT_FILE: touched after every tick; the healthcheck reads its age."""
+    # --- shadow candidates (docs/automation-shadow.md) -------------------------
+    shadow_share: float = Field(default=0.05, gt=0, le=1)
+    """SHADOW_SHARE: the share of served rows a shadow version also answers, when neither the
+    request putting it in shadow nor the model's policy (``shadow.share``) says."""
+
+    shadow_queue_size: int = Field(default=1000, ge=1)
+    """SHADOW_QUEUE_SIZE: sampled requests an API worker holds for its shadow runner; beyond it
+    they are dropped and counted (tpotserve_shadow_dropped_total), never waited for."""
+
+    shadow_max_batch_rows: int = Field(default=100, ge=1)
+    """SHADOW_MAX_BATCH_ROWS: most rows of one batch request the shadow answers (a sample of them)."""
 
     # --- training budget (defaults for bootstrap and for retrains) ----------
     tpot_max_time_mins: float = 1.0

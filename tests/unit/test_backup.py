@@ -562,7 +562,7 @@ def test_a_single_model_volume_moved_during_the_backup_is_copied_from_its_new_pl
     archive = tmp_path / "b.tar.gz"
     manifest = _backup(root, archive, with_key=False)
 
-    assert moved == ["current.json", "v1", "v2", "v3"]
+    assert moved == ["current.json", "activations.jsonl", "v1", "v2", "v3"]
     iris = manifest["models"]["iris"]
     assert iris["pointer"]["version"] == "v3" and iris["pointer"]["previous"] == "v2"
     assert [v["version"] for v in iris["versions"]] == ["v1", "v2", "v3"]

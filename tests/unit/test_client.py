@@ -652,3 +652,54 @@ def test_cli_shows_a_contract_refusal_in_one_line_and_sends_the_override(gateway
     gateway.answer("POST", "/retrain", (202, {"job_id": "j7", "status": "queued"}))
     assert main(["--url", gateway.url, "retrain", "--dataset", "ds-1", "--target", "price", "--replace-contract"]) == 0
     assert gateway.json_sent() == {"dataset": "ds-1", "target": "price", "replace_contract": True}
+
+
+SHADOW = {
+    "model": "iris", "served_version": "v1", "task": "classification",
+    "shadow": {"version": "v2", "share": 0.05, "since": "2026-01-01T00:00:00Z", "reason": "request", "by": "api"},
+    "promotion": {"enabled": False, "min_rows": 100, "margin": 0.0, "p_value": 0.05, "max_age_s": 604800},
+    "figures": {"served_version": "v1", "shadow_version": "v2", "rows": 200, "agreeing_rows": 190,
+                "agreement": 0.95, "latency": {"calls": 200, "mean_ms": 0.8, "p50_ms": 0.75, "p95_ms": 1.9,
+                                               "of": "one shadow predict call"},
+                "labelled": {"rows": 120, "served": {"accuracy": 0.9}, "shadow": {"accuracy": 0.95},
+                             "served_correct": 108, "shadow_correct": 114, "b": 8, "c": 2}},
+    "evaluation": {"decision": "wait", "reason": "120 labelled rows both answered: not better yet",
+                   "test": "exact McNemar, one-sided", "p_value": 0.0547, "rows": 120},
+}
+
+
+def test_shadow_report_set_and_clear_on_the_wire_and_in_the_cli(gateway, monkeypatch, capsys) -> None:
+    gateway.answer("GET", "/shadow", (200, SHADOW))
+    gateway.answer("GET", "/models/h/shadow", (200, {"model": "h", "shadow": None}))
+    done = {"model": "iris", "shadow": SHADOW["shadow"], "job_id": "j1", "done": True}
+    gateway.answer("POST", "/shadow/v2", (200, done))
+    gateway.answer("POST", "/models/h/versions/v%2F3/shadow", (202, {"version": "v/3", "job_id": "j2",
+                                                                    "done": False, "status": "queued"}))
+    gateway.answer("DELETE", "/shadow", (200, {"model": "iris", "cleared": SHADOW["shadow"], "done": True}))
+    gateway.answer("DELETE", "/models/h/shadow", (200, {"model": "h", "cleared": None, "done": True}))
+    client = Client(gateway.url, "k")
+    assert client.shadow() == SHADOW and client.shadow(model="h")["shadow"] is None
+    assert client.set_shadow("v2", share=0.25) == done
+    assert gateway.json_sent() == {"share": 0.25}
+    assert client.set_shadow("v/3", model="h")["done"] is False
+    assert client.clear_shadow()["cleared"]["version"] == "v2"
+
+    monkeypatch.setenv("TPOTSERVE_URL", gateway.url)
+    monkeypatch.setenv("TPOTSERVE_API_KEY", "k")
+    assert main(["shadow"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "model iris: v2 in shadow of v1 since 2026-01-01T00:00:00Z (share 5.0%; request, by api)"
+    assert lines[1] == "compared rows 200, agreement 95.0%; shadow latency p50 0.750 ms, p95 1.900 ms over 200 calls"
+    assert lines[2].split() == ["role", "version", "labelled_rows", "accuracy"]
+    assert lines[3].split() == ["served", "v1", "120", "0.9000"] and lines[4].split() == ["shadow", "v2", "120", "0.9500"]
+    assert lines[5].startswith("decision: wait (120 labelled rows") and lines[5].endswith("automatic promotion off")
+    assert main(["shadow", "--model", "h"]) == 0
+    assert capsys.readouterr().out == "model h: no version in shadow\n"
+    assert main(["shadow", "set", "v2", "--share", "0.25"]) == 0
+    assert capsys.readouterr().out == "v2 in shadow, answering 5.0% of the served rows\n"
+    assert main(["shadow", "set", "v/3", "--model", "h"]) == 0
+    assert "queued as job j2" in capsys.readouterr().out
+    assert main(["shadow", "clear", "--model", "h"]) == 0
+    assert capsys.readouterr().out == "no version was in shadow\n"
+    assert main(["shadow", "clear", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cleared"]["version"] == "v2"

@@ -5,6 +5,7 @@
 //   GET|POST /datasets, POST /retrain, GET|DELETE /jobs/<id>         -> the retrain panel
 //   GET /models/<name>/versions/<v>/leaderboard, .../card?format=json -> the leaderboard and card panel
 //   GET /drift, GET /quality                                         -> the drift and live quality panel
+//   GET /shadow                                                      -> its shadow candidate lines
 // The default model uses those unnamed endpoints (so a server from before named models works);
 // another selected model uses /models/<name>, /models/<name>/versions, /models/<name>/predict
 // and /models/<name>/versions/<v>/activate (see modelPaths).
@@ -108,6 +109,7 @@ function modelPaths(name = state.model) {
       activate: (version) => `/models/${encodeURIComponent(version)}/activate`,
       drift: "/drift",
       quality: "/quality",
+      shadow: "/shadow",
       document: documentPath(name),
     };
   }
@@ -119,6 +121,7 @@ function modelPaths(name = state.model) {
     activate: (version) => `${base}/versions/${encodeURIComponent(version)}/activate`,
     drift: `${base}/drift`,
     quality: `${base}/quality`,
+    shadow: `${base}/shadow`,
     document: documentPath(name),
   };
 }
@@ -507,8 +510,9 @@ function refreshModels() {
 async function readModels() {
   const selected = state.model;
   const paths = modelPaths(selected);
-  const [current, listing, quality] = await Promise.all([
+  const [current, listing, quality, shadow] = await Promise.all([
     api("GET", paths.current), api("GET", paths.versions), api("GET", watchQuery(paths.quality)),
+    api("GET", paths.shadow),
   ]);
   if (selected !== state.model) return; // another model was selected meanwhile: its own read follows
   $("#models-name").textContent = modelName() || "";
@@ -534,6 +538,7 @@ async function readModels() {
     $("#models-error").textContent = listing.error.message;
   }
   renderQuality(quality);
+  renderShadow(shadow);
   await Promise.all([loadDocuments(), current.ok ? loadDrift() : Promise.resolve()]);
 }
 
@@ -811,6 +816,45 @@ function renderQuality(result) {
   summary.textContent = (report.versions || []).length
     ? (skipped.length ? `skipped feedback: ${skipped.map(([reason, n]) => `${reason} (${n})`).join(", ")}` : "")
     : "No feedback on the answers of this window yet.";
+}
+
+/** The version in shadow, if any: agreement and latency, both versions on the same labelled rows, the decision. */
+function renderShadow(result) {
+  const table = $("#shadow-table");
+  const summary = $("#shadow-summary");
+  const decision = $("#shadow-decision");
+  table.tHead.replaceChildren();
+  table.tBodies[0].replaceChildren();
+  decision.textContent = "";
+  if (!result.ok) {
+    summary.textContent = result.status === 404 ? "" : `shadow: ${result.error.message}`;
+    return;
+  }
+  const report = result.body;
+  if (!report.shadow) {
+    summary.textContent = "No version in shadow (tpotserve shadow set VERSION, or POST …/versions/<v>/shadow).";
+    return;
+  }
+  const figures = report.figures || {};
+  const latency = figures.latency || {};
+  const agreement = Number.isFinite(figures.agreement) ? `${(figures.agreement * 100).toFixed(1)} %` : "–";
+  summary.textContent = `${report.shadow.version} in shadow of ${report.served_version} since ${report.shadow.since} ` +
+    `(share ${(report.shadow.share * 100).toFixed(1)} %): ${plural(figures.rows ?? 0, "row")} compared, agreement ${agreement}; ` +
+    `shadow latency p50 ${fmtNumber(latency.p50_ms)} ms, p95 ${fmtNumber(latency.p95_ms)} ms`;
+  const labelled = figures.labelled || {};
+  const metrics = report.task === "regression" ? ["mse", "rmse", "r2"] : ["accuracy"];
+  table.tHead.replaceChildren(elt("tr", {}, ...["role", "version", "labelled rows", ...metrics].map((h) => elt("th", {}, h))));
+  table.tBodies[0].replaceChildren(...[["served", figures.served_version], ["shadow", figures.shadow_version]].map(([role, version]) =>
+    elt("tr", { dataset: { role } },
+      elt("td", {}, role), elt("td", {}, code(version || "")),
+      elt("td", { className: "num" }, String(labelled.rows ?? 0)),
+      ...metrics.map((m) => elt("td", { className: `num shadow-${m}` }, m === "accuracy" || m === "r2" ? fmtScore(labelled[role]?.[m]) : fmtNumber(labelled[role]?.[m]))),
+    )));
+  const evaluation = report.evaluation;
+  if (evaluation) {
+    const auto = report.promotion?.enabled ? "automatic promotion on" : "automatic promotion off";
+    decision.textContent = `decision: ${evaluation.decision} — ${evaluation.reason} (${auto})`;
+  }
 }
 
 /** Poll the current version of model ``name`` until it is ``version``; true when it was in time. */

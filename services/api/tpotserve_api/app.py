@@ -15,12 +15,13 @@ from tpotserve.offline import disable_tpot_update_check
 from tpotserve.settings import Settings, load_settings
 from tpotserve.registry import ModelRegistry
 
-from . import automation, documents, metrics, resources, v2, watch
+from . import automation, documents, metrics, resources, shadow_routes, v2, watch
 from .context import EXTENSION, AppContext
 from .errors import to_response
 from .model_pool import ModelPool
 from .monitoring import Monitor
 from .queue import JobQueue
+from .shadow_runner import ShadowRunner
 
 
 class JsonApi(Api):
@@ -45,7 +46,8 @@ def _preload_tpot() -> None:
 
 def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
     """Build the API. Loads the default model (and others while there is room) before
-    returning, so a worker that accepts requests already serves what the pointers name."""
+    returning, so a worker that accepts requests already serves what the pointers name.
+    ``poll`` False (tests): no model polling and no shadow runner thread."""
     settings = settings or load_settings()
     logs.configure("api")
     _preload_tpot()
@@ -69,6 +71,7 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
         queue=queue,
         datasets=DatasetStore.from_settings(settings),
         monitor=Monitor(settings, queue.redis),
+        shadows=ShadowRunner(settings, registry, queue.redis, background=poll),
     )
 
     api = JsonApi(app, catch_all_404s=True)
@@ -90,6 +93,7 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
     documents.register(api)
     watch.register(api)
     automation.register(api)
+    shadow_routes.register(api)
     api.add_resource(resources.Healthz, "/healthz")
     api.add_resource(resources.OpenApi, "/openapi.json")
     api.add_resource(resources.AdminCheck, "/auth/admin")

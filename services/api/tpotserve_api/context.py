@@ -13,6 +13,7 @@ from tpotserve.settings import Settings
 from .model_pool import ModelPool
 from .monitoring import Monitor
 from .queue import JobQueue
+from .shadow_runner import ShadowRunner
 
 EXTENSION = "tpotserve"
 
@@ -27,6 +28,7 @@ class AppContext:
     queue: JobQueue
     datasets: DatasetStore
     monitor: Monitor
+    shadows: ShadowRunner
 
 
 def ctx() -> AppContext:

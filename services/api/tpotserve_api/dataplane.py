@@ -61,8 +61,11 @@ class Inference:
 
 def infer(model: LoadedModel, X: np.ndarray, prediction_id: str) -> Inference:
     """Predict the validated float matrix ``X`` (the model's feature order), count it in the
-    metrics and the drift bins, and keep the answers under ``prediction_id`` for feedback."""
+    metrics and the drift bins, and keep the answers under ``prediction_id`` for feedback; then
+    hand a sample of the rows to the shadow runner (a queue put, never a wait)."""
     predictions, proba = model.infer(X)
     metrics.record_predictions(model.name, model.version, predictions, model.is_classifier)
-    ctx().monitor.record(model, X, predictions, prediction_id)
+    context = ctx()
+    context.monitor.record(model, X, predictions, prediction_id)
+    context.shadows.offer(model, X, predictions, prediction_id)
     return Inference(model, predictions, proba)

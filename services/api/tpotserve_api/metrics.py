@@ -271,10 +271,11 @@ def init_app(app: Flask) -> None:
         # Here, not at the top: the context imports the pool, which imports this module.
         from .context import ctx
         from .automation import AutomationCollector
+        from .shadow_routes import ShadowCollector
         from .watch import MonitoringCollector
 
         context = ctx()
-        collectors = [MonitoringCollector(context), AutomationCollector(context)]
+        collectors = [MonitoringCollector(context), AutomationCollector(context), ShadowCollector(context)]
         return Response(exposition(context.registry, context.queue.redis, collectors),
                         content_type=CONTENT_TYPE)
 

@@ -33,6 +33,18 @@ from .loaded_model import LoadedModel
 log = logging.getLogger(__name__)
 
 
+def load_version(registry: ModelRegistry, name: str, version: str) -> LoadedModel:
+    """A stored version of ``name``, verified and loaded exactly as a served one is (sha256 and
+    signature before unpickling, a smoke prediction after), without serving it: the shadow
+    runner's loader (``shadow_runner``)."""
+    store = registry.store(name)
+    try:
+        sha256 = str(store.read_meta(version)["sha256"])
+    except (NotFound, KeyError) as exc:
+        raise ArtifactRejected(f"{version}: no usable metadata ({exc})") from exc
+    return ModelHolder(registry, name)._load(store, Pointer(version=version, sha256=sha256))
+
+
 class ModelHolder:
     """Holds one named model in one worker and follows that model's pointer."""
 

@@ -133,7 +133,8 @@ class JobQueue:
                                 meta={"kind": "set_policy", "model": model})
 
     def control_job(self, func: str, kwargs: dict[str, Any], wait_s: float, meta: dict[str, Any]) -> Job:
-        """Enqueue a quick store write on the control queue and wait up to ``wait_s`` for it."""
+        """Enqueue a quick store write on the control queue (activate, a policy, a shadow) and
+        wait up to ``wait_s`` for it."""
         with _redis_errors():
             job = self.control.enqueue(
                 func,

@@ -177,6 +177,55 @@ class _Scorer:
             pipe.expire(key, self.settings.monitoring_retention_s)
 
 
+class _Paired:
+    """Adds feedback on rows the shadow answered too into the pair's paired counters
+    (``live.shadow_paired_key``): both versions judged on the same labelled rows."""
+
+    def __init__(self, model_name: str, task: str, settings: Settings) -> None:
+        self.model, self.task, self.settings = model_name, task, settings
+        self.adds: dict[tuple[str, str], dict[str, float]] = {}
+
+    def add(self, served: str, shadow: str, served_answer: Any, shadow_answer: Any, truth: Any) -> None:
+        fields = self.adds.setdefault((served, shadow), {})
+        if self.task == "classification":
+            served_ok, shadow_ok = _same_label(served_answer, truth), _same_label(shadow_answer, truth)
+            adds = {"n": 1, "ok_served": served_ok, "ok_shadow": shadow_ok, "b": int(shadow_ok and not served_ok),
+                    "c": int(served_ok and not shadow_ok)}
+        else:
+            served_sq, shadow_sq = (float(served_answer) - truth) ** 2, (float(shadow_answer) - truth) ** 2
+            d = served_sq - shadow_sq
+            adds = {"n": 1, "sq_served": served_sq, "sq_shadow": shadow_sq, "d": d, "d2": d * d, "y": truth,
+                    "y2": truth * truth}
+        for key, value in adds.items():
+            fields[key] = fields.get(key, 0) + value
+
+    def write(self, pipe: Any) -> None:
+        for (served, shadow), fields in self.adds.items():
+            key = live.shadow_paired_key(self.model, served, shadow)
+            for name, value in fields.items():
+                pipe.hincrbyfloat(key, name, value)
+            pipe.expire(key, self.settings.monitoring_retention_s)
+
+
+def _same_label(answer: Any, truth: Any) -> int:
+    return int(answer == truth or str(answer) == str(truth))
+
+
+def _pair_with_shadow(redis: Any, settings: Settings, name: str, counted: list[tuple[str, dict, int, Any]],
+                      paired: _Paired) -> None:
+    """For each counted row the shadow answered too (same served version), add both answers."""
+    if not counted:
+        return
+    found = live.find_answers(redis, settings, name, [c[0] for c in counted], key=live.shadow_answers_key)
+    for (_, answer, row, truth), raw in zip(counted, found):
+        if raw is None:
+            continue
+        theirs = json.loads(raw)
+        if theirs.get("s") != answer["v"] or row not in theirs.get("r", []):
+            continue
+        paired.add(answer["v"], theirs["v"], answer["p"][row], theirs["p"][theirs["r"].index(row)], truth)
+
+
 def feedback(name: str | None) -> dict[str, Any]:
     context = ctx()
     settings = context.settings
@@ -188,6 +237,8 @@ def feedback(name: str | None) -> dict[str, Any]:
     store = context.registry.store(model.name)
     redis = context.queue.redis
     scorer = _Scorer(model.name, model.meta.task, settings)
+    paired = _Paired(model.name, model.meta.task, settings)
+    counted: list[tuple[str, dict, int, Any]] = []
     skipped: list[dict[str, Any]] = []
     labelled: list[bytes] = []
     keep = keeps_feedback_rows(settings, model.name)
@@ -226,14 +277,16 @@ def feedback(name: str | None) -> dict[str, Any]:
             if not ok:
                 skip(index, "feedback", why, item_id)
                 continue
-            checked.append((index, item_id, live.fed_key(model.name, prediction, row), answer, row, value))
+            checked.append((index, item_id, live.fed_key(model.name, prediction, row), answer, row, value,
+                            prediction))
         # Each answered row counts once, however often its feedback is sent.
         first_time = _first_times(redis, [c[2] for c in checked], settings.feedback_ttl_s)
-        for (index, item_id, _, answer, row, value), new in zip(checked, first_time):
+        for (index, item_id, _, answer, row, value, prediction), new in zip(checked, first_time):
             if not new:
                 skip(index, "feedback", "feedback for this id was already counted", item_id)
                 continue
             scorer.add(answer["v"], answer["t"], answer["p"][row], value)
+            counted.append((prediction, answer, row, value))
             if keep and "x" in answer:
                 labelled.append(_labelled(model, answer["x"][row], value, answer["v"]))
 
@@ -261,11 +314,13 @@ def feedback(name: str | None) -> dict[str, Any]:
                     scorer.add(model.version, now, predicted, value)
                     if keep:
                         labelled.append(_labelled(model, X[i].tolist(), value, model.version))
+        _pair_with_shadow(redis, settings, model.name, counted, paired)
         pipe = redis.pipeline(transaction=False)
         scorer.write(pipe)
         counted = sum(int(f["n"]) for f in scorer.adds.values())
         if counted:
             pipe.incrby(live.feedback_total_key(model.name), counted)
+        paired.write(pipe)
         if skipped:
             for entry in skipped:
                 pipe.hincrby(live.skips_key(model.name), entry["reason"], 1)
@@ -274,7 +329,8 @@ def feedback(name: str | None) -> dict[str, Any]:
             pipe.ltrim(live.labelled_key(model.name), 0, settings.feedback_keep_rows_max - 1)
         pipe.execute()
     accepted = sum(int(f["n"]) for f in scorer.adds.values())
-    return {"model": model.name, "accepted": accepted, "skipped": skipped, "kept_rows": len(labelled)}
+    return {"model": model.name, "accepted": accepted, "skipped": skipped, "kept_rows": len(labelled),
+            "paired_with_shadow": sum(int(f["n"]) for f in paired.adds.values())}
 
 
 def _first_times(redis: Any, keys: list[str], ttl: int) -> list[bool]:

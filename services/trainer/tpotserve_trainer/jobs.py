@@ -23,7 +23,7 @@ import pandas as pd
 from rq import get_current_job
 from rq.registry import CanceledJobRegistry
 
-from tpotserve import drift, live
+from tpotserve import drift, live, shadow
 from tpotserve.clock import utc_iso
 from tpotserve.datasets import DatasetStore
 from tpotserve.errors import Conflict, TpotServeError, TrainingFailed
@@ -71,6 +71,7 @@ def retrain(payload: dict[str, Any]) -> dict[str, Any]:
         # Gate and publish as one step against an activate (rollback) meanwhile.
         with store.publishing():
             outcome = _publish(store, run, model, trained, card_body, started, report)
+            outcome["shadow"] = shadow_held_back(store, model, outcome)
     except TpotServeError as exc:
         report.fail(exc.message)
         _log_failure(exc.message, started)
@@ -311,6 +312,95 @@ def _current_comparable(store: ModelStore, run: TrainingPayload, features: list[
     return pointer.version, meta, joblib.load(path)
 
 
+def shadow_held_back(store: ModelStore, model: str, outcome: dict[str, Any]) -> dict[str, Any] | None:
+    """After a training the gate held back: with ``shadow.held_back`` in the model's policy, put
+    the new version in shadow (replacing any shadow). Returns shadow.json's new content, or None.
+    Never fails the training: a candidate that cannot be shadowed is logged and stays stored."""
+    if outcome["published"]:
+        return None
+    policy = shadow.policy_of(store)
+    if policy is None or not policy.shadow.held_back:
+        return None
+    version = outcome["version"]
+    try:
+        shadow.check_candidate(store, version, model)
+        doc = shadow.document(version, policy.shadow.share, f"held back by the gate: {outcome['gate']['reason']}",
+                              "trainer")
+        store.write_json(SHADOW_NAME, doc)
+    except TpotServeError as exc:
+        log.warning("held-back candidate not put in shadow", extra={"fields": {
+            "event": "shadow_skipped", "model": model, "version": version, "error": exc.message}})
+        return None
+    _reset_pair(store, model, version)
+    log.info("held-back candidate in shadow", extra={"fields": {
+        "event": "shadow_set", "model": model, "version": version, "share": doc["share"], "by": "trainer"}})
+    return doc
+
+
+def set_shadow(version: str, model: str | None = None, share: float | None = None, reason: str = "request",
+               by: str = "request") -> dict[str, Any]:
+    """Put a stored version of a model in shadow: shadow.json names it, every API worker's shadow
+    runner answers ``share`` of the served rows with it too (None: the policy's ``shadow.share``,
+    else SHADOW_SHARE). Refused for a missing version, the served one, or another contract."""
+    settings = load_settings()
+    try:
+        store = registry_for(settings).existing_store(model)
+        name = model or settings.model_name
+        with store.publishing():  # the served version cannot change between the check and the write
+            shadow.check_candidate(store, str(version), name)
+            doc = shadow.document(str(version), share if share is not None else shadow.default_share(store, settings),
+                                  reason, by)
+            store.write_json(SHADOW_NAME, doc)
+    except TpotServeError as exc:
+        _record_job_error(exc)
+        raise
+    _reset_pair(store, name, str(version))
+    log.info("shadow set", extra={"fields": {"event": "shadow_set", "model": name, "version": version,
+                                             "share": doc["share"], "reason": reason, "by": by}})
+    return {"model": name, "shadow": doc}
+
+
+def clear_shadow(model: str | None = None, reason: str = "request", by: str = "request") -> dict[str, Any]:
+    """Take a model's shadow out (the scheduler enqueues it when ``tpotserve.shadow.evaluate``
+    says "drop"). Returns what was in shadow (None: nothing was)."""
+    settings = load_settings()
+    try:
+        store = registry_for(settings).existing_store(model)
+        with store.publishing():
+            previous = shadow.read(store)
+            store.write_json(SHADOW_NAME, None)
+    except TpotServeError as exc:
+        _record_job_error(exc)
+        raise
+    name = model or settings.model_name
+    log.info("shadow cleared", extra={"fields": {"event": "shadow_cleared", "model": name,
+                                                 "version": previous["version"] if previous else None,
+                                                 "reason": reason, "by": by}})
+    return {"model": name, "cleared": previous, "reason": reason, "by": by}
+
+
+def _reset_pair(store: ModelStore, model: str, version: str) -> None:
+    """A new shadow's pair counts start from nothing (best effort: Redis is the job's own)."""
+    job = get_current_job()
+    pointer = store.read_pointer_quietly()
+    if job is None or pointer is None:
+        return
+    try:
+        shadow.reset_pair(job.connection, model, pointer.version, version)
+    except Exception as exc:  # noqa: BLE001 - the shadow is set; stale counts are only stale
+        log.warning("could not reset the shadow's counts: %s", exc)
+
+
+def _record_job_error(exc: TpotServeError) -> None:
+    """What the API reads back to answer with the domain error (activate's pattern)."""
+    job = get_current_job()
+    if job is not None:
+        job.meta["error"] = exc.message
+        job.meta["error_code"] = exc.code
+        job.meta["error_details"] = exc.details
+        job.save_meta()
+
+
 def activate(version: str, model: str | None = None, replace_contract: bool = False, reason: str = "activate",
              by: str = "request", details: dict[str, Any] | None = None) -> dict[str, Any]:
     """Point a model's current.json at one of its stored versions (rollback), after
@@ -322,6 +412,9 @@ def activate(version: str, model: str | None = None, replace_contract: bool = Fa
         with store.publishing():
             contract_guard.check_activation(store, str(version), model or settings.model_name, replace_contract)
             pointer = store.set_current(str(version), reason=reason, by=by, details=details)
+            in_shadow = shadow.read(store)
+            if in_shadow is not None and in_shadow["version"] == pointer.version:
+                store.write_json(SHADOW_NAME, None)  # promoted: the shadow is now the served version
     except TpotServeError as exc:
         job = get_current_job()
         if job is not None:
