@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import InvalidInput
 from .schema import RetrainRequest, check_caps
 from .settings import Settings
+from .store import POLICY_NAME
 
-POLICY_NAME = "policy.json"
 KEY_PREFIX = "tpotserve:sched:"
 FIRED_KEY = KEY_PREFIX + "fired"
 """hash ``<model>|<trigger>`` -> trainings the scheduler enqueued (the metric)."""
@@ -161,6 +161,18 @@ class Policy(_Strict):
     """At least this long between two triggered (drift, quality, feedback) trainings of the model."""
     shadow: ShadowOptions = Field(default_factory=ShadowOptions)
     promote: Promotion | None = None
+
+
+def read_policy(store: Any) -> Policy | None:
+    """A model's stored policy (``policy.json``: ``{"policy": ..., "set_at": ...}``, written by the
+    control worker); None without one, or with one that no longer validates."""
+    document = store.read_json(POLICY_NAME)
+    if not document or not isinstance(document.get("policy"), dict):
+        return None
+    try:
+        return Policy.model_validate(document["policy"])
+    except ValidationError:
+        return None
 
 
 def parse_policy(body: Any, settings: Settings, model: str) -> Policy:

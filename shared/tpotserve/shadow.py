@@ -42,8 +42,8 @@ from scipy import stats
 from . import live
 from .clock import utc_iso
 from .contract import contract_of, diff
-from .errors import Conflict, ContractConflict, InvalidInput, NotFound
-from .policy import POLICY_NAME, Policy, Promotion
+from .errors import Conflict, ContractConflict, InvalidInput
+from .policy import Policy, Promotion, read_policy
 from .settings import Settings
 from .store import SHADOW_NAME, ModelStore
 
@@ -103,13 +103,7 @@ def read(store: ModelStore) -> dict[str, Any] | None:
 
 def policy_of(store: ModelStore) -> Policy | None:
     """The model's policy.json as a Policy; None without one (or with one that no longer validates)."""
-    data = store.read_json(POLICY_NAME)
-    if data is None:
-        return None
-    try:
-        return Policy.model_validate(data)
-    except ValueError:
-        return None
+    return read_policy(store)
 
 
 def default_share(store: ModelStore, settings: Settings) -> float:
@@ -205,7 +199,7 @@ def evaluate(figures: dict[str, Any], task: str, promotion: Promotion, since_iso
     now = time.time() if now is None else now
     labelled = figures.get("labelled") or {"rows": 0}
     n = int(labelled.get("rows", 0))
-    age = max(0.0, now - _epoch(since_iso))
+    age = max(0.0, now - epoch(since_iso))
     out: dict[str, Any] = {"rows": n, "min_rows": promotion.min_rows, "alpha": promotion.p_value,
                            "margin": promotion.margin, "age_s": round(age, 1), "max_age_s": promotion.max_age_s}
     if task == "classification":
@@ -265,7 +259,8 @@ def _paired_t(labelled: dict[str, Any], n: int) -> dict[str, Any]:
     return {**base, "mean_d": mean, "t": t if math.isfinite(t) else None, "p_value": p, "effect": drop}
 
 
-def _epoch(iso: str) -> float:
+def epoch(iso: str) -> float:
+    """An ISO 8601 time (UTC when it names no zone) as epoch seconds."""
     parsed = datetime.fromisoformat(str(iso).replace("Z", "+00:00"))
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
 

@@ -332,7 +332,7 @@ def test_cold_start_answers_503_until_a_model_exists(make_client) -> None:
 
     assert client.get("/healthz").status_code == 200  # alive, just not ready
     assert client.get("/models").get_json() == {"current": None, "versions": [], "contract": None,
-                                                "mixed_contracts": False, "other_contract_versions": []}
+                                                "mixed_contracts": False, "other_contract_versions": [], "activations": []}
     assert_error(client.get("/models/current"), 503, "model_not_ready")
 
 

@@ -215,3 +215,85 @@ def test_a_training_the_server_refuses_is_reported_once_not_retried_every_tick(s
     assert state["enqueued"] == [] and "not enqueued" in state["error"] and "r2" in state["error"], state
     assert "error" not in scheduler.tick(NOW + 1)[0]  # the due time is done with
     assert _training_jobs(redis) == []
+
+
+# --- shadow candidates: promotion on live evidence -------------------------------------
+@pytest.fixture
+def shadowed(tmp_path, redis_url, redis, monkeypatch):  # noqa: F811
+    """A store serving a most-frequent-class dummy with a logistic regression stored beside it;
+    the control jobs (run here by hand, as the control worker would) see the same volume."""
+    from sklearn.datasets import load_iris
+    from sklearn.dummy import DummyClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = load_iris(return_X_y=True)
+    names = np.array(load_iris().target_names)[y]
+    store = ModelStore(tmp_path / "models" / "models" / "iris", SIGNING_KEY.encode())
+    _publish(store, "v_good", LogisticRegression(max_iter=1000).fit(X, names), X, names, holdout_score=0.97)
+    _publish(store, "v_dummy", DummyClassifier(strategy="most_frequent").fit(X, names), X, names, holdout_score=0.33)
+    for key, val in {"MODEL_DIR": str(store.root.parents[1]), "MODEL_SIGNING_KEY": SIGNING_KEY,
+                     "REDIS_URL": redis_url}.items():
+        monkeypatch.setenv(key, val)
+    settings = settings_for(store, redis_url=redis_url, scheduler_interval_s=1.0)
+    return store, settings, X, names
+
+
+def _answer_and_label(settings, X, names) -> None:
+    """An API worker (started now: it serves the current version) answers every row, its
+    shadow runner too, and the truth comes back as feedback."""
+    from tests.unit.test_shadow import _predict as predict_rows
+
+    app = create_app(settings, poll=False)
+    client = app.test_client()
+    runner = app.extensions["tpotserve"].shadows
+    predict_rows(client, X[:1], batch=1)  # the worker learns of the shadow at its next look
+    runner.drain()
+    answers = predict_rows(client, X, batch=50)
+    assert runner.drain() and app.extensions["tpotserve"].monitor.flush()
+    items = [{"id": f"{pid}:{i}", "label": str(names[start + i])}
+             for (pid, batch), start in zip(answers, range(0, len(X), 50)) for i in range(len(batch))]
+    assert client.post("/feedback", json=items).get_json()["accepted"] == len(X)
+
+
+def test_a_better_shadow_is_promoted_by_a_normal_activation_that_one_call_rolls_back(shadowed, redis) -> None:  # noqa: F811
+    from tpotserve_trainer import jobs as control
+
+    store, settings, X, names = shadowed  # v_dummy served
+    control.set_shadow("v_good", model="iris", share=1.0, reason="test", by="unit")
+    _set(store, {"promote": {"min_rows": 100, "margin": 0.05, "p_value": 0.01}})
+    _answer_and_label(settings, X, names)
+
+    (state,) = Scheduler(settings, redis).tick(time.time())
+    assert state["shadow"]["decision"] == "promote", state["shadow"]
+    (job,) = Queue("control", connection=redis).get_jobs()
+    assert job.func_name == "tpotserve_trainer.jobs.promote_shadow" and job.kwargs["version"] == "v_good"
+    assert Scheduler(settings, redis).tick(time.time() + 1)[0]["enqueued"] == []  # once, with two schedulers
+    result = control.promote_shadow(**job.kwargs)
+    assert result["version"] == "v_good" and result["previous"] == "v_dummy"
+    assert store.read_pointer().version == "v_good" and store.read_json("shadow.json") is None
+    (logged, *_) = store.activations()
+    assert logged["reason"] == "promotion" and logged["by"] == "scheduler" and logged["from"] == "v_dummy"
+    assert logged["details"]["decision"] == "promote" and logged["details"]["p_value"] < 0.01
+    assert logged["details"]["rows"] == len(X) and logged["details"]["effect"] > 0.05
+    # Rolled back with one call: the activation of the previous version.
+    control.activate(result["previous"], model="iris")
+    assert store.read_pointer().version == "v_dummy" and store.activations()[0]["reason"] == "activate"
+
+
+def test_a_worse_shadow_is_never_promoted_and_is_dropped_after_its_time(shadowed, redis) -> None:  # noqa: F811
+    from tpotserve_trainer import jobs as control
+
+    store, settings, X, names = shadowed
+    control.activate("v_good", model="iris")
+    control.set_shadow("v_dummy", model="iris", share=1.0, reason="test", by="unit")
+    _set(store, {"promote": {"min_rows": 100, "max_age_s": 600}})
+    _answer_and_label(settings, X, names)
+
+    (state,) = Scheduler(settings, redis).tick(time.time())
+    assert state["shadow"]["decision"] == "wait" and Queue("control", connection=redis).get_jobs() == []
+    (later,) = Scheduler(settings, redis).tick(time.time() + 601)
+    assert later["shadow"]["decision"] == "drop", later["shadow"]
+    (job,) = Queue("control", connection=redis).get_jobs()
+    assert job.func_name == "tpotserve_trainer.jobs.clear_shadow"
+    control.clear_shadow(**job.kwargs)
+    assert store.read_pointer().version == "v_good" and store.read_json("shadow.json") is None

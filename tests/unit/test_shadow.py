@@ -255,7 +255,7 @@ def test_the_refusals_come_before_anything_is_enqueued(stack, store, iris_models
 def test_a_held_back_candidate_goes_in_shadow_when_the_policy_says_so(stack, store) -> None:
     outcome = {"published": False, "version": "v_dummy", "gate": {"reason": "worse than the current model"}}
     assert jobs.shadow_held_back(store, "iris", outcome) is None  # no policy: nothing
-    store.write_json(POLICY_NAME, {"shadow": {"held_back": True, "share": 0.2}})
+    store.write_json(POLICY_NAME, {"policy": {"shadow": {"held_back": True, "share": 0.2}}})  # as set_policy writes it
     doc = jobs.shadow_held_back(store, "iris", outcome)
     assert doc["version"] == "v_dummy" and doc["share"] == 0.2 and doc["by"] == "trainer"
     assert doc["reason"] == "held back by the gate: worse than the current model"
@@ -270,7 +270,7 @@ def test_a_held_back_candidate_goes_in_shadow_when_the_policy_says_so(stack, sto
 def test_the_default_share_is_the_policys_else_shadow_share(store, tmp_path) -> None:
     settings = settings_for(store, shadow_share=0.07)
     assert shadow.default_share(store, settings) == 0.07
-    store.write_json(POLICY_NAME, {"shadow": {"share": 0.5}})
+    store.write_json(POLICY_NAME, {"policy": {"shadow": {"share": 0.5}}})
     assert shadow.default_share(store, settings) == 0.5
 
 

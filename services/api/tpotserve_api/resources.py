@@ -223,7 +223,7 @@ def _versions(store: Any) -> dict:
         {**meta, "current": meta.get("version") == current, "other_contract": meta.get("version") in others}
         for meta in metas
     ]
-    return {"current": current, "versions": versions, **history.to_json()}
+    return {"current": current, "versions": versions, **history.to_json(), "activations": store.activations(20)}
 
 
 def _contract_view(store: Any, model: Any) -> dict:

@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 from rq import Queue
 from rq.exceptions import DuplicateJobError
 
-from tpotserve import jobs, live, logs, policy as policies
+from tpotserve import jobs, live, logs, policy as policies, shadow
 from tpotserve.clock import utc_iso
 from tpotserve.datasets import DatasetStore
 from tpotserve.errors import NoReference, TpotServeError
@@ -131,6 +131,7 @@ class Scheduler:
         if policy.schedule is not None:
             self._schedule(name, store, policy, set_at, now, state)
         self._triggers(name, store, policy, now, state)
+        self._shadow(name, store, policy, now, state)
         state["last"] = {kind.decode(): json.loads(raw) for kind, raw in self.redis.hgetall(policies.last_key(name)).items()}
         return state
 
@@ -238,6 +239,40 @@ class Scheduler:
         mark = int(self.redis.get(policies.feedback_mark_key(name)) or 0)
         new = max(total - mark, 0)
         return {"fired": new >= trigger.rows, "new_rows": new, "threshold": trigger.rows, "total": total}
+
+    def _shadow(self, name: str, store: ModelStore, policy: Policy, now: float, state: dict[str, Any]) -> None:
+        """Promotion on live evidence (opt-in: ``policy.promote``): the shadow's decision from
+        tpotserve.shadow, acted on by a control job, so the store is written by a worker only."""
+        if shadow.read(store) is None:
+            return
+        report = shadow.report(store, self.redis, self.settings, name, now)
+        evaluation = report.get("evaluation")
+        version = report["shadow"]["version"]
+        state["shadow"] = {"version": version, "promotion_enabled": policy.promote is not None,
+                           **({"decision": evaluation["decision"], "reason": evaluation["reason"]}
+                              if evaluation else {})}
+        if policy.promote is None or evaluation is None or evaluation["decision"] == "wait":
+            return
+        since = int(shadow.epoch(report["shadow"]["since"]))
+        control = Queue(jobs.CONTROL_QUEUE, connection=self.redis)
+        details = {**evaluation, "served_version": report["served_version"], "shadow_version": version}
+        if evaluation["decision"] == "promote":
+            func, kwargs = jobs.PROMOTE_SHADOW_FUNC, {"model": name, "version": version, "details": details,
+                                                     "by": "scheduler"}
+        else:
+            func, kwargs = jobs.CLEAR_SHADOW_FUNC, {"model": name, "reason": evaluation["reason"], "by": "scheduler"}
+        unique_id = job_id(name, f"{evaluation['decision']}-{version}", since)
+        try:
+            control.enqueue(func, kwargs=kwargs, job_id=unique_id, unique=True, job_timeout=jobs.ACTIVATE_TIMEOUT_S,
+                            result_ttl=jobs.RESULT_TTL_S, failure_ttl=jobs.FAILURE_TTL_S,
+                            meta={"kind": evaluation["decision"], "model": name, "version": version,
+                                  "trigger": {"kind": evaluation["decision"], "figures": details}})
+        except DuplicateJobError:
+            return  # the other scheduler, or this one a tick ago
+        self.redis.hincrby(policies.FIRED_KEY, f"{name}|{evaluation['decision']}", 1)
+        state["enqueued"].append({"job_id": unique_id, "trigger": evaluation["decision"]})
+        log.info("shadow decided", extra={"fields": {"event": f"scheduler_{evaluation['decision']}", "model": name,
+                                                     "version": version, "reason": evaluation["reason"]}})
 
     # --- enqueueing ---------------------------------------------------------------------
     def _enqueue(self, name: str, store: ModelStore, policy: Policy, trigger: dict[str, Any],
