@@ -24,6 +24,7 @@ from redis import Redis
 from sklearn.datasets import load_iris
 
 from native.stack import REPO, SERVICE_COMMANDS
+from tpotserve.datasets import IRIS_FEATURES, iris_frame
 
 from .conftest import LiveStack, wait_for
 from .test_cli import tpotserve
@@ -278,4 +279,88 @@ def test_feedback_fires_after_n_labelled_rows_and_the_training_learns_from_them(
                               if policy_state(auto)["scheduler"]["checked_at"] > job["enqueued_at"] else None),
                      timeout_s=20, interval_s=0.2, what="a tick after the training")
     assert after["new_rows"] == 0 and len(automatic_jobs(redis, "feedback")) == 1
+    requests_delete(auto)
+
+
+def _shadow_traffic(stack: LiveStack, served: str, shadow: str, rows: int) -> dict:
+    """Iris rows through the gateway until the shadow compared ``rows`` of them, then the truth
+    for every answer (sent again while answers still sit in a worker's buffer)."""
+    frame = iris_frame()
+    sent: list[tuple[str, list[str]]] = []
+
+    def compared() -> dict | None:
+        batch = frame.sample(30, random_state=len(sent))
+        response = stack.post(f"/models/{MODEL}/predict", json={"instances": batch[IRIS_FEATURES].to_dict("records")})
+        assert response.status_code == 200, response.text
+        sent.append((response.headers["X-Prediction-ID"], batch["species"].tolist()))
+        figures = stack.get(f"/models/{MODEL}/shadow").json().get("figures") or {}
+        pair = (figures.get("served_version"), figures.get("shadow_version")) == (served, shadow)
+        return figures if pair and figures["rows"] >= rows else None
+
+    wait_for(compared, timeout_s=60, interval_s=0.05, what=f"{rows} rows compared")
+    items = [{"id": f"{pid}:{i}", "label": label} for pid, labels in sent for i, label in enumerate(labels)]
+
+    def scored() -> dict | None:
+        stack.post(f"/models/{MODEL}/feedback", json=items)
+        body = stack.get(f"/models/{MODEL}/shadow").json()
+        return body if body["figures"]["labelled"]["rows"] >= rows * 0.9 else None
+
+    return wait_for(scored, timeout_s=30, interval_s=0.5, what="the paired scores")
+
+
+def _activate(stack: LiveStack, version: str) -> None:
+    response = stack.post(f"/models/{MODEL}/versions/{version}/activate", headers=stack.admin())
+    assert response.status_code in (200, 202), response.text
+    wait_for(lambda: stack.get(f"/models/{MODEL}").json().get("version") == version, timeout_s=30,
+             what=f"{version} served")
+    _wait_served(stack)
+
+
+def test_a_better_shadow_is_promoted_on_feedback_and_a_worse_one_is_not(auto: LiveStack) -> None:
+    good = _wait_served(auto)
+    frame = iris_frame()
+    shuffled = frame.assign(species=np.random.default_rng(0).permutation(frame["species"].to_numpy()))
+    upload = auto.post("/datasets", data=shuffled.to_csv(index=False).encode(),
+                       headers={**auto.admin(), "Content-Type": "text/csv"})
+    assert upload.status_code in (200, 201), upload.text
+    trained = auto.post("/retrain", headers=auto.admin(), json={
+        "model": MODEL, "dataset": upload.json()["id"], "target": "species", "promote": "never", **TINY})
+    assert trained.status_code == 202, trained.text
+    job = auto.wait_job(trained.json()["job_id"])
+    assert job["status"] == "finished" and job["result"]["published"] is False, job
+    bad = job["result"]["version"]
+    put_policy(auto, {"promote": {"min_rows": 100, "margin": 0.05, "p_value": 0.01}})
+
+    # The good version in shadow of the bad one: the scheduler promotes it once feedback says so.
+    _activate(auto, bad)
+    shadowed = auto.post(f"/models/{MODEL}/versions/{good}/shadow", headers=auto.admin(), json={"share": 1.0})
+    assert shadowed.status_code == 200, shadowed.text
+    report = _shadow_traffic(auto, bad, good, rows=150)
+    say(f"better shadow: {report['evaluation']['reason']}")
+    wait_for(lambda: auto.get(f"/models/{MODEL}").json().get("version") == good, timeout_s=30, interval_s=0.2,
+             what="the scheduler promoting the shadow")
+    history = auto.get(f"/models/{MODEL}/versions").json()
+    promotion = history["activations"][0]
+    say(f"promoted: {promotion}")
+    assert (promotion["version"], promotion["from"], promotion["reason"], promotion["by"]) == (
+        good, bad, "promotion", "scheduler")
+    assert promotion["details"]["decision"] == "promote" and promotion["details"]["p_value"] < 0.01
+    assert history["current"] == good and auto.get(f"/models/{MODEL}/shadow").json()["shadow"] is None
+    # One call rolls it back: the activation of the version it replaced.
+    _activate(auto, promotion["from"])
+    assert auto.get(f"/models/{MODEL}/versions").json()["activations"][0]["reason"] == "activate"
+
+    # The bad version in shadow of the good one: it never is.
+    _activate(auto, good)
+    shadowed = auto.post(f"/models/{MODEL}/versions/{bad}/shadow", headers=auto.admin(), json={"share": 1.0})
+    assert shadowed.status_code == 200, shadowed.text
+    report = _shadow_traffic(auto, good, bad, rows=150)
+    judged = wait_for(lambda: ((policy_state(auto)["scheduler"] or {}).get("shadow") or {}).get("reason", "")
+                      .startswith("not better yet") and policy_state(auto)["scheduler"]["shadow"],
+                      timeout_s=20, interval_s=0.2, what="the scheduler judging the worse shadow")
+    say(f"worse shadow: {judged}")
+    assert judged["decision"] == "wait" and auto.get(f"/models/{MODEL}").json()["version"] == good
+    assert auto.get(f"/models/{MODEL}/versions").json()["activations"][0]["reason"] == "activate"
+    cleared = auto.session.delete(f"{auto.url}/models/{MODEL}/shadow", headers=auto.admin(), timeout=30)
+    assert cleared.status_code == 200, cleared.text
     requests_delete(auto)
