@@ -12,6 +12,7 @@ import numpy as np
 from tpotserve.datasets import IRIS_FEATURES, iris_frame
 
 from .conftest import LiveStack, wait_for
+from .test_cli import tpotserve
 from .test_faults import say
 from .test_web import browser, page  # noqa: F401 - fixtures (headless Chromium)
 
@@ -118,14 +119,18 @@ def test_a_worse_shadow_is_not_promoted_and_a_better_one_is(stack: LiveStack) ->
         assert cleared.status_code == 200 and cleared.json()["cleared"] is None, cleared.text
 
 
-def test_the_page_shows_the_shadow(page, stack: LiveStack) -> None:  # noqa: F811 - test_web's fixture
-    """The watch panel's shadow lines: the version, agreement and latency, both versions' rows, the decision."""
+def test_the_cli_and_the_page_show_the_shadow(page, stack: LiveStack) -> None:  # noqa: F811 - test_web's fixture
+    """``tpotserve shadow set / shadow / shadow clear``, and the watch panel's shadow lines: the
+    version, agreement and latency, both versions' rows, the decision."""
     from playwright.sync_api import expect
 
     listing = stack.get("/models").json()
     others = [v["version"] for v in listing["versions"] if not v["current"] and not v["other_contract"]]
     assert others, "the test above stored a version beside the served one"
-    _shadow(stack, others[-1])
+    run = tpotserve(stack, "shadow", "set", others[-1], "--share", "1")
+    assert run.returncode == 0 and run.stdout == f"{others[-1]} in shadow, answering 100.0% of the served rows\n", run
+    refused = tpotserve(stack, "shadow", "set", stack.bootstrap_version)
+    assert refused.returncode == 1 and "is the served version" in refused.stderr, refused
     try:
         frame = iris_frame()
         wait_for(lambda: (stack.post("/predict", json={"instances": frame[IRIS_FEATURES].head(20).to_dict("records")})
@@ -135,6 +140,10 @@ def test_the_page_shows_the_shadow(page, stack: LiveStack) -> None:  # noqa: F81
         expect(page.locator("#shadow-summary")).to_contain_text("agreement")
         expect(page.locator("#shadow-table tbody tr")).to_have_count(2)
         expect(page.locator("#shadow-decision")).to_contain_text("decision: wait")
+        report = tpotserve(stack, "shadow")
+        assert report.returncode == 0, report
+        assert report.stdout.startswith(f"model iris: {others[-1]} in shadow of {stack.bootstrap_version}"), report.stdout
+        assert "agreement" in report.stdout and "decision: wait" in report.stdout
     finally:
-        cleared = stack.session.delete(stack.url + "/shadow", headers=stack.admin(), timeout=30)
-        assert cleared.status_code == 200, cleared.text
+        cleared = tpotserve(stack, "shadow", "clear")
+        assert cleared.returncode == 0 and cleared.stdout == f"shadow {others[-1]} cleared\n", cleared
