@@ -1,11 +1,13 @@
 """Shadow candidates on the real stack, through nginx: a version trained on iris with shuffled
-labels (same contract, near-random answers) put in shadow beside the bootstrap model, every
-row sampled (share 1.0); agreement and the shadow's latency read back; feedback with the
+labels (same contract, near-random answers), held back by the gate and so put in shadow by the
+policy's ``shadow.held_back``, every row sampled (share 1.0); agreement and the shadow's latency read back; feedback with the
 true labels scores both on the same rows: the worse shadow is not promoted. Then the other
 way round (the bad one served, the good one in shadow): promote. Activating the shadowed
 version takes it out of shadow, and the stack ends as it started."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 
@@ -74,20 +76,29 @@ def test_a_worse_shadow_is_not_promoted_and_a_better_one_is(stack: LiveStack) ->
     upload = stack.post("/datasets", data=shuffled.to_csv(index=False).encode(),
                         headers={**stack.admin(), "Content-Type": "text/csv"})
     assert upload.status_code in (200, 201), upload.text
-    response = stack.post("/retrain", headers=stack.admin(), json={
-        "dataset": upload.json()["id"], "target": "species", "promote": "never", "queue": True, **TINY})
-    assert response.status_code == 202, response.text
-    job = stack.wait_job(response.json()["job_id"], timeout_s=180)
+    # The policy's shadow.held_back: the candidate the gate holds back goes in shadow by itself.
+    # (Written straight to the volume here; PUT /models/<name>/policy is the scheduler's part.)
+    policy = stack.store_dir / "policy.json"
+    policy.write_text(json.dumps({"shadow": {"held_back": True, "share": 1.0}}))
+    try:
+        response = stack.post("/retrain", headers=stack.admin(), json={
+            "dataset": upload.json()["id"], "target": "species", "promote": "never", "queue": True, **TINY})
+        assert response.status_code == 202, response.text
+        job = stack.wait_job(response.json()["job_id"], timeout_s=180)
+    finally:
+        policy.unlink()
     assert job["status"] == "finished" and job["result"]["published"] is False, job.get("error") or job
     bad = job["result"]["version"]
+    held = job["result"]["shadow"]
+    assert held["version"] == bad and held["share"] == 1.0 and held["by"] == "trainer", held
+    assert held["reason"] == "held back by the gate: promote=never: stored, not served"
 
-    # Refusals first: the served version cannot be its own shadow.
+    # Refusals: the served version cannot be its own shadow.
     refused = stack.post(f"/models/iris/versions/{good}/shadow", headers=stack.admin())
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "conflict", refused.text
 
     try:
-        set_ = _shadow(stack, bad)
-        assert stack.get("/models/iris/shadow").json()["shadow"]["version"] == bad, set_
+        assert stack.get("/models/iris/shadow").json()["shadow"] == held
         worse = _traffic_then_feedback(stack, good, bad, rows=200)
         figures = worse["figures"]
         assert figures["agreement"] < 0.8 and figures["latency"]["calls"] > 0
