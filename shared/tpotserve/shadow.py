@@ -42,7 +42,7 @@ from scipy import stats
 from . import live
 from .clock import utc_iso
 from .contract import contract_of, diff
-from .errors import Conflict, ContractConflict, InvalidInput, NotFound
+from .errors import Conflict, ContractConflict, InvalidInput
 from .policy import POLICY_NAME, Policy, Promotion
 from .settings import Settings
 from .store import SHADOW_NAME, ModelStore
