@@ -1,17 +1,19 @@
 """Shadow candidates on the real stack, through nginx: a version trained on iris with shuffled
-labels (same contract, near-random answers) put in shadow beside the bootstrap model, every
-row sampled (share 1.0); agreement and the shadow's latency read back; feedback with the
+labels (same contract, near-random answers), held back by the gate and so put in shadow by the
+policy's ``shadow.held_back``, every row sampled (share 1.0); agreement and the shadow's latency read back; feedback with the
 true labels scores both on the same rows: the worse shadow is not promoted. Then the other
 way round (the bad one served, the good one in shadow): promote. Activating the shadowed
 version takes it out of shadow, and the stack ends as it started."""
 
 from __future__ import annotations
 
+
 import numpy as np
 
 from tpotserve.datasets import IRIS_FEATURES, iris_frame
 
 from .conftest import LiveStack, wait_for
+from .test_cli import tpotserve
 from .test_faults import say
 from .test_web import browser, page  # noqa: F401 - fixtures (headless Chromium)
 
@@ -73,20 +75,30 @@ def test_a_worse_shadow_is_not_promoted_and_a_better_one_is(stack: LiveStack) ->
     upload = stack.post("/datasets", data=shuffled.to_csv(index=False).encode(),
                         headers={**stack.admin(), "Content-Type": "text/csv"})
     assert upload.status_code in (200, 201), upload.text
-    response = stack.post("/retrain", headers=stack.admin(), json={
-        "dataset": upload.json()["id"], "target": "species", "promote": "never", "queue": True, **TINY})
-    assert response.status_code == 202, response.text
-    job = stack.wait_job(response.json()["job_id"], timeout_s=180)
+    # The policy's shadow.held_back: the candidate the gate holds back goes in shadow by itself.
+    put = stack.session.put(stack.url + "/models/iris/policy", json={"shadow": {"held_back": True, "share": 1.0}},
+                            headers=stack.admin(), timeout=30)
+    assert put.status_code == 200, put.text
+    try:
+        response = stack.post("/retrain", headers=stack.admin(), json={
+            "dataset": upload.json()["id"], "target": "species", "promote": "never", "queue": True, **TINY})
+        assert response.status_code == 202, response.text
+        job = stack.wait_job(response.json()["job_id"], timeout_s=180)
+    finally:
+        removed = stack.session.delete(stack.url + "/models/iris/policy", headers=stack.admin(), timeout=30)
+        assert removed.status_code == 200, removed.text
     assert job["status"] == "finished" and job["result"]["published"] is False, job.get("error") or job
     bad = job["result"]["version"]
+    held = job["result"]["shadow"]
+    assert held["version"] == bad and held["share"] == 1.0 and held["by"] == "trainer", held
+    assert held["reason"] == "held back by the gate: promote=never: stored, not served"
 
-    # Refusals first: the served version cannot be its own shadow.
+    # Refusals: the served version cannot be its own shadow.
     refused = stack.post(f"/models/iris/versions/{good}/shadow", headers=stack.admin())
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "conflict", refused.text
 
     try:
-        set_ = _shadow(stack, bad)
-        assert stack.get("/models/iris/shadow").json()["shadow"]["version"] == bad, set_
+        assert stack.get("/models/iris/shadow").json()["shadow"] == held
         worse = _traffic_then_feedback(stack, good, bad, rows=200)
         figures = worse["figures"]
         assert figures["agreement"] < 0.8 and figures["latency"]["calls"] > 0
@@ -118,14 +130,18 @@ def test_a_worse_shadow_is_not_promoted_and_a_better_one_is(stack: LiveStack) ->
         assert cleared.status_code == 200 and cleared.json()["cleared"] is None, cleared.text
 
 
-def test_the_page_shows_the_shadow(page, stack: LiveStack) -> None:  # noqa: F811 - test_web's fixture
-    """The watch panel's shadow lines: the version, agreement and latency, both versions' rows, the decision."""
+def test_the_cli_and_the_page_show_the_shadow(page, stack: LiveStack) -> None:  # noqa: F811 - test_web's fixture
+    """``tpotserve shadow set / shadow / shadow clear``, and the watch panel's shadow lines: the
+    version, agreement and latency, both versions' rows, the decision."""
     from playwright.sync_api import expect
 
     listing = stack.get("/models").json()
     others = [v["version"] for v in listing["versions"] if not v["current"] and not v["other_contract"]]
     assert others, "the test above stored a version beside the served one"
-    _shadow(stack, others[-1])
+    run = tpotserve(stack, "shadow", "set", others[-1], "--share", "1")
+    assert run.returncode == 0 and run.stdout == f"{others[-1]} in shadow, answering 100.0% of the served rows\n", run
+    refused = tpotserve(stack, "shadow", "set", stack.bootstrap_version)
+    assert refused.returncode == 1 and "is the served version" in refused.stderr, refused
     try:
         frame = iris_frame()
         wait_for(lambda: (stack.post("/predict", json={"instances": frame[IRIS_FEATURES].head(20).to_dict("records")})
@@ -135,6 +151,10 @@ def test_the_page_shows_the_shadow(page, stack: LiveStack) -> None:  # noqa: F81
         expect(page.locator("#shadow-summary")).to_contain_text("agreement")
         expect(page.locator("#shadow-table tbody tr")).to_have_count(2)
         expect(page.locator("#shadow-decision")).to_contain_text("decision: wait")
+        report = tpotserve(stack, "shadow")
+        assert report.returncode == 0, report
+        assert report.stdout.startswith(f"model iris: {others[-1]} in shadow of {stack.bootstrap_version}"), report.stdout
+        assert "agreement" in report.stdout and "decision: wait" in report.stdout
     finally:
-        cleared = stack.session.delete(stack.url + "/shadow", headers=stack.admin(), timeout=30)
-        assert cleared.status_code == 200, cleared.text
+        cleared = tpotserve(stack, "shadow", "clear")
+        assert cleared.returncode == 0 and cleared.stdout == f"shadow {others[-1]} cleared\n", cleared

@@ -9,12 +9,13 @@ what the thread does every MODEL_POLL_INTERVAL_S / MONITORING_FLUSH_S.
 
 from __future__ import annotations
 
-import json
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.datasets import load_diabetes, load_iris
 from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
@@ -324,3 +325,48 @@ def test_a_regression_shadow_agrees_within_the_tolerance_and_feedback_pairs_squa
     d = (served - y[:80]) ** 2 - (other - y[:80]) ** 2
     assert labelled["d_sum"] == pytest.approx(d.sum()) and labelled["d2_sum"] == pytest.approx((d * d).sum())
     assert client.get("/shadow").get_json()["evaluation"]["test"].startswith("paired t-test")
+
+
+class SlowClassifier(ClassifierMixin, BaseEstimator):
+    """Answers like the model it wraps, a quarter of a second late (a shadow that is slow)."""
+
+    def __init__(self, inner: Any = None, delay_s: float = 0.25) -> None:
+        self.inner = inner
+        self.delay_s = delay_s
+
+    def fit(self, X: Any, y: Any) -> SlowClassifier:
+        self.inner = LogisticRegression(max_iter=1000).fit(X, y)
+        self.classes_ = self.inner.classes_
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        time.sleep(self.delay_s)
+        return self.inner.predict_proba(X)
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+
+def test_a_slow_shadow_never_slows_the_served_answer(store, redis_url, redis, iris_models) -> None:  # noqa: F811
+    """With the runner's own thread (as under Gunicorn): each served answer comes back long before
+    the shadow's 0.25 s, and the shadow's rows and its latency still reach the report."""
+    X, y = iris_models["X"], iris_models["y"]
+    _publish(store, "v_slow", SlowClassifier().fit(X, y), X, y)
+    _publish(store, "v_good", iris_models["good"], X, y)
+    store.write_json(SHADOW_NAME, shadow.document("v_slow", 1.0, "test", "unit"))
+    app = create_app(settings_for(store, redis_url=redis_url, model_poll_interval_s=0.05,
+                                  monitoring_flush_s=0.1), poll=True)
+    client = app.test_client()
+    slowest = 0.0
+    deadline = time.monotonic() + 20
+    while True:
+        started = time.perf_counter()
+        _predict(client, X[:1], batch=1)
+        slowest = max(slowest, time.perf_counter() - started)
+        figures = client.get("/shadow").get_json()["figures"]
+        if figures["rows"] >= 3:
+            break
+        assert time.monotonic() < deadline, figures
+        time.sleep(0.05)
+    assert slowest < 0.2, slowest  # the shadow takes 0.25 s per call, in the background
+    assert figures["latency"]["mean_ms"] >= 250 and figures["agreement"] == 1.0

@@ -415,6 +415,9 @@ def activate(version: str, model: str | None = None, replace_contract: bool = Fa
             in_shadow = shadow.read(store)
             if in_shadow is not None and in_shadow["version"] == pointer.version:
                 store.write_json(SHADOW_NAME, None)  # promoted: the shadow is now the served version
+                log.info("shadow cleared", extra={"fields": {
+                    "event": "shadow_cleared", "model": model or settings.model_name, "version": pointer.version,
+                    "reason": f"activated ({reason})", "by": by}})
     except TpotServeError as exc:
         job = get_current_job()
         if job is not None:
