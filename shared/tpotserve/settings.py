@@ -213,7 +213,7 @@ class Settings(BaseSettings):
 
     scheduler_heartbeat_file: str = "/tmp/tpotserve-scheduler.alive"
     """SCHEDULER_HEARTBEAT_FILE: touched after every tick; the healthcheck reads its age."""
-    # --- shadow candidates (docs/automation-shadow.md) -------------------------
+    # --- shadow candidates (docs/automation.md) -------------------------
     shadow_share: float = Field(default=0.05, gt=0, le=1)
     """SHADOW_SHARE: the share of served rows a shadow version also answers, when neither the
     request putting it in shadow nor the model's policy (``shadow.share``) says."""
