@@ -219,6 +219,7 @@ def test_drift_fires_on_shifted_rows_only_and_spacing_holds(auto: LiveStack) -> 
     assert done["status"] == "finished", done
 
     # Still shifted against whatever is served now: the spacing holds the next training back.
+    _wait_served(auto)  # the trained version, if the gate published it
     _send(auto, _iris_rows(300, seed=3, shift=4.0))
     held = wait_for(lambda: (policy_state(auto)["scheduler"] or {}).get("held_by_spacing"), timeout_s=20,
                     interval_s=0.2, what="the spacing holding a second drift training")
