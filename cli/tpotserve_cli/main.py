@@ -330,7 +330,9 @@ def shadow_table(report: JSON) -> str:
         promotion = report.get("promotion") or {}
         enabled = "automatic promotion on" if promotion.get("enabled") else "automatic promotion off"
         lines.append(f"decision: {evaluation.get('decision')} ({evaluation.get('reason')}); {enabled}")
-        lines.append(f"test: {evaluation.get('test')}, p = {_score(evaluation.get('p_value'))}")
+        p_value = evaluation.get("p_value")
+        shown = f"{p_value:.3g}" if isinstance(p_value, (int, float)) else "n/a (no row where they differ)"
+        lines.append(f"test: {evaluation.get('test')}, p = {shown}")
     return "\n".join(lines) + "\n"
 
 
@@ -517,9 +519,10 @@ def follow(client: Client, job_id: str, args: argparse.Namespace) -> int:
     said: list[bool] = []
 
     def progress(view: JSON) -> None:
-        if view.get("trigger") and not said:  # once, before the bar: why the scheduler started it
+        if view.get("trigger") and not said:  # once, above the bar: why the scheduler started it
             said.append(True)
-            print(f"job {job_id}: started by the scheduler: {trigger_text(view['trigger'])}", file=sys.stderr)
+            bar.bar.write(f"job {job_id}: started by the scheduler: {trigger_text(view['trigger'])}",
+                          file=sys.stderr)
         bar(view)
 
     try:
@@ -717,6 +720,10 @@ def policy_text(view: JSON) -> str:
         lines.append(f"  held back by the spacing until {held.get('until')}: {', '.join(held.get('fired', []))}")
     for job in state.get("enqueued") or []:
         lines.append(f"  enqueued {job.get('job_id')} ({job.get('trigger')})")
+    shadow = state.get("shadow")
+    if shadow:
+        on = "automatic promotion on" if shadow.get("promotion_enabled") else "automatic promotion off"
+        lines.append(f"  shadow {shadow.get('version')}: {shadow.get('decision', '-')} ({shadow.get('reason', '')}); {on}")
     for kind, last in sorted((state.get("last") or {}).items()):
         lines.append(f"  last {kind} training: job {last.get('job_id')} at {last.get('at')}")
     if state.get("checked_at"):
