@@ -75,6 +75,9 @@ class ModelMeta(BaseModel):
     job_id: str | None = None
     reason: str | None = None
     gate: dict[str, Any] | None = None
+    compiled: dict[str, Any] | None = None
+    """The compiled form (``tpotserve.compiled``): model.onnx's sha256, signature, precision and
+    outputs, or ``file: null`` and the reason none was made. Absent: trained before compiled inference."""
 
     # Added by the store when the version is written.
     version: str | None = None
