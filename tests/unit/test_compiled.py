@@ -358,3 +358,36 @@ def test_the_compile_command_compiles_old_versions_once(tmp_path: Path, rbf) -> 
     holder = ModelHolder(registry, "iris")
     holder.refresh()
     assert holder.current().serving["engine"] == "onnxruntime"
+
+
+def test_a_side_document_of_another_artifact_is_refused(tmp_path: Path, rbf) -> None:
+    model, meta, raw, record = rbf
+    registry = publish(tmp_path, model, meta, None, None)
+    directory = tmp_path / "models" / "iris" / "versions" / "v1"
+    store = registry.store("iris")
+    store.add_compiled("v1", raw, record)
+    sidecar = json.loads((directory / "compiled.json").read_text())
+    (directory / "compiled.json").write_text(json.dumps({**sidecar, "artifact_sha256": "0" * 64}))
+    holder = ModelHolder(registry, "iris")
+    holder.refresh()
+    assert holder.current().serving["fallback"] == "rejected"
+    assert "not compiled from this version's artifact" in holder.current().serving["reason"]
+
+
+class NoConverter(LogisticRegression):
+    """A classifier skl2onnx has no converter for."""
+
+
+def test_a_step_without_a_converter_is_published_uncompiled_with_the_reason(iris) -> None:
+    X, y = iris
+    model = make_pipeline(StandardScaler(), NoConverter(max_iter=1000)).fit(X, y)
+    raw, record = compile_pipeline(model, meta_for(X, [0, 1, 2]))
+    assert raw is None and record["file"] is None
+    assert "NoConverter" in record["reason"]
+
+
+def test_compiled_inference_can_be_switched_off(tmp_path: Path, rbf) -> None:
+    model, meta, raw, record = rbf
+    holder = ModelHolder(publish(tmp_path, model, meta, raw, record), "iris", compiled_inference=False)
+    holder.refresh()
+    assert holder.current().compiled is None and holder.current().serving["fallback"] == "disabled"

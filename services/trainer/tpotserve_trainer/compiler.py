@@ -24,12 +24,15 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
 
+from tpotserve.backup import SMALL_MEMBER_MAX_BYTES
 from tpotserve.compiled import Verdict, compare, verification_rows
 from tpotserve.model_meta import ModelMeta
 
 log = logging.getLogger(__name__)
 
 TARGET_OPSET = {"": 18, "ai.onnx.ml": 3}
+MAX_BYTES = SMALL_MEMBER_MAX_BYTES
+"""Largest model.onnx stored: what ``make backup`` / restore carries for a version document."""
 TREE_MODULES = ("sklearn.tree", "sklearn.ensemble", "xgboost", "lightgbm")
 _registered = False
 
@@ -63,6 +66,10 @@ def compile_pipeline(pipeline: Any, meta: ModelMeta) -> tuple[bytes | None, dict
             reasons.append(f"{precision}: {type(exc).__name__}: {_short(exc)}")
             continue
         raw = onx.SerializeToString()
+        if len(raw) > MAX_BYTES:
+            reasons.append(f"{precision}: the graph is {len(raw) / 2**20:.1f} MiB, beyond the "
+                           f"{MAX_BYTES / 2**20:.0f} MiB a version document may have (backups carry no more)")
+            break
         outputs = output_names(onx, meta)
         try:
             verdict = verify(raw, outputs, pipeline, meta)
