@@ -391,3 +391,28 @@ def test_compiled_inference_can_be_switched_off(tmp_path: Path, rbf) -> None:
     holder = ModelHolder(publish(tmp_path, model, meta, raw, record), "iris", compiled_inference=False)
     holder.refresh()
     assert holder.current().compiled is None and holder.current().serving["fallback"] == "disabled"
+
+
+@pytest.mark.parametrize("step", [lambda: KBinsDiscretizer(n_bins=5, encode="ordinal"),
+                                  lambda: KBinsDiscretizer(n_bins=7, encode="onehot-dense", strategy="uniform")],
+                         ids=["ordinal", "onehot-dense"])
+def test_k_bins_compiles_exactly_in_mixed_precision(step, iris) -> None:
+    """This project's KBinsDiscretizer converter compares with the edges in float64, as
+    scikit-learn does, so it passes the very rows the stock one fails on."""
+    X, y = iris
+    model = make_pipeline(step(), LogisticRegression(max_iter=1000)).fit(X, y)
+    raw, record = compile_pipeline(model, meta_for(X, [0, 1, 2]))
+    assert raw is not None and record["precision"] == "mixed", record
+    # The stock converter is still skl2onnx's own outside a conversion (the tests above use it).
+    meta = meta_for(X, [0, 1, 2])
+    assert not verify(engine_for(stock(model, 4), meta), model, meta, verification_rows(meta, model)).ok
+
+
+def test_tpots_pass_k_bins_discretizer_compiles(iris) -> None:
+    from tpot.builtin_modules import PassKBinsDiscretizer
+
+    X, y = iris
+    X = np.column_stack([X, np.random.default_rng(0).integers(0, 3, len(X))])  # a column passed through
+    model = make_pipeline(PassKBinsDiscretizer(n_bins=6), LogisticRegression(max_iter=1000)).fit(X, y)
+    raw, record = compile_pipeline(model, meta_for(X, [0, 1, 2]))
+    assert raw is not None and record["precision"] == "mixed", record

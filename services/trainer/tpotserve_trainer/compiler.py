@@ -4,7 +4,8 @@ skl2onnx converts scikit-learn steps, onnxmltools XGBoost and LightGBM. What nei
 converter for, and TPOT's default search space uses, is converted here: TPOT's own steps
 (Passthrough, SkipTransformer, ZeroCount, EstimatorTransformer, ColumnOneHotEncoder,
 ColumnOrdinalEncoder) and FastICA, RBFSampler, FeatureAgglomeration, Nystroem; Normalizer is
-replaced too, since the stock conversion of ``norm='max'`` divides by max(x), not max(|x|).
+replaced too, since the stock conversion of ``norm='max'`` divides by max(x), not max(|x|), and
+KBinsDiscretizer, whose stock conversion compares with the bin edges in float32.
 
 Precision: the graph takes float64 and keeps it ("mixed"), except that every tree model
 (forests, boosting, XGBoost...) gets its input cast to float32 first -- ONNX Runtime runs tree
@@ -19,6 +20,8 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -101,7 +104,7 @@ def convert(pipeline: Any, n_features: int, precision: str = "mixed") -> Any:
     register_converters()
     model = with_float32_trees(pipeline) if precision == "mixed" else pipeline
     kind = DoubleTensorType if precision == "mixed" else FloatTensorType
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _replacing_stock_converters():
         warnings.simplefilter("ignore")
         return convert_sklearn(model, initial_types=[("X", kind([None, n_features]))],
                                options=_no_zipmap(model), target_opset=TARGET_OPSET)
@@ -240,11 +243,12 @@ def register_converters() -> None:
     from sklearn.cluster import FeatureAgglomeration
     from sklearn.decomposition import FastICA
     from sklearn.kernel_approximation import Nystroem, RBFSampler
-    from sklearn.preprocessing import Normalizer
+    from sklearn.preprocessing import KBinsDiscretizer, Normalizer
     from tpot.builtin_modules import (
         ColumnOneHotEncoder,
         ColumnOrdinalEncoder,
         EstimatorTransformer,
+        PassKBinsDiscretizer,
         Passthrough,
         SkipTransformer,
         ZeroCount,
@@ -264,10 +268,20 @@ def register_converters() -> None:
         FeatureAgglomeration: converters.feature_agglomeration,
         Nystroem: converters.nystroem,
         Normalizer: converters.normalizer,
+        KBinsDiscretizer: converters.k_bins,
+        PassKBinsDiscretizer: converters.pass_k_bins,
     }
+    from skl2onnx._parse import sklearn_parsers_map
+    from skl2onnx._supported_operators import sklearn_operator_name_map
+
+    for cls in (Normalizer, KBinsDiscretizer):  # skl2onnx's own, put back after each conversion
+        _STOCK[cls] = (sklearn_operator_name_map.get(cls), sklearn_parsers_map.get(cls))
     for cls, convert_fn in transformers.items():
         update_registered_converter(cls, f"Tpotserve{cls.__name__}", converters.transformer_shape(cls),
                                     convert_fn, overwrite=True, parser=converters.transformer_parser)
+    for cls in _STOCK:
+        _OURS[cls] = (sklearn_operator_name_map.get(cls), sklearn_parsers_map.get(cls))
+        _put(cls, _STOCK[cls])
     update_registered_converter(Float32Classifier, "TpotserveFloat32Classifier",
                                 calculate_linear_classifier_output_shapes, converters.float32_classifier,
                                 options={"zipmap": [False, True], "nocl": [False, True]})
@@ -277,6 +291,38 @@ def register_converters() -> None:
                        calculate_linear_regressor_output_shapes)
     converters.patch_protobuf_booleans()
     _registered = True
+
+
+_STOCK: dict[type, tuple[Any, Any]] = {}
+_OURS: dict[type, tuple[Any, Any]] = {}
+
+
+def _put(cls: type, registration: tuple[Any, Any]) -> None:
+    from skl2onnx._parse import sklearn_parsers_map
+    from skl2onnx._supported_operators import sklearn_operator_name_map
+
+    alias, parser = registration
+    if alias is None:
+        sklearn_operator_name_map.pop(cls, None)
+    else:
+        sklearn_operator_name_map[cls] = alias
+    if parser is None:
+        sklearn_parsers_map.pop(cls, None)
+    else:
+        sklearn_parsers_map[cls] = parser
+
+
+@contextmanager
+def _replacing_stock_converters() -> Iterator[None]:
+    """This module's Normalizer and KBinsDiscretizer converters for one conversion; skl2onnx's
+    own again afterwards, so nothing else in the process (or a test of the stock ones) gets ours."""
+    for cls, registration in _OURS.items():
+        _put(cls, registration)
+    try:
+        yield
+    finally:
+        for cls, registration in _STOCK.items():
+            _put(cls, registration)
 
 
 def _register_boosters(register: Any, classifier_shapes: Any, regressor_shapes: Any) -> None:

@@ -54,6 +54,13 @@ def output_width(step: Any, n_in: int | None) -> int | None:
         return n_in
     if name == "SkipTransformer":
         return 0
+    if name == "KBinsDiscretizer":
+        return len(step.bin_edges_) if step.encode == "ordinal" else int(np.sum(step.n_bins_))
+    if name == "PassKBinsDiscretizer":
+        try:
+            return int(step.transform(np.zeros((1, n_in))).shape[1]) if n_in is not None else None
+        except Exception:  # noqa: BLE001 - the shape is a hint; the graph is checked anyway
+            return None
     if name == "ZeroCount":
         return None if n_in is None else n_in + 2
     if name == "FastICA":
@@ -346,6 +353,63 @@ def transformer_parser(scope: Any, model: Any, inputs: list[Any], custom_parsers
     operator.inputs = inputs
     operator.outputs.append(scope.declare_local_variable("variable", inputs[0].type.__class__()))
     return operator.outputs
+
+
+def k_bins(scope: Any, operator: Any, container: Any) -> None:
+    """KBinsDiscretizer.transform: each column's bin as searchsorted(interior edges, x,
+    side='right') -- the count of interior edges <= x, compared in the graph's dtype (skl2onnx's
+    own compares in float32: a value just below an edge lands on it) -- as the bin index
+    (ordinal) or one 0/1 column per bin (onehot-dense)."""
+    opv = container.target_opset
+    parts = _k_bins_parts(operator.raw_operator, operator.inputs[0], operator, opv)
+    OnnxConcat(*parts, axis=1, output_names=_out(operator), op_version=opv).add_to(scope, container)
+
+
+def _k_bins_parts(step: Any, X: Any, operator: Any, opv: int) -> list[Any]:
+    from skl2onnx.algebra.onnx_ops import OnnxGreaterOrEqual
+
+    proto, dtype = _dtype(operator)
+    if step.encode not in ("ordinal", "onehot-dense"):
+        raise NotImplementedError(f"KBinsDiscretizer(encode={step.encode!r}): sparse output")
+    parts = []
+    for column, edges in enumerate(step.bin_edges_):
+        x = OnnxSlice(X, np.array([column], dtype=np.int64), np.array([column + 1], dtype=np.int64),
+                      np.array([1], dtype=np.int64), op_version=opv)
+        interior = np.asarray(edges, dtype=float)[1:-1]
+        if len(interior):
+            above = OnnxCast(OnnxGreaterOrEqual(x, interior.astype(dtype)[None, :], op_version=opv), to=proto,
+                             op_version=opv)
+            index = OnnxReduceSumApi11(above, axes=[1], keepdims=1, op_version=opv)
+        else:
+            index = OnnxMul(x, np.array([0], dtype=dtype), op_version=opv)
+        if step.encode == "ordinal":
+            parts.append(index)
+        else:
+            bins = np.arange(int(step.n_bins_[column]), dtype=dtype)[None, :]
+            parts.append(OnnxCast(OnnxEqual(index, bins, op_version=opv), to=proto, op_version=opv))
+    return parts
+
+
+def pass_k_bins(scope: Any, operator: Any, container: Any) -> None:
+    """TPOT's PassKBinsDiscretizer: KBinsDiscretizer on the columns with enough distinct values,
+    then the others passed through (its ColumnTransformer's order)."""
+    from skl2onnx.algebra.onnx_ops import OnnxGather
+
+    opv = container.target_opset
+    step = operator.raw_operator
+    X = operator.inputs[0]
+    selected = [int(c) for c in step.selected_columns_]
+    others = [int(c) for c in step.not_selected_columns_]
+    parts: list[Any] = []
+    if selected:
+        discretizer = step.transformer.named_transformers_["discretizer"]
+        picked = OnnxGather(X, np.array(selected, dtype=np.int64), axis=1, op_version=opv)
+        parts.extend(_k_bins_parts(discretizer, picked, operator, opv))
+    if others:
+        parts.append(OnnxGather(X, np.array(others, dtype=np.int64), axis=1, op_version=opv))
+    if not parts:
+        raise NotImplementedError("PassKBinsDiscretizer with no columns")
+    OnnxConcat(*parts, axis=1, output_names=_out(operator), op_version=opv).add_to(scope, container)
 
 
 def float32_classifier(scope: Any, operator: Any, container: Any) -> None:
