@@ -416,3 +416,37 @@ def test_tpots_pass_k_bins_discretizer_compiles(iris) -> None:
     model = make_pipeline(PassKBinsDiscretizer(n_bins=6), LogisticRegression(max_iter=1000)).fit(X, y)
     raw, record = compile_pipeline(model, meta_for(X, [0, 1, 2]))
     assert raw is not None and record["precision"] == "mixed", record
+
+
+class _Timed:
+    """An engine stand-in whose run takes a given time per size (the choice's arithmetic only)."""
+
+    def __init__(self, costs: dict[int, float]) -> None:
+        self.costs = costs
+
+    def run(self, X: np.ndarray) -> None:
+        _sleep(self.costs[len(X)])
+
+
+def _sleep(seconds: float) -> None:
+    import time
+
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@pytest.mark.parametrize(("compiled", "pipeline", "expected"), [
+    ({1: 1e-4, 1000: 1e-3, 10_000: 1e-2}, {1: 1e-3, 1000: 2e-3, 10_000: 2e-2}, 1 << 30),  # faster everywhere
+    ({1: 2e-3, 1000: 1e-3, 10_000: 1e-2}, {1: 1e-3, 1000: 2e-3, 10_000: 2e-2}, 0),        # slower at one row
+    ({1: 1e-4, 1000: 1e-3, 10_000: 3e-2}, {1: 1e-3, 1000: 2e-3, 10_000: 2e-2}, 1000),     # crosses after 1,000
+])
+def test_the_engine_size_choice_follows_the_timings(compiled, pipeline, expected) -> None:
+    from tpotserve_api.compiled import choose_sizes
+
+    rows = np.zeros((3, 2))
+    max_rows, timings = choose_sizes(_Timed(compiled), lambda X: _sleep(pipeline[len(X)]), rows)
+    if expected == 1000:
+        assert 1000 <= max_rows < 10_000, timings  # between the sizes, by interpolation
+    else:
+        assert max_rows == expected, timings
