@@ -167,8 +167,12 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for result in results:
         for scenario in sorted({run["scenario"] for run in result["runs"]}, key=lambda s: int(s.split()[0])):
-            cell: dict[str, Any] = {"model": result["model"], "scenario": scenario,
-                                    "engine_after": result["serving_after"].get("engine")}
+            size = int(scenario.split()[0])
+            max_rows = (result["serving_after"].get("compiled") or {}).get("max_rows") or 0
+            engine = "onnxruntime" if result["serving_after"].get("engine") == "onnxruntime" and size <= max_rows \
+                else "scikit-learn"
+            cell: dict[str, Any] = {"model": result["model"], "scenario": scenario, "engine_after": engine,
+                                    "max_rows": max_rows}
             for side in ("before", "after"):
                 mine = [r for r in result["runs"] if r["scenario"] == scenario and r["server"] == side]
                 for key in ("req_s", "p50_ms", "p99_ms", "cpu_ms_per_req"):
@@ -206,7 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=10_000)
     parser.add_argument("--label", default="compiled")
+    parser.add_argument("--render", type=Path, help="only write the .md of an earlier run's .json again")
     args = parser.parse_args(argv)
+    if args.render:
+        out = json.loads(args.render.read_text())
+        out["summary"] = summarize(out["results"])
+        args.render.write_text(json.dumps(out, indent=2) + "\n")
+        text = markdown(out["summary"], out["meta"])
+        args.render.with_suffix(".md").write_text(text)
+        print(text)
+        return 0
     WORK.mkdir(parents=True, exist_ok=True)
     wrk = wrk_binary()
     meta = {"at": utc_iso(), "cpus": os.cpu_count(), "loadavg_start": [round(v, 2) for v in os.getloadavg()],
