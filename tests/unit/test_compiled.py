@@ -26,6 +26,7 @@ from sklearn.ensemble import (
     HistGradientBoostingClassifier,
     RandomForestClassifier,
 )
+from sklearn.feature_selection import RFE, SelectFromModel
 from sklearn.kernel_approximation import Nystroem, RBFSampler
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
@@ -171,6 +172,10 @@ CLASSIFIERS = {
     "normalizer-max": lambda: make_pipeline(Normalizer(norm="max"), LogisticRegression(max_iter=1000)),
     "scaled-forest": lambda: make_pipeline(StandardScaler(), RandomForestClassifier(50, random_state=0)),
     "xgboost": lambda: make_pipeline(XGBClassifier(n_estimators=20, max_depth=3)),
+    "rfe-around-a-classifier": lambda: make_pipeline(RFE(LogisticRegression(max_iter=1000), n_features_to_select=2),
+                                                     XGBClassifier(n_estimators=10, max_depth=3)),
+    "select-from-model": lambda: make_pipeline(SelectFromModel(ExtraTreesClassifier(10, random_state=0)),
+                                               RandomForestClassifier(10, random_state=0)),
     "hist-gradient-boosting": lambda: make_pipeline(HistGradientBoostingClassifier(max_iter=10)),
 }
 
@@ -183,6 +188,7 @@ def test_a_pipeline_compiles_and_the_api_verifies_it(name: str, iris) -> None:
     raw, record = compile_pipeline(model, meta)
     assert raw is not None, record["reason"]
     assert record["reason"] is None and record["outputs"]["probabilities"]
+    assert record["precision"] == "mixed", record.get("rejected")
     engine, info = load_engine(raw, record, model, meta, lambda rows: model.predict_proba(rows))
     assert "fallback" not in info or info["fallback"] == "slower", info
     session = new_session(raw)

@@ -186,20 +186,22 @@ def _is_tree_model(model: Any) -> bool:
     return bool(flat) and all(hasattr(e, "tree_") or _is_tree_model(e) for e in flat)
 
 
-def _no_zipmap(model: Any) -> dict[int, dict[str, Any]]:
-    """ZipMap off for every classifier in the graph (probabilities as one tensor)."""
-    options: dict[int, dict[str, Any]] = {}
+def _no_zipmap(model: Any) -> dict[Any, dict[str, Any]]:
+    """ZipMap off for every classifier step of every pipeline in the graph (probabilities as one
+    tensor), and no options at all for a selector around a classifier (RFE, SelectFromModel):
+    skl2onnx's pipeline parser gives every step scikit-learn's is_classifier calls a classifier a
+    ZipMap option unless one is set, and then the selector's converter refuses it."""
+    from sklearn.feature_selection import SelectorMixin
+
+    options: dict[Any, dict[str, Any]] = {}
 
     def visit(node: Any) -> None:
         if is_classifier(node):
-            options[id(node)] = {"zipmap": False}
+            options[id(node)] = {} if isinstance(node, SelectorMixin) else {"zipmap": False}
         for _, child in getattr(node, "steps", []) or []:
             visit(child)
         for _, child in getattr(node, "transformer_list", []) or []:
             visit(child)
-        inner = getattr(node, "estimator", None)
-        if inner is not None and hasattr(inner, "fit"):
-            visit(inner)
 
     visit(model)
     return options
@@ -243,6 +245,7 @@ def register_converters() -> None:
     from sklearn.cluster import FeatureAgglomeration
     from sklearn.decomposition import FastICA
     from sklearn.kernel_approximation import Nystroem, RBFSampler
+    from sklearn.feature_selection import RFE, RFECV, SelectFromModel
     from sklearn.preprocessing import KBinsDiscretizer, Normalizer
     from tpot.builtin_modules import (
         ColumnOneHotEncoder,
@@ -269,12 +272,15 @@ def register_converters() -> None:
         Nystroem: converters.nystroem,
         Normalizer: converters.normalizer,
         KBinsDiscretizer: converters.k_bins,
+        RFE: converters.selector,
+        RFECV: converters.selector,
+        SelectFromModel: converters.selector,
         PassKBinsDiscretizer: converters.pass_k_bins,
     }
     from skl2onnx._parse import sklearn_parsers_map
     from skl2onnx._supported_operators import sklearn_operator_name_map
 
-    for cls in (Normalizer, KBinsDiscretizer):  # skl2onnx's own, put back after each conversion
+    for cls in (Normalizer, KBinsDiscretizer, RFE, RFECV, SelectFromModel):  # skl2onnx's own, put back after
         _STOCK[cls] = (sklearn_operator_name_map.get(cls), sklearn_parsers_map.get(cls))
     for cls, convert_fn in transformers.items():
         update_registered_converter(cls, f"Tpotserve{cls.__name__}", converters.transformer_shape(cls),

@@ -54,6 +54,8 @@ def output_width(step: Any, n_in: int | None) -> int | None:
         return n_in
     if name == "SkipTransformer":
         return 0
+    if name in ("RFE", "RFECV", "SelectFromModel"):
+        return int(np.sum(step.get_support()))
     if name == "KBinsDiscretizer":
         return len(step.bin_edges_) if step.encode == "ordinal" else int(np.sum(step.n_bins_))
     if name == "PassKBinsDiscretizer":
@@ -124,6 +126,8 @@ def _estimator_method(step: Any) -> str:
     if step.method != "auto":
         return step.method
     est = step.estimator
+    if type(est).__name__ in ("Float32Classifier", "Float32Regressor"):
+        est = est.estimator  # the tree model inside the compiler's float32 wrapper
     for method in ("predict_proba", "decision_function", "predict"):
         if hasattr(est, method):
             return method
@@ -140,9 +144,14 @@ def estimator_transformer(scope: Any, operator: Any, container: Any) -> None:
     method = _estimator_method(step)
     if method == "decision_function":
         raise NotImplementedError("EstimatorTransformer(method='decision_function') is not compiled")
-    classifier = hasattr(step.estimator, "classes_")
+    estimator, source = step.estimator, X
+    if type(estimator).__name__ in ("Float32Classifier", "Float32Regressor"):
+        # The compiler's float32 wrapper, unwrapped here: a sub-estimator inside a sub-estimator
+        # trips skl2onnx's operator naming. The same cast, then the tree model itself.
+        estimator, source = estimator.estimator, _as_float32(scope, operator, container)
+    classifier = hasattr(estimator, "classes_")
     options = {"zipmap": False} if classifier else None
-    sub = OnnxSubEstimator(step.estimator, X, op_version=opv, options=options)
+    sub = OnnxSubEstimator(estimator, source, op_version=opv, options=options)
     if method == "predict_proba":
         out = OnnxCast(sub[1], to=proto, op_version=opv)
     elif classifier:
@@ -230,6 +239,19 @@ def column_ordinal(scope: Any, operator: Any, container: Any) -> None:
                                 np.array([[index]], dtype=dtype), encoded, op_version=opv)
         parts.append(encoded)
     OnnxConcat(*parts, axis=1, output_names=_out(operator), op_version=opv).add_to(scope, container)
+
+
+def selector(scope: Any, operator: Any, container: Any) -> None:
+    """RFE, RFECV, SelectFromModel: the columns ``get_support()`` keeps. Converted here because
+    skl2onnx parses them as classifiers when their estimator is one (scikit-learn's is_classifier
+    says so) and then refuses its own ZipMap option on them."""
+    from skl2onnx.algebra.onnx_ops import OnnxGather
+
+    opv = container.target_opset
+    kept = np.flatnonzero(operator.raw_operator.get_support()).astype(np.int64)
+    if not len(kept):
+        raise NotImplementedError("a selector that keeps no column")
+    OnnxGather(operator.inputs[0], kept, axis=1, output_names=_out(operator), op_version=opv).add_to(scope, container)
 
 
 def fast_ica(scope: Any, operator: Any, container: Any) -> None:
