@@ -456,3 +456,17 @@ def test_the_engine_size_choice_follows_the_timings(compiled, pipeline, expected
         assert 1000 <= max_rows < 10_000, timings  # between the sizes, by interpolation
     else:
         assert max_rows == expected, timings
+
+
+def test_the_cli_compile_command_runs_on_the_volume(tmp_path: Path, rbf, monkeypatch, capsys) -> None:
+    from tpotserve_cli.main import main
+
+    model, meta, _, _ = rbf
+    publish(tmp_path, model, meta, None, None)
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path))
+    monkeypatch.setenv("MODEL_SIGNING_KEY", KEY.decode())
+    assert main(["compile"]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    assert json.loads(line) == {"model": "iris", "version": "v1", "outcome": "compiled", "precision": "mixed",
+                                "max_difference": json.loads(line)["max_difference"]}
+    assert (tmp_path / "models" / "iris" / "versions" / "v1" / "compiled.json").exists()
