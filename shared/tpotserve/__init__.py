@@ -7,6 +7,7 @@ names. It imports neither Flask, nor the RQ worker, nor TPOT.
 # Every module of the package (tests/unit/test_docs.py checks this list against the files
 # and against docs/architecture.md's layout).
 __all__ = [
-    "atomic", "backup", "clock", "contract", "datasets", "drift", "errors", "jobs", "live", "logs", "model_meta", "names",
-    "offline", "policy", "registry", "schema", "settings", "shadow", "signing", "store", "training",
+    "atomic", "backup", "clock", "compiled", "contract", "datasets", "drift", "errors", "jobs", "live", "logs",
+    "model_meta", "names", "offline", "policy", "registry", "schema", "settings", "shadow", "signing", "store",
+    "training",
 ]

@@ -79,6 +79,9 @@ class ModelMeta(BaseModel):
     """Labelled live rows added to the data set for this training (their CSV: feedback_rows.csv)."""
     """Why the scheduler ran this training (tpotserve.policy); absent for a requested one."""
     gate: dict[str, Any] | None = None
+    compiled: dict[str, Any] | None = None
+    """The compiled form (``tpotserve.compiled``): model.onnx's sha256, signature, precision and
+    outputs, or ``file: null`` and the reason none was made. Absent: trained before compiled inference."""
 
     # Added by the store when the version is written.
     version: str | None = None

@@ -120,6 +120,11 @@ class Settings(BaseSettings):
     stays; beyond the limit the least recently used one is dropped and loaded again on its next
     request (docs/models.md has the memory and load-time figures)."""
 
+    compiled_inference: bool = True
+    """COMPILED_INFERENCE: serve a version with its verified compiled form (ONNX Runtime) where it
+    has one and it is the faster at the request's size (docs/performance.md#compiled-inference);
+    false: every request takes the pipeline's own path, as before compiled inference."""
+
     max_body_bytes: int = 8 * 1024 * 1024
     """MAX_BODY_BYTES: largest request body (and CSV upload); nginx is rendered with the same."""
 

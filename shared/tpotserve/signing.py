@@ -34,6 +34,11 @@ def digest_file(path: Path, key: bytes | None) -> Digests:
     return Digests(sha256=sha.hexdigest(), signature=mac.hexdigest() if mac else None)
 
 
+def sign_bytes(raw: bytes, key: bytes | None) -> str | None:
+    """hex HMAC-SHA256 of ``raw`` (a compiled model), or None when no key was given."""
+    return hmac.new(key, raw, digestmod=hashlib.sha256).hexdigest() if key else None
+
+
 def same(a: str | None, b: str | None) -> bool:
     """Constant-time equality of two hex digests (None never matches)."""
     if a is None or b is None:

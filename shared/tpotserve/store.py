@@ -2,7 +2,10 @@
 
     <root>/versions/<version>/model.joblib   the fitted scikit-learn pipeline, plain joblib
     <root>/versions/<version>/meta.json      schema, classes, scores, settings, sha256, library versions
-    <root>/versions/<version>/<document>     leaderboard.json, card.json, card.md: sha256 in meta.json "files"
+    <root>/versions/<version>/<document>     leaderboard.json, card.json, card.md, profile.json, model.onnx,
+                                             feedback_rows.csv: sha256 in meta.json "files"
+    <root>/versions/<version>/compiled.json  a compiled form added later (``tpotserve compile``) to a version
+                                             whose meta.json has none: the only file added to a written version
     <root>/current.json                      {"version", "sha256", "activated_at"}: the served version
     <root>/activations.jsonl                 every change of current.json, one JSON line each, with its reason
     <root>/policy.json                       the retraining policy (tpotserve.policy), if one was set
@@ -41,7 +44,7 @@ from .atomic import (
 )
 from .clock import utc_iso
 from .errors import ArtifactRejected, Conflict, NotFound
-from .signing import digest_file, same
+from .signing import digest_file, same, sign_bytes
 
 __all__ = ["ModelStore", "Pointer", "new_version_id", "sha256_file"]
 
@@ -52,9 +55,11 @@ ACTIVATIONS_NAME = "activations.jsonl"
 POLICY_NAME = "policy.json"
 SHADOW_NAME = "shadow.json"
 LOCK_NAME = ".publish.lock"
-DOCUMENTS = ("leaderboard.json", "card.json", "card.md", "profile.json", "feedback_rows.csv")
+DOCUMENTS = ("leaderboard.json", "card.json", "card.md", "profile.json", "model.onnx", "feedback_rows.csv")
 """Files a version may hold beside its artifact, each covered by a sha256 in meta.json
-(profile.json: the training rows' reference for drift, ``tpotserve.drift``)."""
+(profile.json: the training rows' reference for drift, ``tpotserve.drift``; model.onnx: the
+compiled form, ``tpotserve.compiled``, also signed in meta.json's ``compiled``)."""
+SIDECAR_NAME = "compiled.json"
 PUBLISH_WAIT_S = 120.0
 """How long a publisher waits for another one (a prune of many versions takes seconds)."""
 
@@ -178,6 +183,50 @@ class ModelStore:
             raise ArtifactRejected(f"{name} of {version!r} does not match the sha256 in its meta.json")
         return raw
 
+    def compiled_record(self, version: str) -> dict[str, Any] | None:
+        """A version's compiled-form record: meta.json's ``compiled`` or, for a version compiled
+        after it was written, its compiled.json; None when it has neither."""
+        meta = self.read_meta(version)
+        record = meta.get("compiled")
+        if isinstance(record, dict):
+            return record
+        try:
+            raw = (self._version_dir(version) / SIDECAR_NAME).read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            record = json.loads(raw)
+        except ValueError as exc:
+            raise ArtifactRejected(f"{SIDECAR_NAME} of {version!r} is unreadable: {exc}") from exc
+        if not isinstance(record, dict) or not same(record.get("artifact_sha256"), meta.get("sha256")):
+            raise ArtifactRejected(f"{SIDECAR_NAME} of {version!r} was not compiled from this version's artifact")
+        return record
+
+    def read_compiled(self, version: str) -> tuple[bytes, dict[str, Any]] | None:
+        """A version's compiled form (bytes) and record, once its bytes hash to the record's
+        sha256 and, with a signing key, carry a valid signature; None when the version has
+        no compiled form (published before compiled inference, or its pipeline could not be)."""
+        record = self.compiled_record(version)
+        if record is None or not record.get("file"):
+            return None
+        name = str(record["file"])
+        if name != "model.onnx":
+            raise ArtifactRejected(f"compiled form of {version!r} names an unknown file {name[:40]!r}")
+        try:
+            raw = (self._version_dir(version) / name).read_bytes()
+        except FileNotFoundError as exc:
+            raise ArtifactRejected(f"{name} of {version!r} is missing") from exc
+        if not same(hashlib.sha256(raw).hexdigest(), record.get("sha256")):
+            raise ArtifactRejected(f"{name} of {version!r} does not match the sha256 in its compiled record")
+        if self.signing_key is not None and not same(sign_bytes(raw, self.signing_key), record.get("signature")):
+            raise ArtifactRejected(f"{name} of {version!r} has no valid signature: it was not written by a "
+                                   "trainer holding this MODEL_SIGNING_KEY")
+        return raw, record
+
+    def sign(self, raw: bytes) -> str | None:
+        """The signature this store's key gives ``raw`` (None without a key)."""
+        return sign_bytes(raw, self.signing_key)
+
     # --- writing (trainer only) --------------------------------------------
     def write_version(
         self,
@@ -209,6 +258,26 @@ class ModelStore:
                     **({"files": files} if files else {})}
             write_new_file(tmp / META_NAME, json.dumps(meta, indent=2, sort_keys=True).encode())
         return meta
+
+    def add_compiled(self, version: str, raw: bytes | None, record: dict[str, Any]) -> dict[str, Any]:
+        """Give a stored version without a compiled form one (``tpotserve compile``): model.onnx
+        (when ``raw``) and compiled.json, which names the artifact sha256 it was compiled from.
+        The version's meta.json and artifact are not touched, so its sha256, signature and
+        pointer stay valid; the record's own sha256 and signature cover model.onnx. Each file is
+        written to a temp name, fsynced and renamed: a reader sees all of it or none (compiled.json,
+        which the API looks for, is renamed last)."""
+        meta = self.read_meta(version)
+        if self.compiled_record(version) is not None:
+            raise Conflict(f"model version {version!r} already has a compiled form (or a recorded reason)")
+        directory = self._version_dir(version)
+        record = {**record, "artifact_sha256": meta["sha256"]}
+        if raw is not None:
+            record.update(file="model.onnx", sha256=hashlib.sha256(raw).hexdigest(), signature=self.sign(raw))
+            replace_file(directory / "model.onnx", raw)
+        else:
+            record["file"] = None
+        replace_file(directory / SIDECAR_NAME, json.dumps(record, indent=2, sort_keys=True).encode())
+        return record
 
     @contextmanager
     def publishing(self, wait_s: float = PUBLISH_WAIT_S) -> Iterator[None]:

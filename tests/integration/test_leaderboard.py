@@ -71,7 +71,8 @@ def test_a_budget_too_small_for_tpot_publishes_the_baseline_and_says_so(stack: L
     meta = stack.get(f"/models/{MODEL}").json()
     assert meta["version"] == version and meta["selection"] == selection
     assert meta["tpot_pipeline"] and "Ridge" not in meta["tpot_pipeline"]
-    assert set(meta["files"]) == {"leaderboard.json", "card.json", "card.md", "profile.json"}
+    compiled = {"model.onnx"} if meta["compiled"]["file"] else set()  # the compiled form, when one was made
+    assert set(meta["files"]) == {"leaderboard.json", "card.json", "card.md", "profile.json", *compiled}
 
     # The card's figures are the job's.
     card = stack.get(f"/models/{MODEL}/versions/{version}/card?format=json").json()

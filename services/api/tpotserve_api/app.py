@@ -59,7 +59,8 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
     # Refuses to build the app (so Gunicorn refuses to start) without a signing key,
     # unless the insecure development flag is set.
     registry = ModelRegistry.from_settings(settings)
-    models = ModelPool(registry, settings.model_poll_interval_s, settings.max_loaded_models)
+    models = ModelPool(registry, settings.model_poll_interval_s, settings.max_loaded_models,
+                       settings.compiled_inference)
     models.preload()
     if poll:
         models.start_polling()

@@ -15,6 +15,8 @@ from tpotserve.errors import InvalidInput
 from tpotserve.model_meta import ModelMeta
 from tpotserve.store import Pointer
 
+from . import metrics
+from .compiled import CompiledEngine, within_float32
 from .fast_path import checked_once
 
 
@@ -33,6 +35,12 @@ class LoadedModel:
     """The named model this is a version of."""
     binner: Binner | None = field(default=None, repr=False)
     """The version's drift bins (``tpotserve.drift``); None when it has no reference profile."""
+    compiled: CompiledEngine | None = field(default=None, repr=False)
+    """The verified ONNX Runtime engine (``tpotserve_api.compiled``) and the sizes it answers;
+    None: the pipeline's own path for every request."""
+    serving: dict[str, Any] = field(default_factory=dict)
+    """Which engine serves, why (a fallback's reason) and the load-time timings: GET /models/<name>'s
+    ``serving``."""
 
     @property
     def version(self) -> str:
@@ -72,7 +80,39 @@ class LoadedModel:
     def infer(self, X: np.ndarray) -> tuple[list[Any], np.ndarray | None]:
         """The protocol-free step every adapter (JSON API, V2) calls: predictions for the
         validated float matrix ``X`` and, for a classifier with ``predict_proba``, the
-        probability matrix, its columns in ``meta.classes`` order."""
+        probability matrix, its columns in ``meta.classes`` order.
+
+        The compiled engine answers when it was verified and is the faster at this size, and
+        the input is within float32's range; otherwise (and when its result is not finite)
+        the pipeline's own path, so every refusal is scikit-learn's own."""
+        engine = self.compiled
+        if engine is not None and len(X) <= engine.max_rows and within_float32(X):
+            answer = self._infer_compiled(engine, X)
+            if answer is not None:
+                metrics.record_engine(self.name, "onnxruntime")
+                return answer
+        metrics.record_engine(self.name, "scikit-learn")
+        return self.infer_pipeline(X)
+
+    def _infer_compiled(self, engine: CompiledEngine, X: np.ndarray) -> tuple[list[Any], np.ndarray | None] | None:
+        """The compiled engine's answer shaped as ``infer_pipeline``'s; None when not finite."""
+        out = engine.run(X)
+        if not self.is_classifier:
+            values = np.asarray(out[0], dtype=float).ravel()
+            return (values.tolist(), None) if np.isfinite(values).all() else None
+        classes = self.meta.classes or []
+        if hasattr(self.model, "predict_proba"):
+            if len(out) < 2:
+                return None
+            proba = np.asarray(out[1], dtype=float)
+            if not np.isfinite(proba).all():
+                return None
+            return [classes[i] for i in proba.argmax(axis=1).tolist()], proba
+        model_classes = list(getattr(self.model, "classes_", range(len(classes))))
+        return [classes[model_classes.index(v)] for v in np.asarray(out[0]).ravel().tolist()], None
+
+    def infer_pipeline(self, X: np.ndarray) -> tuple[list[Any], np.ndarray | None]:
+        """``infer`` on the pipeline's own path (the fast path where it was verified)."""
         if not self.is_classifier:
             values = checked_once(self.model.predict, X)
             if not np.isfinite(values).all():

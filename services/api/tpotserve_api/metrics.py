@@ -84,6 +84,19 @@ MODEL_SERVING = Gauge(
     # worker's file is dropped (gunicorn_config.child_exit), so it cannot pin an old version.
     multiprocess_mode="livemax",
 )
+COMPILED_FALLBACKS = Counter(
+    "tpotserve_compiled_fallbacks",
+    "Model versions an API worker loaded without its compiled engine, by model name and reason: "
+    "not_compiled (published before compiled inference), not_compilable (the trainer recorded why), "
+    "rejected (hash or signature), load_failed, verification_failed, slower, disabled.",
+    ["model", "reason"],
+)
+ENGINE_REQUESTS = Counter(
+    "tpotserve_inference_engine_requests",
+    "Inference requests answered, by model name and engine (onnxruntime: the verified compiled form; "
+    "scikit-learn: the pipeline's own path).",
+    ["model", "engine"],
+)
 API_WORKERS = Gauge(
     "tpotserve_api_workers",
     "Live API worker processes (Gunicorn workers) that built the app.",
@@ -112,6 +125,16 @@ def record_model_loaded(model: str, previous_version: str | None, version: str, 
     if previous_version is not None and previous_version != version:
         MODEL_SERVING.labels(model, previous_version).set(0)
     MODEL_SERVING.labels(model, version).set(1)
+
+
+def record_compiled_fallback(model: str, reason: str) -> None:
+    """A worker loaded a version of ``model`` that it serves without its compiled engine."""
+    COMPILED_FALLBACKS.labels(model, reason).inc()
+
+
+def record_engine(model: str, engine: str) -> None:
+    """One inference request of ``model`` answered by ``engine``."""
+    ENGINE_REQUESTS.labels(model, engine).inc()
 
 
 def record_model_load_failed(model: str) -> None:

@@ -27,6 +27,7 @@ from tpotserve.registry import ModelRegistry
 from tpotserve.store import ModelStore, Pointer
 
 from . import metrics
+from .compiled import CompiledEngine, load_engine
 from .fast_path import compile_fast_proba, pin_single_thread, smoke_row
 from .loaded_model import LoadedModel
 
@@ -48,9 +49,10 @@ def load_version(registry: ModelRegistry, name: str, version: str) -> LoadedMode
 class ModelHolder:
     """Holds one named model in one worker and follows that model's pointer."""
 
-    def __init__(self, registry: ModelRegistry, name: str) -> None:
+    def __init__(self, registry: ModelRegistry, name: str, compiled_inference: bool = True) -> None:
         self.registry = registry
         self.name = name
+        self.compiled_inference = compiled_inference
         self._current: LoadedModel | None = None
         self._last_error: dict[str, Any] | None = None
         self._failed_pointer: Pointer | None = None
@@ -137,10 +139,39 @@ class ModelHolder:
                              binner=self._binner(store, meta))
         pins = f" ({', '.join(pinned)}=1)" if pinned else ""
         log.info("model %s version %s predicts with %s%s", self.name, pointer.version, how, pins)
+        loaded.compiled, loaded.serving = self._compiled(store, pointer, model, meta, loaded.infer_pipeline)
+        loaded.serving["pipeline_path"] = how
+        if loaded.compiled is None:
+            metrics.record_compiled_fallback(self.name, loaded.serving.get("fallback", "unknown"))
+        log.info("model %s version %s: engine %s%s", self.name, pointer.version, loaded.serving["engine"],
+                 f" ({loaded.serving['reason']})" if loaded.serving.get("reason") else
+                 f" up to {loaded.compiled.max_rows} rows" if loaded.compiled else "")
         predictions, _ = loaded.predict([smoke_row(meta)])
         if len(predictions) != 1:
             raise ArtifactRejected(f"{pointer.version}: smoke prediction returned {predictions!r}")
         return loaded
+
+    def _compiled(self, store: ModelStore, pointer: Pointer, model: Any, meta: ModelMeta,
+                  pipeline_path: Any) -> tuple[CompiledEngine | None, dict[str, Any]]:
+        """The version's verified compiled engine, or None and why it is served without one."""
+        plain = {"engine": "scikit-learn"}
+        if not self.compiled_inference:
+            return None, {**plain, "fallback": "disabled", "reason": "COMPILED_INFERENCE is off"}
+        try:
+            record = store.compiled_record(pointer.version)
+            if record is None:
+                return None, {**plain, "fallback": "not_compiled",
+                              "reason": "the version has no compiled form (published before compiled inference; "
+                                        "`tpotserve compile` adds one)"}
+            if not record.get("file"):
+                return None, {**plain, "fallback": "not_compilable", "reason": record.get("reason")}
+            found = store.read_compiled(pointer.version)
+        except TpotServeError as exc:
+            return None, {**plain, "fallback": "rejected", "reason": str(exc)}
+        if found is None:
+            return None, {**plain, "fallback": "not_compiled", "reason": "no compiled form"}
+        raw, record = found
+        return load_engine(raw, record, model, meta, pipeline_path)
 
     def _binner(self, store: ModelStore, meta: ModelMeta) -> Binner | None:
         """The drift bins of the version's reference profile; None for a version without one

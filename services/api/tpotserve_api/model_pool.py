@@ -33,8 +33,10 @@ log = logging.getLogger(__name__)
 class ModelPool:
     """The holders of one worker, most recently used last."""
 
-    def __init__(self, registry: ModelRegistry, poll_interval_s: float, max_loaded: int) -> None:
+    def __init__(self, registry: ModelRegistry, poll_interval_s: float, max_loaded: int,
+                 compiled_inference: bool = True) -> None:
         self.registry = registry
+        self.compiled_inference = compiled_inference
         self.default_name = registry.default_name
         self.poll_interval_s = poll_interval_s
         self.max_loaded = max(1, max_loaded)
@@ -94,7 +96,7 @@ class ModelPool:
             with self._lock:
                 if name in self._holders:
                     return self._holders[name]
-            holder = ModelHolder(self.registry, name)
+            holder = ModelHolder(self.registry, name, self.compiled_inference)
             holder.refresh()  # outside the pool's lock: other models keep serving meanwhile
             with self._lock:
                 self._holders[name] = holder

@@ -147,7 +147,8 @@ class CurrentModel(Resource):
     def get(self) -> tuple[dict, int, dict]:
         ctx = _ctx()
         model = ctx.models.get(None)
-        body = {**model.meta.to_json(), "version": model.version, **_contract_view(ctx.registry.store(), model)}
+        body = {**model.meta.to_json(), "version": model.version, **_contract_view(ctx.registry.store(), model),
+                "serving": model.serving}
         return body, 200, {"X-Model-Version": model.version}
 
 
@@ -168,7 +169,8 @@ class NamedModel(Resource):
         ctx = _ctx()
         store = dataplane.existing_store(name)
         model = ctx.models.get(name)
-        body = {**model.meta.to_json(), "model": model.name, "version": model.version, **_contract_view(store, model)}
+        body = {**model.meta.to_json(), "model": model.name, "version": model.version, **_contract_view(store, model),
+                "serving": model.serving}
         return body, 200, {"X-Model-Version": model.version, "X-Model-Name": model.name}
 
 

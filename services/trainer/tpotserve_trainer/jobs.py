@@ -11,6 +11,7 @@ model store, which a training and an activate (on the control queue) both write:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -34,7 +35,7 @@ from tpotserve.registry import ModelRegistry
 from tpotserve.settings import Settings, load_settings
 from tpotserve.store import POLICY_NAME, SHADOW_NAME, ModelStore, new_version_id
 
-from . import automl, baselines, card, contract_guard, data, leaderboard
+from . import automl, baselines, card, compiler, contract_guard, data, leaderboard
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +69,11 @@ def retrain(payload: dict[str, Any]) -> dict[str, Any]:
             training_rows=trained.training_rows, cv_score=trained.chosen.cv_score,
             holdout_score=trained.chosen.holdout_score, selection=trained.selection,
         )
+        report("compiling")
+        compiled = compile_form(run, trained, store)
         # Gate and publish as one step against an activate (rollback) meanwhile.
         with store.publishing():
-            outcome = _publish(store, run, model, trained, card_body, started, report)
+            outcome = _publish(store, run, model, trained, card_body, started, report, compiled)
             outcome["shadow"] = shadow_held_back(store, model, outcome)
     except TpotServeError as exc:
         report.fail(exc.message)
@@ -155,8 +158,26 @@ def _train(run: TrainingPayload, datasets: DatasetStore, compute: automl.Compute
                     dict(compute.info), added)
 
 
+def compile_form(run: TrainingPayload, trained: _Trained, store: ModelStore) -> tuple[bytes | None, dict[str, Any]]:
+    """The chosen pipeline's compiled form and its meta.json record (``compiler``), outside the
+    store's lock (a large forest takes seconds); never fails a training: a pipeline that cannot
+    be compiled is published as before, the reason in its record."""
+    started = time.monotonic()
+    try:
+        meta = ModelMeta(task=run.task, features=data.feature_schema(trained.X), classes=trained.classes)
+        raw, record = compiler.compile_pipeline(trained.chosen.pipeline, meta)
+    except Exception as exc:  # noqa: BLE001 - the model is served all the same, uncompiled
+        raw, record = None, {"file": None, "reason": f"{type(exc).__name__}: {exc}"[:500]}
+    record["compile_seconds"] = _since(started)
+    if raw is not None:
+        record.update(sha256=hashlib.sha256(raw).hexdigest(), signature=store.sign(raw))
+    log.info("compiled form: %s", record.get("precision") or f"none ({record.get('reason')})")
+    return raw, record
+
+
 def _publish(store: ModelStore, run: TrainingPayload, model: str, trained: _Trained, card_body: dict[str, Any],
-             started: float, report: _Progress) -> dict[str, Any]:
+             started: float, report: _Progress,
+             compiled: tuple[bytes | None, dict[str, Any]] = (None, {})) -> dict[str, Any]:
     """Under the store's lock: check the contract again (an activation during the search may
     have changed the served one), gate, write the version with its documents, point
     current.json, prune."""
@@ -196,6 +217,7 @@ def _publish(store: ModelStore, run: TrainingPayload, model: str, trained: _Trai
         **({"trigger": run.trigger} if run.trigger else {}),
         **({"feedback_rows": len(trained.feedback_rows)} if trained.feedback_rows is not None else {}),
         gate=gate,
+        compiled=compiled[1] or None,
     ).to_json()
     version = new_version_id()
     card_full = {**card_body, "version": version, "gate": gate,
@@ -212,6 +234,8 @@ def _publish(store: ModelStore, run: TrainingPayload, model: str, trained: _Trai
     if trained.feedback_rows is not None and len(trained.feedback_rows):
         # The data set this version learned from is the upload plus these rows: kept with it.
         documents[data.FEEDBACK_ROWS_NAME] = trained.feedback_rows.to_csv(index=False).encode()
+    if compiled[0] is not None:
+        documents["model.onnx"] = compiled[0]
     written = store.write_version(version, lambda path: joblib.dump(chosen.pipeline, path), meta, documents)
     if gate["promoted"]:
         store.set_current(version, reason=run.reason if run.reason != "retrain" else "publish", by="trainer")
