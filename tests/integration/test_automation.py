@@ -30,7 +30,8 @@ from .conftest import LiveStack, wait_for
 from .test_cli import tpotserve
 
 MODEL = "auto"
-TINY = {"max_time_mins": 0.2, "generations": 1, "population_size": 4, "cv": 2, "baselines": False}
+# 0.5 min: at 0.2 a loaded 2-core machine once ended a search before any pipeline was evaluated.
+TINY = {"max_time_mins": 0.5, "generations": 1, "population_size": 4, "cv": 2, "baselines": False}
 FEATURES = ["SepalLength", "SepalWidth", "PetalLength", "PetalWidth"]
 
 
