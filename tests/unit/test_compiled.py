@@ -470,3 +470,13 @@ def test_the_cli_compile_command_runs_on_the_volume(tmp_path: Path, rbf, monkeyp
     assert json.loads(line) == {"model": "iris", "version": "v1", "outcome": "compiled", "precision": "mixed",
                                 "max_difference": json.loads(line)["max_difference"]}
     assert (tmp_path / "models" / "iris" / "versions" / "v1" / "compiled.json").exists()
+
+
+def test_an_onnx_runtime_failure_is_answered_by_the_pipeline(tmp_path: Path, rbf, iris) -> None:
+    model, meta, raw, record = rbf
+    holder = ModelHolder(publish(tmp_path, model, meta, raw, record), "iris")
+    holder.refresh()
+    loaded = holder.current()
+    loaded.compiled.input_name = "no-such-input"  # ONNX Runtime refuses the feed for real
+    labels, proba = loaded.infer(iris[0][:2])
+    assert np.array_equal(proba, model.predict_proba(iris[0][:2]))

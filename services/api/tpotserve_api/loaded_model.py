@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from tpotserve.store import Pointer
 from . import metrics
 from .compiled import CompiledEngine, within_float32
 from .fast_path import checked_once
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -95,8 +98,14 @@ class LoadedModel:
         return self.infer_pipeline(X)
 
     def _infer_compiled(self, engine: CompiledEngine, X: np.ndarray) -> tuple[list[Any], np.ndarray | None] | None:
-        """The compiled engine's answer shaped as ``infer_pipeline``'s; None when not finite."""
-        out = engine.run(X)
+        """The compiled engine's answer shaped as ``infer_pipeline``'s; None when not finite, or
+        when ONNX Runtime fails (the pipeline then answers, or refuses, as it would have)."""
+        try:
+            out = engine.run(X)
+        except Exception:  # noqa: BLE001 - never a 500 the pipeline would not have given
+            log.exception("model %s version %s: the compiled engine failed; the pipeline answers",
+                          self.name, self.version)
+            return None
         if not self.is_classifier:
             values = np.asarray(out[0], dtype=float).ravel()
             return (values.tolist(), None) if np.isfinite(values).all() else None
