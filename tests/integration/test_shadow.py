@@ -2,7 +2,8 @@
 labels (same contract, near-random answers), held back by the gate and so put in shadow by the
 policy's ``shadow.held_back``, every row sampled (share 1.0); agreement and the shadow's latency read back; feedback with the
 true labels scores both on the same rows: the worse shadow is not promoted. Then the other
-way round (the bad one served, the good one in shadow): promote. Activating the shadowed
+way round (the bad one served, the good one in shadow): promote. Each test starts from the
+bootstrap version served (earlier tests on the shared stack may serve another). Activating the shadowed
 version takes it out of shadow, and the stack ends as it started."""
 
 from __future__ import annotations
@@ -68,8 +69,17 @@ def _traffic_then_feedback(stack: LiveStack, served: str, shadow: str, rows: int
     return final
 
 
+def _serve(stack: LiveStack, version: str) -> None:
+    """Earlier tests on the shared stack may leave another iris version served: start from a known one."""
+    if stack.get("/models/iris/versions").json()["current"] != version:
+        activated = stack.post(f"/models/iris/versions/{version}/activate", headers=stack.admin())
+        assert activated.status_code in (200, 202), activated.text
+    stack.wait_all_workers_serve(version, timeout_s=30)
+
+
 def test_a_worse_shadow_is_not_promoted_and_a_better_one_is(stack: LiveStack) -> None:
     good = stack.bootstrap_version
+    _serve(stack, good)
     frame = iris_frame()
     shuffled = frame.assign(species=np.random.default_rng(0).permutation(frame["species"].to_numpy()))
     upload = stack.post("/datasets", data=shuffled.to_csv(index=False).encode(),
@@ -135,25 +145,27 @@ def test_the_cli_and_the_page_show_the_shadow(page, stack: LiveStack) -> None:  
     version, agreement and latency, both versions' rows, the decision."""
     from playwright.sync_api import expect
 
+    served = stack.bootstrap_version
+    _serve(stack, served)
     listing = stack.get("/models").json()
     others = [v["version"] for v in listing["versions"] if not v["current"] and not v["other_contract"]]
     assert others, "the test above stored a version beside the served one"
     run = tpotserve(stack, "shadow", "set", others[-1], "--share", "1")
     assert run.returncode == 0 and run.stdout == f"{others[-1]} in shadow, answering 100.0% of the served rows\n", run
-    refused = tpotserve(stack, "shadow", "set", stack.bootstrap_version)
+    refused = tpotserve(stack, "shadow", "set", served)
     assert refused.returncode == 1 and "is the served version" in refused.stderr, refused
     try:
         frame = iris_frame()
         wait_for(lambda: (stack.post("/predict", json={"instances": frame[IRIS_FEATURES].head(20).to_dict("records")})
                           and (stack.get("/shadow").json()["figures"]["rows"] > 0)), timeout_s=30, what="shadow rows")
         page.goto("/")
-        expect(page.locator("#shadow-summary")).to_contain_text(f"{others[-1]} in shadow of {stack.bootstrap_version}")
+        expect(page.locator("#shadow-summary")).to_contain_text(f"{others[-1]} in shadow of {served}")
         expect(page.locator("#shadow-summary")).to_contain_text("agreement")
         expect(page.locator("#shadow-table tbody tr")).to_have_count(2)
         expect(page.locator("#shadow-decision")).to_contain_text("decision: wait")
         report = tpotserve(stack, "shadow")
         assert report.returncode == 0, report
-        assert report.stdout.startswith(f"model iris: {others[-1]} in shadow of {stack.bootstrap_version}"), report.stdout
+        assert report.stdout.startswith(f"model iris: {others[-1]} in shadow of {served}"), report.stdout
         assert "agreement" in report.stdout and "decision: wait" in report.stdout
     finally:
         cleared = tpotserve(stack, "shadow", "clear")
