@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 TMP_PREFIX = ".tmp-"
 FILE_MODE = 0o644
@@ -39,14 +40,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_new_file(path: Path, data: bytes) -> None:
-    """Create ``path`` (it must not exist) with ``data``, fsynced, mode 0644."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+@contextmanager
+def new_file(path: Path, mode: int = FILE_MODE) -> Iterator[BinaryIO]:
+    """Create ``path`` (it must not exist) and yield it open for writing; fsynced when the block
+    ends. ``mode``: 0644 unless the file is a secret (a signing key, an archive holding one)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "wb") as handle:
-        os.fchmod(handle.fileno(), FILE_MODE)  # the umask must not make it private
-        handle.write(data)
+        os.fchmod(handle.fileno(), mode)  # the umask must not make it private
+        yield handle
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def write_new_file(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
+    """Create ``path`` (it must not exist) with ``data``, fsynced, mode 0644 (or ``mode``)."""
+    with new_file(path, mode) as handle:
+        handle.write(data)
 
 
 def fsync_file(path: Path) -> None:
@@ -55,16 +64,27 @@ def fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def replace_file(path: Path, data: bytes) -> None:
-    """Atomically replace ``path``'s content with ``data``."""
-    tmp = path.parent / f"{TMP_PREFIX}{path.name}-{secrets.token_hex(4)}"
+@contextmanager
+def replacing(path: Path, mode: int = FILE_MODE, tmp: Path | None = None) -> Iterator[BinaryIO]:
+    """Yield a new temp file beside ``path`` open for writing; when the block ends, fsync it and
+    rename it over ``path`` (then fsync the directory). On any error the temp file is removed
+    and ``path`` is as it was. ``tmp``: the temp file's name, when not ``.tmp-<name>-<random>``."""
+    if tmp is None:
+        tmp = path.parent / f"{TMP_PREFIX}{path.name}-{secrets.token_hex(4)}"
     try:
-        write_new_file(tmp, data)
+        with new_file(tmp, mode) as handle:
+            yield handle
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def replace_file(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
+    """Atomically replace ``path``'s content with ``data`` (mode 0644, or ``mode``)."""
+    with replacing(path, mode) as handle:
+        handle.write(data)
 
 
 @contextmanager
