@@ -16,7 +16,9 @@ The API maps each one to a status code in one table
     ├── ModelNotReady         no verified model is loaded yet
     ├── QueueUnavailable      Redis cannot be reached
     ├── ArtifactRejected      a model file failed verification (hash, load, smoke test)
-    └── TrainingFailed        TPOT could not produce a model
+    ├── TrainingFailed        TPOT could not produce a model
+    ├── BackupError           no backup was made (tpotserve.backup: the command line's, never the API's)
+    └── RestoreError          a restore was refused or failed; no pointer was written (likewise)
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ import pytest
 
 from tpotserve import backup
 from tpotserve import datasets as datasets_module
-from tpotserve.backup import BackupError, RestoreError
+from tpotserve.backup import BackupError, RestoreError, restoring, snapshot
+from tpotserve.backup import format as backup_format
 from tpotserve.datasets import DataLimits, DatasetStore
 from tpotserve.registry import ModelRegistry
 from tpotserve.store import ModelStore, Pointer
@@ -221,13 +222,14 @@ def test_policy_shadow_and_the_activation_log_round_trip_byte_for_byte_before_th
     assert {f"models/models/iris/{name}" for name in SIDE_FILES} <= set(listed)
 
     written: list[str] = []
-    real_replace = backup.replace_file
+    real_replace = restoring.replace_file
 
-    def replace_file(path: Path, data: bytes) -> None:
-        written.append(f"{path.parent.name}/{path.name}")
-        real_replace(path, data)
+    def replace_file(path: Path, data: bytes, *mode: int) -> None:
+        if path.name != "signing.key":  # written the same way, before them
+            written.append(f"{path.parent.name}/{path.name}")
+        real_replace(path, data, *mode)
 
-    monkeypatch.setattr(backup, "replace_file", replace_file)
+    monkeypatch.setattr(restoring, "replace_file", replace_file)
     target = tmp_path / "restored"
     _restore(archive, target)
 
@@ -307,7 +309,7 @@ def test_a_side_file_too_large_to_restore_is_left_out_with_a_note(
 ) -> None:
     _with_side_files(source)
     limit = max(len(POLICY), len(SHADOW))  # the log is larger
-    monkeypatch.setattr(backup, "SMALL_MEMBER_MAX_BYTES", limit)
+    monkeypatch.setattr(snapshot, "SMALL_MEMBER_MAX_BYTES", limit)
     archive = tmp_path / "b.tar.gz"
     manifest = _backup(source, archive)
     assert manifest["notes"] == [f"model 'iris' activations.jsonl left out: larger than {limit} bytes"]
@@ -549,7 +551,7 @@ def test_a_single_model_volume_moved_during_the_backup_is_copied_from_its_new_pl
     root = tmp_path / "source"
     _publish(ModelStore(root / "models", KEY), "v1", "v2", "v3")
     registry = ModelRegistry(root / "models", KEY, DEFAULT)
-    real_open = backup._open_for_copy
+    real_open = snapshot._open_for_copy
     moved: list[str] = []
 
     def open_while_the_trainer_starts(path: Path):
@@ -557,8 +559,8 @@ def test_a_single_model_volume_moved_during_the_backup_is_copied_from_its_new_pl
             moved.extend(registry.migrate_legacy())  # the real move, right now
         return real_open(path)
 
-    monkeypatch.setattr(backup, "_open_for_copy", open_while_the_trainer_starts)
-    monkeypatch.setattr(backup, "MOVE_PAUSE_S", 0.0)
+    monkeypatch.setattr(snapshot, "_open_for_copy", open_while_the_trainer_starts)
+    monkeypatch.setattr(snapshot, "MOVE_PAUSE_S", 0.0)
     archive = tmp_path / "b.tar.gz"
     manifest = _backup(root, archive, with_key=False)
 
@@ -579,7 +581,7 @@ def test_a_half_done_move_fails_the_backup(tmp_path: Path, monkeypatch: pytest.M
     staging = root / "models" / "models" / ".migrating-iris"
     staging.mkdir(parents=True)
     os.replace(legacy.pointer_path, staging / "current.json")
-    monkeypatch.setattr(backup, "MOVE_PAUSE_S", 0.0)
+    monkeypatch.setattr(snapshot, "MOVE_PAUSE_S", 0.0)
     archive = tmp_path / "out" / "b.tar.gz"
     with pytest.raises(BackupError, match="model 'iris' was being moved.*starting the trainer finishes"):
         _backup(root, archive)
@@ -623,7 +625,7 @@ def test_a_version_deleted_by_retention_during_the_backup_is_left_out(
     store.set_current("v3")
     store.set_current("v4")  # current v4, previous v3: protected; v1, v2 prunable
 
-    real_open = backup._open_for_copy
+    real_open = snapshot._open_for_copy
     pruned: list[str] = []
 
     def open_while_retention_runs(path: Path):
@@ -631,7 +633,7 @@ def test_a_version_deleted_by_retention_during_the_backup_is_left_out(
             pruned.extend(store.prune(keep=2))  # the real retention, right now
         return real_open(path)
 
-    monkeypatch.setattr(backup, "_open_for_copy", open_while_retention_runs)
+    monkeypatch.setattr(snapshot, "_open_for_copy", open_while_retention_runs)
     archive = tmp_path / "b.tar.gz"
     manifest = _backup(root, archive)
 
@@ -655,7 +657,7 @@ def test_when_the_pointers_version_is_deleted_during_the_backup_it_follows_the_p
     store.set_current("v1")
     store.set_current("v2")  # the backup reads this pointer: v2, previous v1
 
-    real_open = backup._open_for_copy
+    real_open = snapshot._open_for_copy
     published: list[str] = []
 
     def open_while_two_trainings_publish(path: Path):
@@ -668,7 +670,7 @@ def test_when_the_pointers_version_is_deleted_during_the_backup_it_follows_the_p
             assert store.prune(keep=2) == ["v1", "v2"]
         return real_open(path)
 
-    monkeypatch.setattr(backup, "_open_for_copy", open_while_two_trainings_publish)
+    monkeypatch.setattr(snapshot, "_open_for_copy", open_while_two_trainings_publish)
     archive = tmp_path / "b.tar.gz"
     manifest = _backup(root, archive)
 
@@ -739,13 +741,13 @@ def test_restore_refuses_a_model_dir_that_holds_a_store(
     other.write_version("other", _dump(b"other"), {})  # a version, even without a pointer
 
     written: list[Path] = []
-    real_write = backup._write_stream
+    real_write = restoring._write_stream
 
     def write_stream(path: Path, *args, **kwargs):
         written.append(path)
         return real_write(path, *args, **kwargs)
 
-    monkeypatch.setattr(backup, "_write_stream", write_stream)
+    monkeypatch.setattr(restoring, "_write_stream", write_stream)
     with pytest.raises(RestoreError, match="already holds a model store of model 'iris'.*--force"):
         _restore(archive, target)
     assert written == []  # refused at the model's first member, before a byte of it was staged
@@ -969,7 +971,7 @@ def test_a_restore_that_fails_while_renaming_versions_into_place_writes_no_point
             raise OSError(5, "Input/output error")
         return real_rename(src, dst)
 
-    monkeypatch.setattr(backup.os, "rename", rename_until_the_disk_fails)
+    monkeypatch.setattr(restoring.os, "rename", rename_until_the_disk_fails)
     with pytest.raises(OSError, match="Input/output"):
         _restore(archive, target)
     monkeypatch.undo()
@@ -1087,8 +1089,10 @@ def test_restore_rejects_a_tampered_dropped_or_added_document(source: Path, tmp_
 
 
 def test_the_store_file_names_are_the_stores_own() -> None:
-    assert backup.DATASET_DATA_NAME == datasets_module.DATA_NAME
-    assert backup.DATASET_META_NAME == datasets_module.META_NAME
+    for name in (datasets_module.DATA_NAME, datasets_module.META_NAME):
+        match = backup_format.MEMBER.fullmatch(f"datasets/ds-1/{name}")
+        assert match is not None and match["dfile"] == name
+    assert backup_format.MEMBER.fullmatch("datasets/ds-1/other.csv") is None
 
 
 def _backup_argv(line: str) -> list[str]:

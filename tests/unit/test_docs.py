@@ -52,11 +52,18 @@ def test_the_architecture_layout_names_every_module() -> None:
     layout = text[text.index("## Layout"):]
     missing = [f"{package}/{path.name}" for package in LAYOUT_PACKAGES for path in sorted((ROOT / package).glob("*.py"))
                if path.name not in ("__init__.py", "__main__.py") and path.name not in layout]
+    # A subpackage's modules by their path in it (backup/format.py), each on its own line.
+    missing += [f"{package}/{path.parent.name}/{path.name}" for package in LAYOUT_PACKAGES
+                for path in sorted((ROOT / package).glob("*/*.py"))
+                if (path.parent / "__init__.py").exists() and path.name not in ("__init__.py", "__main__.py")
+                and f"{path.parent.name}/{path.name}" not in layout]
     assert not missing, f"docs/architecture.md's layout lacks {missing}"
 
 
 def test_the_shared_packages_all_lists_every_module() -> None:
     import tpotserve
 
-    modules = sorted(p.stem for p in (ROOT / "shared" / "tpotserve").glob("*.py") if p.stem != "__init__")
+    package = ROOT / "shared" / "tpotserve"
+    modules = sorted([p.stem for p in package.glob("*.py") if p.stem != "__init__"]
+                     + [p.parent.name for p in package.glob("*/__init__.py")])  # subpackages: tpotserve.backup
     assert sorted(tpotserve.__all__) == modules

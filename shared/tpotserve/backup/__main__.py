@@ -1,0 +1,7 @@
+"""``python -m tpotserve.backup``: :func:`tpotserve.backup.cli.main`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
