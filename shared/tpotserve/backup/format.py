@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+# The data set store's own names (this import pulls in pandas: about a second more to start the CLI).
 from ..datasets import DATA_NAME as DATASET_DATA_NAME
 from ..datasets import META_NAME as DATASET_META_NAME
 from ..registry import MODELS_DIR
