@@ -39,10 +39,11 @@ import pandas as pd
 from .atomic import new_directory, sha256_file, write_new_file
 from .clock import utc_iso
 from .errors import InvalidInput, NotFound
+from .names import DATASET_DATA_NAME, DATASET_META_NAME
 from .settings import Settings
 
-DATA_NAME = "data.csv"
-META_NAME = "meta.json"
+DATA_NAME = DATASET_DATA_NAME
+META_NAME = DATASET_META_NAME
 DEFAULT_DATASET = "iris"
 """The bundled data set: what a model without a data set of its own trains on."""
 BUNDLED = (DEFAULT_DATASET,)

@@ -1,5 +1,6 @@
-"""What may name a model: a path segment on disk and in URLs. Its own module, so the settings
-(which check MODEL_NAME) need not import the registry and the store behind it."""
+"""What may name a model: a path segment on disk and in URLs; and the data set store's file
+names. Its own module, so the settings (which check MODEL_NAME) need not import the registry and
+the store behind it, nor the backup the data set store (and pandas) for two file names."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 RESERVED_NAMES = frozenset({"current"})
 """``/models/current`` is the default model's endpoint, so no model may be called that."""
 _NAME = re.compile(MODEL_NAME_PATTERN)
+
+DATASET_DATA_NAME = "data.csv"
+DATASET_META_NAME = "meta.json"
+"""A stored data set: ``<dataset dir>/<id>/data.csv`` and its ``meta.json``."""
 
 
 def is_model_name(name: object) -> bool:

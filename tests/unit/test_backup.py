@@ -1095,6 +1095,14 @@ def test_the_store_file_names_are_the_stores_own() -> None:
     assert backup_format.MEMBER.fullmatch("datasets/ds-1/other.csv") is None
 
 
+def test_the_cli_starts_without_pandas() -> None:
+    """The backup reads the data set store's names from tpotserve.names: starting the CLI (the
+    compose ``backup`` service, ``make backup``) does not import pandas and the data set store."""
+    probe = "import sys, tpotserve.backup; print(sorted({'pandas', 'tpotserve.datasets'} & set(sys.modules)))"
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout == "[]\n", run
+
+
 def _backup_argv(line: str) -> list[str]:
     """The module's arguments in a documented shell line, without redirections: what follows
     `-m tpotserve.backup`, or the compose `backup` service (whose entrypoint is the module)."""

@@ -27,9 +27,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-# The data set store's own names (this import pulls in pandas: about a second more to start the CLI).
-from ..datasets import DATA_NAME as DATASET_DATA_NAME
-from ..datasets import META_NAME as DATASET_META_NAME
+# The data set store's own names, from names.py (not datasets.py, which would pull in pandas).
+from ..names import DATASET_DATA_NAME, DATASET_META_NAME
 from ..registry import MODELS_DIR
 from ..store import (
     ACTIVATIONS_NAME,

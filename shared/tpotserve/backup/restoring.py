@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..atomic import DIR_MODE, TMP_PREFIX, fsync_dir, new_file, replace_file, sha256_file
-from ..datasets import DATA_NAME as DATASET_DATA_NAME
-from ..datasets import META_NAME as DATASET_META_NAME
+from ..names import DATASET_DATA_NAME, DATASET_META_NAME
 from ..registry import ModelRegistry
 from ..store import ARTIFACT_NAME, META_NAME, POINTER_NAME, ModelStore
 from .common import Log, RestoreError, plain_entries, stderr

@@ -33,8 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..atomic import FILE_MODE
-from ..datasets import DATA_NAME as DATASET_DATA_NAME
-from ..datasets import META_NAME as DATASET_META_NAME
+from ..names import DATASET_DATA_NAME, DATASET_META_NAME
 from ..registry import MIGRATING_PREFIX, ModelRegistry
 from ..store import ARTIFACT_NAME, META_NAME, POINTER_NAME, ModelStore
 from .common import BackupError, plain_entries

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..datasets import DATA_NAME as DATASET_DATA_NAME
-from ..datasets import META_NAME as DATASET_META_NAME
 from ..errors import InvalidInput
+from ..names import DATASET_DATA_NAME, DATASET_META_NAME
 from ..registry import check_model_name
 from ..store import ARTIFACT_NAME, META_NAME, POINTER_NAME
 from .common import RestoreError
