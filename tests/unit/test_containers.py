@@ -9,11 +9,13 @@ A missing tool is a failure, never a skip.
 
 from __future__ import annotations
 
+import importlib.metadata as metadata
 import json
 import os
 import re
 import shlex
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -462,6 +464,37 @@ def test_the_lock_installs_without_the_repo() -> None:
     """The builder installs requirements.lock first, then our packages with --no-deps."""
     bad = uninstallable_lock_lines((REPO / "requirements.lock").read_text())
     assert not bad, f"requirements.lock lines a container build cannot install from PyPI: {bad}"
+
+
+def _pins(path: Path) -> dict[str, str]:
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return dict(line.lower().split("==", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_the_locks_are_cpu_only_and_installed_whole() -> None:
+    """No GPU build in the images or the venv: xgboost-cpu (upstream's CPU-only build, the same
+    `xgboost` module) at the version tpot's `xgboost` would have, and no NVIDIA wheel. The locks
+    are complete, so every install takes them with --no-deps and nothing pulls the CUDA build in."""
+    runtime, dev = _pins(REPO / "requirements.lock"), _pins(REPO / "requirements-dev.lock")
+    for pins in (runtime, dev):
+        assert not [name for name in pins if name.startswith("nvidia-")], pins
+        assert "xgboost" not in pins
+    assert "xgboost-cpu" in runtime and not set(runtime) & set(dev)
+    installs = re.findall(r"pip install [^\n]*-r requirements\.lock", PYTHON_DOCKERFILE.read_text())
+    assert installs and all("--no-deps" in line for line in installs), installs
+    setup = (REPO / "scripts" / "setup.sh").read_text()
+    assert re.search(r'pip install .*--no-deps "\$\{reqs\[@\]\}"', setup), "setup.sh installs the locks whole"
+
+
+def test_the_venv_runs_the_cpu_build_and_pip_check_names_only_that() -> None:
+    import xgboost  # heavy: only here
+
+    assert xgboost.__version__ == metadata.version("xgboost-cpu")
+    with pytest.raises(metadata.PackageNotFoundError):
+        metadata.version("xgboost")
+    check = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=120)
+    complaints = [line for line in check.stdout.splitlines() if line.strip()]
+    assert complaints == [f"tpot {metadata.version('tpot')} requires xgboost, which is not installed."], check.stdout
 
 
 @pytest.mark.parametrize("name", ["api", "trainer"])
