@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 .PHONY: run test setup setup-dev unit integration bench clean backup restore
 
 run: setup  ## the stack, natively, in the foreground (Ctrl-C stops it)
-	$(PY) -m native.stack
+	$(PY) -m native
 
 test: setup-dev  ## every test: unit, container checks, integration on real processes
 	$(PY) -m pytest

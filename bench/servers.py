@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -27,7 +26,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from native.stack import NativeStack, descendants, free_port
+from native.proc import descendants
+from native.processes import start_group, stop_group
+from native.stack import NativeStack, free_port
 
 from .micro import publish
 from .models import FEATURES, REPO, BenchModel
@@ -119,27 +120,8 @@ def wait_until(
 
 def _stop_group(proc: subprocess.Popen | None) -> None:
     """SIGTERM the process group we started, then SIGKILL what is left of it."""
-    if proc is None:
-        return
-    tree = descendants(proc.pid)
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        pass
-    for pid in {proc.pid, *tree, *descendants(proc.pid)}:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=10)
+    if proc is not None:
+        stop_group(proc, timeout_s=15)
 
 
 # --- (a) the product ---------------------------------------------------------------
@@ -240,7 +222,7 @@ class BookServer(Server):
         self.port = free_port()
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
+            self.proc = start_group(
                 [
                     sys.executable,
                     "-m",
@@ -251,10 +233,7 @@ class BookServer(Server):
                     str(self.port),
                 ],
                 cwd=REPO,
-                stdin=subprocess.DEVNULL,
                 stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
             )
         probe = json.dumps({f: 1.0 for f in FEATURES}).encode()
         wait_until(lambda: post(self.url, probe, 5)[0] == 200, 60, "book app", self.proc, self.log)
@@ -361,14 +340,7 @@ class MLServer(Server):
         (root / "settings.json").write_text(json.dumps(self.settings()))
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [str(bin_dir / "mlserver"), "start", str(root)],
-                cwd=root,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            self.proc = start_group([str(bin_dir / "mlserver"), "start", str(root)], cwd=root, stdout=out)
         ready = f"http://127.0.0.1:{self.port}/v2/models/{self.MODEL}/ready"
         wait_until(
             lambda: urllib.request.urlopen(ready, timeout=2).status == 200,

@@ -19,16 +19,16 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .proc import Proc, below, process_table
-
-if TYPE_CHECKING:
-    from .stack import NativeStack
+from .processes import kill_all
 
 PR_SET_CHILD_SUBREAPER = 36
 BASE_DELAY_S = 1.0
@@ -56,6 +56,23 @@ def describe_exit(returncode: int) -> str:
     return f"exited with status {returncode}"
 
 
+class Running(Protocol):
+    """One process the stack started (:class:`native.stack.Process`)."""
+
+    popen: subprocess.Popen
+    pump: threading.Thread
+
+
+class Supervised(Protocol):
+    """What the supervisor needs of the stack it keeps running (:class:`native.stack.NativeStack`)."""
+
+    @property
+    def processes(self) -> Mapping[str, Running]: ...
+    @property
+    def cancel(self) -> threading.Event: ...
+    def start_service(self, name: str, timeout_s: float = ...) -> None: ...
+
+
 @dataclass
 class _Service:
     started_at: float
@@ -70,7 +87,7 @@ class _Service:
 class Supervisor:
     """Keeps every service of ``stack`` running; :meth:`start` it once the stack is up."""
 
-    def __init__(self, stack: NativeStack, health_timeout_s: float = HEALTH_TIMEOUT_S) -> None:
+    def __init__(self, stack: Supervised, health_timeout_s: float = HEALTH_TIMEOUT_S) -> None:
         self.stack = stack
         self.health_timeout_s = health_timeout_s
         self._stop = threading.Event()
@@ -178,11 +195,7 @@ class Supervisor:
             targets = {pid for pid in targets & ours if table[pid].state != "Z"} - others
             if not targets:
                 break
-            for pid in targets:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_all(targets)
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:
                 table = process_table()

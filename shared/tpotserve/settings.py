@@ -20,7 +20,7 @@ Gunicorn's master and its workers, not to read settings of their own:
 
 Outside the services' Python code the same names are read by the nginx image (its
 envsubst step over ``nginx/templates/`` and ``nginx/entrypoint.d/15-tpotserve-tls.envsh``;
-natively native/stack.py fills the same templates and sources the same script),
+natively native/nginx_conf.py fills the same templates and sources the same script),
 and the ``tpotserve`` CLI, a client, reads ``TPOTSERVE_URL``, ``TPOTSERVE_API_KEY``
 and ``API_KEY``.
 """

@@ -7,6 +7,8 @@ on a cold start, then starts the worker and waits for the bootstrap model.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,7 +19,8 @@ import pytest
 import requests
 from redis import Redis
 
-from native.stack import NativeStack, free_port
+from native.processes import start_group
+from native.stack import REPO, NativeStack, free_port
 
 API_KEY = "integration-test-key"
 SIGNING_KEY = "integration-signing-key"
@@ -43,6 +46,12 @@ def wait_for(condition: Callable[[], Any], timeout_s: float, interval_s: float =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what or condition}")
         time.sleep(interval_s)
+
+
+def start_launcher(env: dict[str, str]) -> subprocess.Popen:
+    """`make run`'s launcher (`python -m native`) with ``env``, its console on a text pipe,
+    in a process group of its own."""
+    return start_group([sys.executable, "-m", "native"], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
 
 
 @dataclass

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from native.proc import alive
-from native.stack import REPO, descendants, free_port
+from native.proc import alive, descendants
+from native.stack import free_port
 
-from .conftest import wait_for
+from .conftest import start_launcher, wait_for
 
 
 @pytest.mark.parametrize(
@@ -35,15 +33,7 @@ def test_native_run_serves_and_stops_everything_it_started(tmp_path: Path, sig: 
         "API_KEY": "k",
         "BOOTSTRAP_ON_START": "false",  # lifecycle only; training is covered by the session stack
     }
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "native.stack"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    launcher = start_launcher(env)
     try:
         lines: list[str] = []
 

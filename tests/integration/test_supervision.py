@@ -1,6 +1,6 @@
 """`make run` restarts a service that dies, as compose's `restart: unless-stopped` does.
 
-One launcher (`python -m native.stack`, as `make run` starts it) for the module:
+One launcher (`python -m native`, as `make run` starts it) for the module:
 
     a. each kind of process SIGKILLed (redis-server, the Gunicorn master, both RQ workers,
        the nginx master) comes back with a new pid, healthy, the restart said in one console
@@ -27,7 +27,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,12 +38,12 @@ import requests
 from redis import Redis
 from rq import Worker
 
-from native.proc import alive, parent
-from native.stack import REPO, descendants, free_port
+from native.proc import alive, descendants, parent
+from native.stack import free_port
 from tpotserve.registry import ModelRegistry
 from tpotserve.settings import load_settings
 
-from .conftest import API_KEY, BOOK_REQUEST, BOOTSTRAP_TIMEOUT_S, BUDGET, wait_for
+from .conftest import API_KEY, BOOK_REQUEST, BOOTSTRAP_TIMEOUT_S, BUDGET, start_launcher, wait_for
 
 RESTART_TIMEOUT_S = 90.0
 KILLED_JOB_BOUND_S = 90.0  # RQ fails it ~65 s after the horse's last heartbeat (5 s interval + 60 s)
@@ -215,15 +214,7 @@ def launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
         "API_KEY": API_KEY,
         **BUDGET,
     }
-    popen = subprocess.Popen(
-        [sys.executable, "-m", "native.stack"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    popen = start_launcher(env)
     run = Launcher(popen, f"http://127.0.0.1:{port}", data_dir)
     threading.Thread(target=run.read, daemon=True).start()
     try:

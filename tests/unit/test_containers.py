@@ -2,8 +2,8 @@
 
 docker-compose.yml and the Dockerfiles must agree with the tools that judge
 them (the Compose Specification schema, docker-compose v1's `config`,
-hadolint) and with the native run: the commands in native/stack.py, the
-nginx template it renders, and the variable names tpotserve.settings reads.
+hadolint) and with the native run: the commands in native/services.py, the
+nginx templates native/nginx_conf.py renders, and the variable names tpotserve.settings reads.
 A missing tool is a failure, never a skip.
 """
 
@@ -24,7 +24,8 @@ import jsonschema
 import pytest
 from ruamel.yaml import YAML
 
-from native import stack
+from native import nginx_conf
+from native.services import REDIS_COMMAND, SERVICE_COMMANDS
 from tpotserve.settings import Settings
 
 from tests.tools import tool
@@ -46,8 +47,8 @@ IMAGES = {
 }
 # The only variable compose requires; everything else has a default.
 TEST_ENV = {"API_KEY": "x", "MODEL_SIGNING_KEY": "y"}
-PYTHON_SERVICES = sorted(stack.SERVICE_COMMANDS)  # api, worker, worker-control
-ALL_SERVICES = sorted({*stack.SERVICE_COMMANDS, "redis", "nginx"})
+PYTHON_SERVICES = sorted(SERVICE_COMMANDS)  # api, worker, worker-control
+ALL_SERVICES = sorted({*SERVICE_COMMANDS, "redis", "nginx"})
 # Image-level variables a Dockerfile may set that are not application settings.
 # Variables for the interpreter and libraries, not for our Settings.
 IMAGE_ENV = {"PATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PIP_DISABLE_PIP_VERSION_CHECK", "MPLCONFIGDIR"}
@@ -129,7 +130,7 @@ def exec_form(path: Path, instruction: Instruction | None) -> list[str]:
         value = None
     assert isinstance(value, list) and all(isinstance(v, str) for v in value), (
         f"{path.relative_to(REPO)}:{instruction.line}: {instruction.keyword} must use the exec (JSON) "
-        f"form so it equals native/stack.py's command, got {instruction.args!r}"
+        f"form so it equals native/services.py's command, got {instruction.args!r}"
     )
     return value
 
@@ -540,7 +541,9 @@ def test_api_and_trainer_run_as_the_same_user() -> None:
 def test_compose_has_exactly_the_stack_services(services) -> None:
     # Optional services (dashboard, monitoring, dask) live behind profiles.
     core = sorted(name for name, config in services.items() if not config.get("profiles"))
-    assert core == ALL_SERVICES, f"compose services without a profile {core} != native/stack.py's {ALL_SERVICES}"
+    assert core == ALL_SERVICES, (
+        f"compose services without a profile {core} != native/services.py's {ALL_SERVICES}"
+    )
 
 
 def _image_command(name: str) -> tuple[list[str], list[str]]:
@@ -559,9 +562,10 @@ def test_service_command_matches_the_native_run(services, service: str) -> None:
         entrypoint = config["entrypoint"]
     command = config.get("command", cmd)
     assert isinstance(command, list), f"{service}: write `command:` as a list, got {command!r}"
-    assert entrypoint + command == stack.SERVICE_COMMANDS[service], (
-        f"{service}: ENTRYPOINT {entrypoint} + command {command} in the container, but native/stack.py runs "
-        f"{stack.SERVICE_COMMANDS[service]}"
+    assert entrypoint + command == SERVICE_COMMANDS[service], (
+        f"{service}: ENTRYPOINT {entrypoint} + command {command} in the container, "
+        f"but native/services.py runs "
+        f"{SERVICE_COMMANDS[service]}"
     )
 
 
@@ -579,9 +583,9 @@ def test_every_service_builds_one_of_the_images(services) -> None:
 @pytest.mark.parametrize(("name", "service"), [("api", "api"), ("trainer", "worker")])
 def test_image_default_command_matches_the_native_run(name: str, service: str) -> None:
     entrypoint, cmd = _image_command(name)
-    assert entrypoint + cmd == stack.SERVICE_COMMANDS[service], (
-        f"`docker run` of the {name} image runs {entrypoint + cmd}, native/stack.py runs "
-        f"{stack.SERVICE_COMMANDS[service]}"
+    assert entrypoint + cmd == SERVICE_COMMANDS[service], (
+        f"`docker run` of the {name} image runs {entrypoint + cmd}, native/services.py runs "
+        f"{SERVICE_COMMANDS[service]}"
     )
 
 
@@ -604,15 +608,15 @@ def test_entrypoint_script_sits_at_its_repo_path(name: str) -> None:
 def test_redis_runs_the_native_command(services) -> None:
     redis = services["redis"]
     assert str(redis.get("image", "")).startswith("redis:"), "redis: use the official redis image"
-    assert redis.get("command") == stack.REDIS_COMMAND, (
-        f"redis: compose runs {redis.get('command')}, native/stack.py runs {stack.REDIS_COMMAND}"
+    assert redis.get("command") == REDIS_COMMAND, (
+        f"redis: compose runs {redis.get('command')}, native/services.py runs {REDIS_COMMAND}"
     )
 
 
 # --- nginx: the same template, the same variables, the same ports ----------------------
 def test_nginx_image_renders_the_native_template() -> None:
     final = image("nginx")
-    template = PurePosixPath(stack.NGINX_TEMPLATE)
+    template = PurePosixPath(nginx_conf.NGINX_TEMPLATE)
     assert template.name == "default.conf.template", (
         "the image renders X.template to conf.d/X; only default.conf.template replaces the image's own "
         "default.conf (a second server on the same port)"
@@ -627,13 +631,13 @@ def test_nginx_image_renders_the_native_template() -> None:
             elif src in template.parents:
                 rendered_at.add(str(PurePosixPath(copy.dest) / template.relative_to(src)))
     assert f"/etc/nginx/templates/{template.name}" in rendered_at, (
-        f"nginx/Dockerfile must COPY {stack.NGINX_TEMPLATE} to /etc/nginx/templates/ "
+        f"nginx/Dockerfile must COPY {nginx_conf.NGINX_TEMPLATE} to /etc/nginx/templates/ "
         f"(it puts it at {sorted(rendered_at) or 'nowhere'})"
     )
 
 
 def _nginx_templates() -> list[Path]:
-    return sorted((REPO / stack.NGINX_TEMPLATE_DIR).rglob("*.template"))
+    return sorted((REPO / nginx_conf.NGINX_TEMPLATE_DIR).rglob("*.template"))
 
 
 def test_nginx_image_copies_every_template_with_its_subdirectory() -> None:
@@ -644,10 +648,11 @@ def test_nginx_image_copies_every_template_with_its_subdirectory() -> None:
         for copy in context_copies(final)
         for source in copy.sources
     }
-    assert (PurePosixPath(stack.NGINX_TEMPLATE_DIR), "/etc/nginx/templates") in copies, (
-        f"nginx/Dockerfile must COPY {stack.NGINX_TEMPLATE_DIR}/ to /etc/nginx/templates/ whole"
+    assert (PurePosixPath(nginx_conf.NGINX_TEMPLATE_DIR), "/etc/nginx/templates") in copies, (
+        f"nginx/Dockerfile must COPY {nginx_conf.NGINX_TEMPLATE_DIR}/ to /etc/nginx/templates/ whole"
     )
-    rendered = {str(t.relative_to(REPO / stack.NGINX_TEMPLATE_DIR).with_suffix("")) for t in _nginx_templates()}
+    templates = REPO / nginx_conf.NGINX_TEMPLATE_DIR
+    rendered = {str(t.relative_to(templates).with_suffix("")) for t in _nginx_templates()}
     included = set()
     for template in _nginx_templates():
         for target in re.findall(r"include \$\{NGINX_CONF_DIR\}/([^;]+);", template.read_text()):
@@ -657,7 +662,7 @@ def test_nginx_image_copies_every_template_with_its_subdirectory() -> None:
 
 def test_nginx_image_sources_the_tls_script_the_native_run_sources() -> None:
     final = image("nginx")
-    script = PurePosixPath(stack.NGINX_TLS_SCRIPT)
+    script = PurePosixPath(nginx_conf.NGINX_TLS_SCRIPT)
     placed = [
         copy for copy in context_copies(final) for source in copy.sources if PurePosixPath(source) == script
     ]
@@ -677,7 +682,8 @@ def test_nginx_template_variables_are_all_set(services) -> None:
         for template in _nginx_templates()
         for name in re.findall(r"\$\{([A-Z_][A-Z0-9_]*)\}", template.read_text())
     }
-    exported = set(re.findall(r"export ([A-Z_][A-Z0-9_]*)=", (REPO / stack.NGINX_TLS_SCRIPT).read_text()))
+    script = (REPO / nginx_conf.NGINX_TLS_SCRIPT).read_text()
+    exported = set(re.findall(r"export ([A-Z_][A-Z0-9_]*)=", script))
     defined = set(image("nginx").env()) | set(environment(services["nginx"])) | exported
     assert placeholders <= defined, f"nginx: set {sorted(placeholders - defined)} (ENV in nginx/Dockerfile)"
 
