@@ -27,11 +27,13 @@ from tpotserve.settings import Settings
 
 
 @contextmanager
-def _redis_errors() -> Iterator[None]:
+def redis_errors(action: str | None = None) -> Iterator[None]:
+    """A Redis failure inside as :class:`QueueUnavailable`, naming ``action`` (else the job queue)."""
     try:
         yield
     except RedisError as exc:
-        raise QueueUnavailable(f"the job queue (Redis) is unavailable: {type(exc).__name__}") from exc
+        what = f"{action} needs Redis, which is unavailable" if action else "the job queue (Redis) is unavailable"
+        raise QueueUnavailable(f"{what}: {type(exc).__name__}") from exc
 
 
 class JobQueue:
@@ -57,7 +59,7 @@ class JobQueue:
         """Enqueue a training; Conflict (409) while another of the same model is queued or
         running, unless asked to queue. A training of another model queues behind."""
         model = payload.model or self.settings.model_name
-        with _redis_errors():
+        with redis_errors():
             # A short lock makes "check, then enqueue" one step across API workers.
             with self.redis.lock(jobs.ENQUEUE_LOCK, timeout=10, blocking_timeout=5):
                 active = self.active_training(model)
@@ -81,7 +83,7 @@ class JobQueue:
 
     def active_training(self, model: str | None = None) -> dict[str, str] | None:
         """The running (or else the oldest queued) training job of ``model`` (None: of any)."""
-        with _redis_errors():
+        with redis_errors():
             registry = StartedJobRegistry(queue=self.training)
             registry.cleanup()  # a dead worker's job is failed, not running
             for status, ids in (("running", registry.get_job_ids()), ("queued", self.training.get_job_ids())):
@@ -100,7 +102,7 @@ class JobQueue:
 
     def cancel(self, job: Job) -> str:
         """Cancel a queued job or stop a running one; returns the status to report."""
-        with _redis_errors():
+        with redis_errors():
             status = jobs.rq_status(job)
             if status in ("queued", "deferred", "scheduled"):
                 # RQ lists it in its canceled registry, which the trainer checks when it
@@ -135,7 +137,7 @@ class JobQueue:
     def control_job(self, func: str, kwargs: dict[str, Any], wait_s: float, meta: dict[str, Any]) -> Job:
         """Enqueue a quick store write on the control queue (activate, a policy, a shadow) and
         wait up to ``wait_s`` for it."""
-        with _redis_errors():
+        with redis_errors():
             job = self.control.enqueue(
                 func,
                 kwargs=kwargs,
@@ -152,7 +154,7 @@ class JobQueue:
             return job
 
     def fetch(self, job_id: str) -> Job:
-        with _redis_errors():
+        with redis_errors():
             try:
                 return Job.fetch(job_id, connection=self.redis)
             except (NoSuchJobError, ValueError) as exc:  # ValueError: not even a valid RQ job id
@@ -160,7 +162,7 @@ class JobQueue:
 
     def describe(self, job: Job) -> dict[str, Any]:
         """The public JSON view of a job."""
-        with _redis_errors():
+        with redis_errors():
             raw_status = jobs.rq_status(job)
             if raw_status == "started":
                 # A killed worker leaves its job "started"; RQ's cleanup fails it once

@@ -26,7 +26,7 @@ from . import dataplane
 from .auth import require_admin
 from .context import ctx
 from .http_io import json_body
-from .watch import _redis
+from .queue import redis_errors
 
 WAIT_S = 0.5
 """As long as an activate holds a worker (resources.ACTIVATE_WAIT_S)."""
@@ -98,7 +98,7 @@ def clear_shadow(name: str | None) -> tuple[dict, int, dict]:
 def shadow_report(name: str | None) -> dict[str, Any]:
     context = ctx()
     model, store = _store(name)
-    with _redis("the shadow report"):
+    with redis_errors("the shadow report"):
         return shadow.report(store, context.queue.redis, context.settings, model)
 
 
