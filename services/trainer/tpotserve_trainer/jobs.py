@@ -183,59 +183,11 @@ def _publish(store: ModelStore, run: TrainingPayload, model: str, trained: _Trai
     current.json, prune."""
     chosen = trained.chosen
     contract = contract_guard.check_training(store, run, trained.X, trained.y, model)
-    label_encoded = trained.search.label_encoded if chosen.name == "tpot" else False
     gate = promotion_gate(store, run, list(trained.X.columns), chosen.holdout_score, trained.X_hold, trained.y_hold)
     report("publishing", cv_score=chosen.cv_score, holdout_score=chosen.holdout_score)
-    meta = ModelMeta(
-        created_at=utc_iso(),
-        model=model,
-        task=run.task,
-        dataset=run.dataset,
-        dataset_sha256=run.dataset_sha256,
-        target=run.target,
-        features=data.feature_schema(trained.X),
-        classes=trained.classes,
-        label_encoded=label_encoded,
-        cv_score=chosen.cv_score,
-        holdout_score=chosen.holdout_score,
-        scoring=run.scoring,
-        training_rows=trained.training_rows,
-        holdout_rows=len(trained.X_hold),
-        tpot_settings=run.model_dump(exclude={"reason", "model_keep", "model", "baselines", "description", "trigger",
-                                              "feedback_rows"}),
-        pipeline=str(chosen.pipeline),
-        tpot_pipeline=trained.search.pipeline_text,
-        selection=trained.selection,
-        baselines=run.baselines,
-        description=run.description,
-        evaluated_pipelines=trained.search.evaluated_pipelines,
-        training_seconds=_since(started),
-        compute=trained.compute,
-        library_versions=automl.library_versions(),
-        job_id=_job_id(),
-        reason=run.reason,
-        **({"trigger": run.trigger} if run.trigger else {}),
-        **({"feedback_rows": len(trained.feedback_rows)} if trained.feedback_rows is not None else {}),
-        gate=gate,
-        compiled=compiled[1] or None,
-    ).to_json()
+    meta = _meta(run, model, trained, started, gate, compiled[1])
     version = new_version_id()
-    card_full = {**card_body, "version": version, "gate": gate,
-                 **{key: meta[key] for key in ("created_at", "job_id", "reason", "training_seconds",
-                                              "library_versions")}}
-    documents = {
-        "leaderboard.json": _json_bytes({"model": model, "version": version, **trained.leaderboard}),
-        "card.json": _json_bytes(card_full),
-        "card.md": card.markdown(card_full).encode(),
-        # The search rows (not the holdout): what the model learned from, for drift.
-        drift.PROFILE_NAME: _json_bytes(drift.reference_profile(
-            trained.X.drop(index=trained.X_hold.index), trained.y.drop(index=trained.y_hold.index), run.task)),
-    }
-    if trained.feedback_rows is not None and len(trained.feedback_rows):
-        # The data set this version learned from is the upload plus these rows: kept with it.
-        documents[data.FEEDBACK_ROWS_NAME] = trained.feedback_rows.to_csv(index=False).encode()
-    if compiled[0] is not None:
-        documents["model.onnx"] = compiled[0]
+    documents = _documents(run, model, version, trained, card_body, gate, meta, compiled[0])
     written = store.write_version(version, lambda path: joblib.dump(chosen.pipeline, path), meta, documents)
     if gate["promoted"]:
         store.set_current(version, reason=run.reason if run.reason != "retrain" else "publish", by="trainer")
@@ -257,6 +209,68 @@ def _publish(store: ModelStore, run: TrainingPayload, model: str, trained: _Trai
         "pruned_versions": pruned,
         "contract": contract,
     }
+
+
+def _meta(run: TrainingPayload, model: str, trained: _Trained, started: float, gate: dict[str, Any],
+          compiled: dict[str, Any]) -> dict[str, Any]:
+    """The version's meta.json: what it learned from, how it was chosen, the gate's verdict."""
+    chosen = trained.chosen
+    return ModelMeta(
+        created_at=utc_iso(),
+        model=model,
+        task=run.task,
+        dataset=run.dataset,
+        dataset_sha256=run.dataset_sha256,
+        target=run.target,
+        features=data.feature_schema(trained.X),
+        classes=trained.classes,
+        label_encoded=trained.search.label_encoded if chosen.name == "tpot" else False,
+        cv_score=chosen.cv_score,
+        holdout_score=chosen.holdout_score,
+        scoring=run.scoring,
+        training_rows=trained.training_rows,
+        holdout_rows=len(trained.X_hold),
+        tpot_settings=run.model_dump(exclude={"reason", "model_keep", "model", "baselines", "description", "trigger",
+                                              "feedback_rows"}),
+        pipeline=str(chosen.pipeline),
+        tpot_pipeline=trained.search.pipeline_text,
+        selection=trained.selection,
+        baselines=run.baselines,
+        description=run.description,
+        evaluated_pipelines=trained.search.evaluated_pipelines,
+        training_seconds=_since(started),
+        compute=trained.compute,
+        library_versions=automl.library_versions(),
+        job_id=_job_id(),
+        reason=run.reason,
+        **({"trigger": run.trigger} if run.trigger else {}),
+        **({"feedback_rows": len(trained.feedback_rows)} if trained.feedback_rows is not None else {}),
+        gate=gate,
+        compiled=compiled or None,
+    ).to_json()
+
+
+def _documents(run: TrainingPayload, model: str, version: str, trained: _Trained, card_body: dict[str, Any],
+               gate: dict[str, Any], meta: dict[str, Any], onnx: bytes | None) -> dict[str, bytes]:
+    """The version's documents beside its artifact: leaderboard, card, drift profile, and the
+    feedback rows and compiled form where there are some."""
+    card_full = {**card_body, "version": version, "gate": gate,
+                 **{key: meta[key] for key in ("created_at", "job_id", "reason", "training_seconds",
+                                              "library_versions")}}
+    documents = {
+        "leaderboard.json": _json_bytes({"model": model, "version": version, **trained.leaderboard}),
+        "card.json": _json_bytes(card_full),
+        "card.md": card.markdown(card_full).encode(),
+        # The search rows (not the holdout): what the model learned from, for drift.
+        drift.PROFILE_NAME: _json_bytes(drift.reference_profile(
+            trained.X.drop(index=trained.X_hold.index), trained.y.drop(index=trained.y_hold.index), run.task)),
+    }
+    if trained.feedback_rows is not None and len(trained.feedback_rows):
+        # The data set this version learned from is the upload plus these rows: kept with it.
+        documents[data.FEEDBACK_ROWS_NAME] = trained.feedback_rows.to_csv(index=False).encode()
+    if onnx is not None:
+        documents["model.onnx"] = onnx
+    return documents
 
 
 def _json_bytes(document: dict[str, Any]) -> bytes:
