@@ -1,13 +1,17 @@
-"""The contract of the queue: queue names, job function names, timeouts.
+"""The contract of the queue: queue names, job function names, timeouts, what an enqueue passes.
 
 The API enqueues jobs *by name* so it never imports the trainer or TPOT.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .schema import TrainingPayload
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 TRAINING_QUEUE = "training"
 """Long TPOT runs. Exactly one worker consumes it, so trainings run one at a time, in
@@ -54,6 +58,14 @@ STATUS_MAP = {
 }
 
 
+def redis_client(settings: Settings, socket_timeout_s: float | None = None) -> Redis:
+    """The Redis client for the queue: REDIS_TIMEOUT_S to connect and, by default, to wait for an
+    answer (the API's request paths); the trainer's processes pass a longer wait for blocking reads."""
+    from redis import Redis  # here: the contract package imports no Redis client at import time
+
+    return Redis.from_url(settings.redis_url, socket_connect_timeout=settings.redis_timeout_s,
+                          socket_timeout=settings.redis_timeout_s if socket_timeout_s is None else socket_timeout_s)
+
 
 def rq_status(job: Any, refresh: bool = True) -> str:
     """An RQ job's status as RQ names it (``JobStatus`` is an enum; its value is the name)."""
@@ -64,3 +76,18 @@ def rq_status(job: Any, refresh: bool = True) -> str:
 def job_timeout(payload: TrainingPayload, margin_s: int) -> int:
     """RQ's job_timeout for a run: its budget plus a margin (RQ's default 180 s kills TPOT)."""
     return int(payload.max_time_mins * 60) + margin_s
+
+
+def training_enqueue_args(payload: TrainingPayload, margin_s: int, **meta: Any) -> dict[str, Any]:
+    """What every enqueue of a training passes RQ's ``Queue.enqueue`` (the API, the bootstrap,
+    the scheduler): the payload, its timeout, how long its result is kept, and ``meta`` (kind,
+    model, trigger) with the payload again, which the job view reads without unpickling the call."""
+    dumped = payload.model_dump()
+    return {"kwargs": {"payload": dumped}, "job_timeout": job_timeout(payload, margin_s), "result_ttl": RESULT_TTL_S,
+            "failure_ttl": FAILURE_TTL_S, "meta": {**meta, "payload": dumped}}
+
+
+def control_enqueue_args(kwargs: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """What every enqueue of a control job (activate, shadow, policy) passes ``Queue.enqueue``."""
+    return {"kwargs": kwargs, "job_timeout": ACTIVATE_TIMEOUT_S, "result_ttl": RESULT_TTL_S,
+            "failure_ttl": FAILURE_TTL_S, "meta": meta}

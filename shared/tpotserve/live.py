@@ -34,14 +34,16 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from redis import Redis
 
 from .clock import utc_iso
 from .drift import PROFILE_NAME, compare
 from .errors import NoReference
 from .settings import Settings
+
+if TYPE_CHECKING:  # annotations only: the caller passes its client
+    from redis import Redis
 
 PREFIX = "tpotserve:mon:"
 

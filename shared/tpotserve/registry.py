@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from .atomic import fsync_dir
 from .errors import NotFound
-from .names import MODEL_NAME_PATTERN, RESERVED_NAMES, check_model_name, is_model_name
+from .names import MODEL_NAME_PATTERN, check_model_name, is_model_name
 from .settings import signing_key
 from .store import ACTIVATIONS_NAME, POINTER_NAME, POLICY_NAME, SHADOW_NAME, ModelStore
 

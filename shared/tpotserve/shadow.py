@@ -34,9 +34,8 @@ from __future__ import annotations
 import math
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from redis import Redis
 from scipy import stats
 
 from . import live
@@ -46,6 +45,9 @@ from .errors import Conflict, ContractConflict, InvalidInput
 from .policy import Policy, Promotion, read_policy
 from .settings import Settings
 from .store import SHADOW_NAME, ModelStore
+
+if TYPE_CHECKING:  # annotations only: the caller passes its client
+    from redis import Redis
 
 __all__ = [
     "DECISIONS", "LATENCY_BUCKETS_S", "check_candidate", "default_share", "document", "evaluate",

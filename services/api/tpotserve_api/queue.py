@@ -10,7 +10,6 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
 from rq.command import send_stop_job_command
@@ -41,11 +40,7 @@ class JobQueue:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis = Redis.from_url(
-            settings.redis_url,
-            socket_connect_timeout=settings.redis_timeout_s,
-            socket_timeout=settings.redis_timeout_s,
-        )
+        self.redis = jobs.redis_client(settings)
         self.training = Queue(jobs.TRAINING_QUEUE, connection=self.redis)
         self.control = Queue(jobs.CONTROL_QUEUE, connection=self.redis)
 
@@ -72,14 +67,8 @@ class JobQueue:
                         job_id=active["id"],
                         location=f"/jobs/{active['id']}",
                     )
-                return self.training.enqueue(
-                    jobs.RETRAIN_FUNC,
-                    kwargs={"payload": payload.model_dump()},
-                    job_timeout=jobs.job_timeout(payload, self.settings.job_timeout_margin_s),
-                    result_ttl=jobs.RESULT_TTL_S,
-                    failure_ttl=jobs.FAILURE_TTL_S,
-                    meta={"kind": payload.reason, "model": model, "payload": payload.model_dump()},
-                )
+                return self.training.enqueue(jobs.RETRAIN_FUNC, **jobs.training_enqueue_args(
+                    payload, self.settings.job_timeout_margin_s, kind=payload.reason, model=model))
 
     def active_training(self, model: str | None = None) -> dict[str, str] | None:
         """The running (or else the oldest queued) training job of ``model`` (None: of any)."""
@@ -138,14 +127,7 @@ class JobQueue:
         """Enqueue a quick store write on the control queue (activate, a policy, a shadow) and
         wait up to ``wait_s`` for it."""
         with redis_errors():
-            job = self.control.enqueue(
-                func,
-                kwargs=kwargs,
-                job_timeout=jobs.ACTIVATE_TIMEOUT_S,
-                result_ttl=jobs.RESULT_TTL_S,
-                failure_ttl=jobs.FAILURE_TTL_S,
-                meta=meta,
-            )
+            job = self.control.enqueue(func, **jobs.control_enqueue_args(kwargs, meta))
             # Below the connection's socket timeout, or the blocked read would raise instead.
             block_ms = int(1000 * min(wait_s, 0.8 * self.settings.redis_timeout_s))
             if block_ms > 0:

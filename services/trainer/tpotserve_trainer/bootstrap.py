@@ -68,22 +68,18 @@ def ensure_first_model(settings: Settings) -> str | None:
     )
     job = queue.enqueue(
         jobs.RETRAIN_FUNC,
-        kwargs={"payload": payload.model_dump()},
         job_id=jobs.BOOTSTRAP_JOB_ID,
-        job_timeout=jobs.job_timeout(payload, settings.job_timeout_margin_s),
-        result_ttl=jobs.RESULT_TTL_S,
-        failure_ttl=jobs.FAILURE_TTL_S,
-        meta={"kind": "bootstrap", "payload": payload.model_dump()},
         # Without a first model nothing is served: a failed bootstrap is retried.
         # (no interval: a delayed retry would need an RQ scheduler)
         retry=Retry(max=BOOTSTRAP_RETRIES),
+        **jobs.training_enqueue_args(payload, settings.job_timeout_margin_s, kind="bootstrap"),
     )
     log.info("no model yet: enqueued the bootstrap training as job %s", job.id)
     return job.id
 
 
 def _connect(settings: Settings) -> Redis:
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=5)
+    redis = jobs.redis_client(settings, socket_timeout_s=max(settings.redis_timeout_s, 5.0))
     deadline = time.monotonic() + REDIS_WAIT_S
     while True:
         try:

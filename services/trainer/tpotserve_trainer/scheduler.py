@@ -66,8 +66,7 @@ def job_id(model: str, kind: str, at: float) -> str:
 class Scheduler:
     def __init__(self, settings: Settings, redis: Redis | None = None) -> None:
         self.settings = settings
-        self.redis = redis or Redis.from_url(settings.redis_url, socket_connect_timeout=settings.redis_timeout_s,
-                                             socket_timeout=max(settings.redis_timeout_s, 5.0))
+        self.redis = redis or jobs.redis_client(settings, socket_timeout_s=max(settings.redis_timeout_s, 5.0))
         self.registry = ModelRegistry.from_settings(settings)
         self.datasets = DatasetStore.from_settings(settings)
         self.queue = Queue(jobs.TRAINING_QUEUE, connection=self.redis)
@@ -263,10 +262,9 @@ class Scheduler:
             func, kwargs = jobs.CLEAR_SHADOW_FUNC, {"model": name, "reason": evaluation["reason"], "by": "scheduler"}
         unique_id = job_id(name, f"{evaluation['decision']}-{version}", since)
         try:
-            control.enqueue(func, kwargs=kwargs, job_id=unique_id, unique=True, job_timeout=jobs.ACTIVATE_TIMEOUT_S,
-                            result_ttl=jobs.RESULT_TTL_S, failure_ttl=jobs.FAILURE_TTL_S,
-                            meta={"kind": evaluation["decision"], "model": name, "version": version,
-                                  "trigger": {"kind": evaluation["decision"], "figures": details}})
+            control.enqueue(func, job_id=unique_id, unique=True, **jobs.control_enqueue_args(kwargs, {
+                "kind": evaluation["decision"], "model": name, "version": version,
+                "trigger": {"kind": evaluation["decision"], "figures": details}}))
         except DuplicateJobError:
             return  # the other scheduler, or this one a tick ago
         self.redis.hincrby(policies.FIRED_KEY, f"{name}|{evaluation['decision']}", 1)
@@ -285,17 +283,8 @@ class Scheduler:
             "feedback_rows": policy.data.max_feedback_rows if policy.data.feedback_rows else 0,
         })
         try:
-            job = self.queue.enqueue(
-                jobs.RETRAIN_FUNC,
-                kwargs={"payload": payload.model_dump()},
-                job_id=unique_id,
-                unique=True,
-                job_timeout=jobs.job_timeout(payload, self.settings.job_timeout_margin_s),
-                result_ttl=jobs.RESULT_TTL_S,
-                failure_ttl=jobs.FAILURE_TTL_S,
-                meta={"kind": payload.reason, "model": name, "payload": payload.model_dump(),
-                      "trigger": payload.trigger},
-            )
+            job = self.queue.enqueue(jobs.RETRAIN_FUNC, job_id=unique_id, unique=True, **jobs.training_enqueue_args(
+                payload, self.settings.job_timeout_margin_s, kind=payload.reason, model=name, trigger=payload.trigger))
         except DuplicateJobError:
             log.info("already enqueued", extra={"fields": {"event": "scheduler_duplicate", "model": name,
                                                            "job_id": unique_id}})
