@@ -6,7 +6,8 @@ The API maps each one to a status code in one table
     TpotServeError
     ├── InvalidInput          a request or data set that cannot be used (field names the culprit)
     │   ├── MalformedBody     not parseable at all
-    │   └── UnsupportedMedia  wrong Content-Type
+    │   ├── UnsupportedMedia  wrong Content-Type
+    │   └── PayloadTooLarge   a body over its size limit
     ├── NotFound              no such job, model version, ...
     ├── Conflict              the request clashes with the current state (a training is running)
     │   ├── NoReference       a version without a reference profile: no drift to compute
@@ -71,7 +72,14 @@ class ContractConflict(Conflict):
 
 
 class PayloadTooLarge(InvalidInput):
+    """A body over its size limit. The default message is the one Werkzeug answers with when
+    its own limit (MAX_CONTENT_LENGTH, the multipart parser) trips first: one answer either way."""
+
     code = "payload_too_large"
+
+    def __init__(self, message: str = "The data value transmitted exceeds the capacity limit.", **kwargs: object
+                 ) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
 
 
 class Unauthorized(TpotServeError):

@@ -726,6 +726,17 @@ def test_json_api_turns_werkzeug_errors_into_the_public_shape(bare_api, exc, sta
         assert resp.headers["Allow"] == "POST"
 
 
+def test_a_body_over_its_limit_is_one_answer_whoever_refuses_it(bare_api) -> None:
+    """Our own size checks raise the domain error; Werkzeug's limits raise its own: same bytes."""
+    from tpotserve.errors import PayloadTooLarge
+
+    app, _ = bare_api
+    with app.test_request_context("/x"):
+        ours, theirs = to_response(PayloadTooLarge()), to_response(wz.RequestEntityTooLarge())
+    assert ours.status_code == theirs.status_code == 413
+    assert ours.get_data() == theirs.get_data()
+
+
 def test_unexpected_errors_are_a_generic_500_that_leaks_nothing(bare_api) -> None:
     app, _ = bare_api
     with app.test_request_context("/x"):

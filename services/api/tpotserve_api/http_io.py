@@ -9,9 +9,8 @@ from typing import IO, Any
 
 import orjson
 from flask import Response, current_app, request
-from werkzeug.exceptions import RequestEntityTooLarge
 
-from tpotserve.errors import UnsupportedMedia
+from tpotserve.errors import PayloadTooLarge, UnsupportedMedia
 
 from .predict_request import parse_json
 
@@ -23,7 +22,7 @@ def read_limited(stream: IO[bytes], limit: int) -> bytes:
     raw = stream.read(limit + 1)
     # Werkzeug caps a chunked stream at the limit; one more read raises 413 there.
     if len(raw) > limit or (len(raw) == limit and stream.read(1)):
-        raise RequestEntityTooLarge()
+        raise PayloadTooLarge()
     return raw
 
 

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 from flask import Response, request
 from flask_restful import Resource
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from tpotserve import contract
-from tpotserve.errors import ContractConflict, InvalidInput, NotConfigured, TpotServeError, Unauthorized, UnsupportedMedia
+from tpotserve.errors import (ContractConflict, InvalidInput, NotConfigured, PayloadTooLarge, TpotServeError, Unauthorized,
+                              UnsupportedMedia)
 from tpotserve.schema import parse_activate_request, parse_retrain_request
 from tpotserve.training import plan_training
 
@@ -119,7 +119,7 @@ class Dataset(Resource):
 def _csv_upload(limit: int) -> tuple[bytes, str | None]:
     """The CSV of an upload: multipart field ``file``, or a ``text/csv`` body."""
     if request.content_length is not None and request.content_length > limit:
-        raise RequestEntityTooLarge()
+        raise PayloadTooLarge()
     if request.mimetype == "multipart/form-data":
         upload = request.files.get("file")
         if upload is None:
