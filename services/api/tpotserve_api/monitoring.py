@@ -19,6 +19,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,38 @@ DROPPED = Counter(
     "(Redis slow or down) and answers not kept (buffer or hourly cap full), by what.",
     ["what"],
 )
+
+
+Answer = tuple[str, int, str, bytes]
+"""A kept answer: (model, hour, prediction id, its JSON), for feedback to find by id."""
+
+
+def admit_answers(redis: Redis, settings: Settings, answers: list[Answer], key: Callable[[str, int], str]
+                  ) -> list[Answer]:
+    """The answers within FEEDBACK_MAX_ANSWERS of their model and hour's hash ``key`` (one round trip)."""
+    if not answers:
+        return []
+    hashes = sorted({(model, hour) for model, hour, _, _ in answers})
+    pipe = redis.pipeline(transaction=False)
+    for model, hour in hashes:
+        pipe.hlen(key(model, hour))
+    room = {pair: max(0, settings.feedback_max_answers - held) for pair, held in zip(hashes, pipe.execute())}
+    kept = []
+    for item in answers:
+        if room[(item[0], item[1])] > 0:
+            room[(item[0], item[1])] -= 1
+            kept.append(item)
+    return kept
+
+
+def write_answers(pipe: Any, settings: Settings, kept: list[Answer], key: Callable[[str, int], str]) -> None:
+    """Add the kept answers to ``pipe``: one HSET per hour and model, kept an hour past FEEDBACK_TTL_S."""
+    by_hash: dict[tuple[str, int], dict[str, bytes]] = defaultdict(dict)
+    for model, hour, prediction_id, raw in kept:
+        by_hash[(model, hour)][prediction_id] = raw
+    for (model, hour), mapping in by_hash.items():
+        pipe.hset(key(model, hour), mapping=mapping)
+        pipe.expire(key(model, hour), settings.feedback_ttl_s + 3600)
 
 
 @dataclass
@@ -151,12 +184,7 @@ class Monitor:
                 for name, value in fields.items():
                     pipe.hincrby(key, name, value)
                 pipe.expire(key, ttl)
-            by_hash: dict[tuple[str, int], dict[str, bytes]] = defaultdict(dict)
-            for model, hour, prediction_id, raw in kept:
-                by_hash[(model, hour)][prediction_id] = raw
-            for (model, hour), mapping in by_hash.items():
-                pipe.hset(answers_key(model, hour), mapping=mapping)  # one command per hour and model
-                pipe.expire(answers_key(model, hour), self.settings.feedback_ttl_s + 3600)
+            write_answers(pipe, self.settings, kept, answers_key)
             pipe.execute()
             return True
         except RedisError as exc:
@@ -168,20 +196,8 @@ class Monitor:
                     "event": "monitoring_dropped", "error": str(exc)[:200]}})
             return False
 
-    def _admit(self, answers: list[tuple[str, int, str, bytes]]) -> list[tuple[str, int, str, bytes]]:
-        """The answers within FEEDBACK_MAX_ANSWERS of their model and hour (one round trip)."""
-        if not answers:
-            return []
-        hashes = sorted({(model, hour) for model, hour, _, _ in answers})
-        pipe = self.redis.pipeline(transaction=False)
-        for model, hour in hashes:
-            pipe.hlen(answers_key(model, hour))
-        room = {key: max(0, self.settings.feedback_max_answers - held) for key, held in zip(hashes, pipe.execute())}
-        kept = []
-        for item in answers:
-            if room[(item[0], item[1])] > 0:
-                room[(item[0], item[1])] -= 1
-                kept.append(item)
+    def _admit(self, answers: list[Answer]) -> list[Answer]:
+        kept = admit_answers(self.redis, self.settings, answers, answers_key)
         if len(kept) < len(answers):
             DROPPED.labels("answers").inc(len(answers) - len(kept))
         return kept

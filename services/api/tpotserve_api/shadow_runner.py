@@ -41,6 +41,7 @@ from tpotserve.settings import Settings
 
 from .loaded_model import LoadedModel
 from .model_holder import load_version
+from .monitoring import Answer, admit_answers, write_answers
 
 log = logging.getLogger(__name__)
 WARN_EVERY_S = 60.0
@@ -276,12 +277,7 @@ class ShadowRunner:
                     else:
                         pipe.hincrby(key, name, int(value))
                 pipe.expire(key, self.settings.monitoring_retention_s)
-            by_hash: dict[tuple[str, int], dict[str, bytes]] = defaultdict(dict)
-            for model, hour, prediction_id, raw in kept:
-                by_hash[(model, hour)][prediction_id] = raw
-            for (model, hour), mapping in by_hash.items():
-                pipe.hset(live.shadow_answers_key(model, hour), mapping=mapping)
-                pipe.expire(live.shadow_answers_key(model, hour), self.settings.feedback_ttl_s + 3600)
+            write_answers(pipe, self.settings, kept, live.shadow_answers_key)
             pipe.execute()
             return True
         except RedisError as exc:
@@ -292,20 +288,8 @@ class ShadowRunner:
                     "event": "shadow_dropped", "error": str(exc)[:200]}})
             return False
 
-    def _admit(self, answers: list[tuple[str, int, str, bytes]]) -> list[tuple[str, int, str, bytes]]:
-        """The answers within FEEDBACK_MAX_ANSWERS of their model and hour."""
-        if not answers:
-            return []
-        hashes = sorted({(model, hour) for model, hour, _, _ in answers})
-        pipe = self.redis.pipeline(transaction=False)
-        for model, hour in hashes:
-            pipe.hlen(live.shadow_answers_key(model, hour))
-        room = {key: max(0, self.settings.feedback_max_answers - held) for key, held in zip(hashes, pipe.execute())}
-        kept = []
-        for item in answers:
-            if room[(item[0], item[1])] > 0:
-                room[(item[0], item[1])] -= 1
-                kept.append(item)
+    def _admit(self, answers: list[Answer]) -> list[Answer]:
+        kept = admit_answers(self.redis, self.settings, answers, live.shadow_answers_key)
         if len(kept) < len(answers):
             DROPPED.labels("answers").inc(len(answers) - len(kept))
         return kept
