@@ -8,6 +8,7 @@ the gateway's published port on 127.0.0.1, as a user's client would.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -27,6 +28,7 @@ from native.proc import children
 from native.stack import free_port
 from tests.compose import images
 from tests.tools import tool
+from tests.tools import wait_for as _wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = "tpotserve-compose-test"
@@ -37,17 +39,8 @@ SPECIES = {"setosa", "versicolor", "virginica"}
 BUDGET = {"TPOT_MAX_TIME_MINS": "0.5", "TPOT_GENERATIONS": "2", "TPOT_POPULATION_SIZE": "6", "TPOT_CV": "3"}
 UP_TIMEOUT_S = 1500  # a first build on an empty machine: base images, pip install
 BOOTSTRAP_TIMEOUT_S = 300
-
-
-def wait_for(condition, timeout_s: float, interval_s: float = 0.5, what: str = ""):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what or condition}")
-        time.sleep(interval_s)
+# Each poll here runs docker or crosses its network: twice a second is enough.
+wait_for = functools.partial(_wait_for, interval_s=0.5)
 
 
 @dataclass

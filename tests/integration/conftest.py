@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from redis import Redis
 
 from native.processes import start_group
 from native.stack import REPO, NativeStack, free_port
+from tests.tools import wait_for
 
 API_KEY = "integration-test-key"
 SIGNING_KEY = "integration-signing-key"
@@ -34,18 +35,6 @@ BUDGET = {
     "TPOT_CV": "3",
 }
 BOOTSTRAP_TIMEOUT_S = 240
-
-
-def wait_for(condition: Callable[[], Any], timeout_s: float, interval_s: float = 0.1, what: str = "") -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what or condition}")
-        time.sleep(interval_s)
 
 
 def start_launcher(env: dict[str, str]) -> subprocess.Popen:

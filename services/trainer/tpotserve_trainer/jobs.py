@@ -430,7 +430,7 @@ def _reset_pair(store: ModelStore, model: str, version: str) -> None:
 
 
 def _record_job_error(exc: TpotServeError) -> None:
-    """What the API reads back to answer with the domain error (activate's pattern)."""
+    """What the API reads back to answer with the domain error of a control job."""
     job = get_current_job()
     if job is not None:
         job.meta["error"] = exc.message
@@ -457,12 +457,7 @@ def activate(version: str, model: str | None = None, replace_contract: bool = Fa
                     "event": "shadow_cleared", "model": model or settings.model_name, "version": pointer.version,
                     "reason": f"activated ({reason})", "by": by}})
     except TpotServeError as exc:
-        job = get_current_job()
-        if job is not None:
-            job.meta["error"] = exc.message
-            job.meta["error_code"] = exc.code
-            job.meta["error_details"] = exc.details
-            job.save_meta()
+        _record_job_error(exc)
         raise
     return {"model": model or settings.model_name, "version": pointer.version, "sha256": pointer.sha256}
 
