@@ -183,6 +183,11 @@ def check_caps(request: RetrainRequest, settings: Settings) -> None:
             raise InvalidInput(f"{name} is {value}; this server allows at most {cap}", field=name)
 
 
+def effective_cv(request: RetrainRequest, settings: Settings) -> int:
+    """The CV folds a training uses: the request's, else TPOT_CV."""
+    return request.cv or settings.tpot_cv
+
+
 def build_training_payload(
     request: RetrainRequest,
     settings: Settings,
@@ -193,9 +198,9 @@ def build_training_payload(
     reason: str = "retrain",
     dataset: str | None = None,
 ) -> TrainingPayload:
-    """Apply the server's caps and defaults to a request whose data was already checked.
+    """Apply the server's defaults to a request already checked against its caps (``check_caps``)
+    and its data (``training.plan_training`` does both, caps first).
     ``dataset``: the data set it trains on when the request names none."""
-    check_caps(request, settings)
     scorers = CLASSIFICATION_SCORERS if task == "classification" else REGRESSION_SCORERS
     scoring = request.scoring or DEFAULT_SCORER[task]
     if scoring not in scorers:
@@ -212,7 +217,7 @@ def build_training_payload(
         max_time_mins=request.max_time_mins or settings.tpot_max_time_mins,
         generations=request.generations or settings.tpot_generations,
         population_size=request.population_size or settings.tpot_population_size,
-        cv=request.cv or settings.tpot_cv,
+        cv=effective_cv(request, settings),
         scoring=scoring,
         n_jobs=settings.tpot_n_jobs,
         random_state=request.random_state if request.random_state is not None else settings.tpot_random_state,

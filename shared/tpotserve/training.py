@@ -11,7 +11,7 @@ from typing import Any
 from .contract import Contract, guard
 from .datasets import DEFAULT_DATASET, DatasetStore, check_trainable
 from .errors import InvalidInput, NotFound, TpotServeError
-from .schema import RetrainRequest, TrainingPayload, build_training_payload, check_caps
+from .schema import RetrainRequest, TrainingPayload, build_training_payload, check_caps, effective_cv
 from .settings import Settings
 from .store import ModelStore
 
@@ -51,8 +51,7 @@ def plan_training(
         raise InvalidInput("say which column to predict: \"target\": \"<column>\"", field="target")
     task = request.task or (previous.get("task") if same_data and previous.get("target") == target else None)
     frame = datasets.frame(dataset)
-    cv = request.cv or settings.tpot_cv
-    task = check_trainable(frame, target, task, cv, datasets.limits)
+    task = check_trainable(frame, target, task, effective_cv(request, settings), datasets.limits)
     guard(served or None, planned_contract(frame, target, task), model=request.model or settings.model_name,
           action="this training", replace=request.replace_contract)
     return build_training_payload(
