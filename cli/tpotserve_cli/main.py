@@ -843,6 +843,15 @@ def build_parser() -> argparse.ArgumentParser:
     _connection_options(parser, None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _job_commands(commands, common)
+    _version_commands(commands, common)
+    _watch_commands(commands, common)
+    _data_commands(commands, common)
+    return parser
+
+
+def _job_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Predictions, training jobs."""
     p = commands.add_parser("predict", parents=[common], help="predict rows from a CSV or JSON file or stdin")
     p.add_argument("file", nargs="?", default="-", help="CSV or JSON file; '-' or omitted: stdin")
     p.add_argument("--format", choices=FORMATS, help="input format (default: by extension, else sniffed)")
@@ -887,6 +896,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     p.set_defaults(func=cmd_cancel)
 
+
+def _version_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """The stored versions: list, activate, and what each one says of itself."""
     p = commands.add_parser("models", parents=[common], help="list stored model versions, current marked *")
     p.add_argument("--json", action="store_true", help="print GET /models (--model: its versions) as JSON")
     _model_option(p, "the named model whose versions to list")
@@ -922,6 +934,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the card as JSON")
     p.set_defaults(func=cmd_card)
 
+
+def _watch_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Watching the served model and keeping it good: drift, quality, feedback, policy, shadow."""
     p = commands.add_parser("drift", parents=[common], help="live inputs against the training rows, per feature")
     _model_option(p, "the named model")
     _window_options(p)
@@ -950,6 +965,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_option(p, "the named model (default: the default model)")
     p.add_argument("--json", action="store_true", help="print GET /models/<name>/policy as JSON")
     p.set_defaults(func=cmd_policy)
+
     p = commands.add_parser("shadow", parents=[common],
                             help="the version in shadow: agreement, latency, paired live scores, decision; "
                                  "'shadow set VERSION' / 'shadow clear' (admin key)")
@@ -969,6 +985,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the answer's JSON")
     s.set_defaults(func=cmd_shadow_clear)
 
+
+def _data_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Data sets, and compiled forms for versions published before compiled inference."""
     p = commands.add_parser("datasets", help="upload or list training data sets")
     datasets = p.add_subparsers(dest="datasets_command", required=True, metavar="{upload,list}")
     d = datasets.add_parser("list", parents=[common], help="the bundled iris and every upload")
@@ -985,7 +1004,6 @@ def build_parser() -> argparse.ArgumentParser:
                                  "runs on the model volume where the trainer runs (docs/cli.md)")
     p.add_argument("compile_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=None)
-    return parser
 
 
 def cmd_compile(argv: list[str]) -> int:
