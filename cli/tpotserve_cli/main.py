@@ -22,470 +22,23 @@ error (bad arguments, unreadable input), 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
-
-from tqdm import tqdm
+from typing import Any
 
 from .client import DEFAULT_URL, JSON, Client, TpotServeError, check_model_name
+from .progress import JobProgress
+from .rows import (FORMATS, UsageError, detect_format, format_csv, format_json, parse_feedback, parse_rows, read_input,
+                   result_rows)
+from .tables import (datasets_table, drift_table, leaderboard_table, models_table, policy_text, quality_table,
+                     registry_table, score_text, shadow_table, share_text, trigger_text)
 
 PROG = "tpotserve"
-MODEL_COLUMNS = ("current", "version", "created", "dataset", "task", "cv_score", "holdout_score", "winner")
-LEADERBOARD_COLUMNS = (
-    "selected", "rank", "name", "source", "cv_score", "holdout_score", "complexity", "predict_ms", "note",
-)
-DRIFT_COLUMNS = ("feature", "kind", "rows", "js_distance", "psi", "out_of_range", "verdict")
-QUALITY_METRICS = {"classification": ("accuracy",), "regression": ("mae", "rmse", "r2")}
-REGISTRY_COLUMNS = (
-    "default", "name", "current_version", "versions", "dataset", "target", "task", "holdout_score", "contract",
-)
 ENV_URL = "TPOTSERVE_URL"
 ENV_KEYS = ("TPOTSERVE_API_KEY", "API_KEY")
-FORMATS = ("csv", "json")
-
-
-class UsageError(Exception):
-    """A problem with the command line or the local input: exit code 2."""
-
-
-# --- input: rows from JSON or CSV ----------------------------------------------
-def detect_format(path: str | None, text: str, given: str | None = None) -> str:
-    """``given``, else the file's extension, else a look at the text (``[`` or ``{`` means JSON)."""
-    if given:
-        return given
-    suffix = Path(path).suffix.lower().lstrip(".") if path and path != "-" else ""
-    if suffix in FORMATS:
-        return suffix
-    return "json" if text.lstrip()[:1] in ("[", "{") else "csv"
-
-
-def _reject_constant(name: str) -> Any:
-    raise UsageError(f"the JSON input contains {name}, which is not a JSON number")
-
-
-def parse_json_rows(text: str) -> list[dict[str, Any]]:
-    """Rows from JSON: a list of objects, one object, or ``{"instances": [...]}``."""
-    try:
-        data = json.loads(text, parse_constant=_reject_constant)
-    except ValueError as exc:
-        raise UsageError(f"the input is not valid JSON: {exc}") from exc
-    if isinstance(data, dict) and isinstance(data.get("instances"), list):
-        data = data["instances"]
-    rows = data if isinstance(data, list) else [data]
-    for index, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise UsageError(f"JSON row {index} is a {type(row).__name__}, not an object")
-    return rows
-
-
-def _cell(value: str) -> Any:
-    """A CSV cell as JSON: finite numbers become numbers, empty cells None, the rest text."""
-    value = value.strip()
-    if value == "":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        pass
-    try:
-        number = float(value)
-    except ValueError:
-        return value
-    # "nan" and "inf" parse as floats but are not JSON numbers: let the API name the field.
-    return number if number - number == 0 else value
-
-
-def parse_csv_rows(text: str) -> list[dict[str, Any]]:
-    """Rows from CSV with a header row; numeric cells become numbers."""
-    reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise UsageError("the CSV input is empty") from None
-    except csv.Error as exc:
-        raise UsageError(f"the CSV input cannot be read: {exc}") from exc
-    names = [name.strip() for name in header]
-    if not any(names) or "" in names:
-        raise UsageError("the CSV header has an empty column name")
-    rows = []
-    try:
-        for line in reader:
-            if not line or not any(cell.strip() for cell in line):
-                continue
-            if len(line) != len(names):
-                raise UsageError(
-                    f"CSV line {reader.line_num} has {len(line)} values; the header has {len(names)}"
-                )
-            rows.append({name: _cell(cell) for name, cell in zip(names, line)})
-    except csv.Error as exc:
-        raise UsageError(f"the CSV input cannot be read (line {reader.line_num}): {exc}") from exc
-    return rows
-
-
-def parse_rows(text: str, fmt: str) -> list[dict[str, Any]]:
-    """Rows to predict from ``text`` in ``fmt`` (``csv`` or ``json``); at least one."""
-    rows = parse_json_rows(text) if fmt == "json" else parse_csv_rows(text)
-    if not rows:
-        raise UsageError("the input has no rows to predict")
-    return rows
-
-
-# --- output: rows with their predictions -----------------------------------------
-def result_rows(rows: Sequence[dict[str, Any]], answer: JSON, flat: bool) -> list[dict[str, Any]]:
-    """Each input row followed by its ``prediction`` and, for classifiers, its probabilities.
-
-    ``flat`` (for CSV) gives one ``probability_<class>`` column per class; otherwise a
-    ``probabilities`` object.
-    """
-    probabilities = answer.get("probabilities") or [None] * len(rows)
-    out = []
-    for row, prediction, probs in zip(rows, answer["predictions"], probabilities):
-        item = {**row, "prediction": prediction}
-        if probs is not None:
-            if flat:
-                item.update({f"probability_{label}": p for label, p in probs.items()})
-            else:
-                item["probabilities"] = probs
-        out.append(item)
-    return out
-
-
-def format_csv(rows: Sequence[dict[str, Any]]) -> str:
-    """CSV with a header of every key, in order of first appearance."""
-    fields: dict[str, None] = {}
-    for row in rows:
-        fields.update(dict.fromkeys(row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(fields), restval="", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
-    return buffer.getvalue()
-
-
-def format_json(rows: Sequence[dict[str, Any]]) -> str:
-    """A JSON list of objects, one per line."""
-    return "[\n" + ",\n".join("  " + json.dumps(row) for row in rows) + "\n]\n"
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain text table with left-aligned columns."""
-    cells = [[str(h) for h in headers], *[["" if v is None else str(v) for v in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells) + "\n"
-
-
-def _score(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
-
-
-def _ms(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
-
-
-def _share(value: Any) -> str:
-    return f"{value:.1%}" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
-
-
-def models_table(models: JSON) -> str:
-    """``GET /models`` as a table, newest first, the current version marked with ``*``."""
-    rows = [
-        (
-            "*" if meta.get("current") else "",
-            meta.get("version"),
-            meta.get("created_at"),
-            meta.get("dataset"),
-            meta.get("task"),
-            _score(meta.get("cv_score")),
-            _score(meta.get("holdout_score")),
-            (meta.get("selection") or {}).get("winner"),
-        )
-        for meta in reversed(models.get("versions") or [])
-    ]
-    return format_table(MODEL_COLUMNS, rows)
-
-
-def _note(row: JSON) -> str:
-    if row.get("error"):
-        return "error: " + " ".join(str(row["error"]).split())[:80]
-    return "TPOT's pick" if row.get("tpot_pick") else ""
-
-
-def leaderboard_table(board: JSON) -> str:
-    """A version's leaderboard: its rows ranked by CV score (the published one marked ``*``),
-    then the selection's summary and TPOT's counts."""
-    folds = f", {board['cv_folds']}-fold CV" if board.get("cv_folds") else ""
-    head = f"model {board.get('model')}, version {board.get('version')}: scoring {board.get('scoring')}{folds}\n"
-    rows = [
-        (
-            "*" if row.get("selected") else "",
-            row.get("rank"),
-            row.get("name"),
-            row.get("source"),
-            _score(row.get("cv_score")),
-            _score(row.get("holdout_score")),
-            row.get("complexity"),
-            _ms(row.get("predict_ms")),
-            _note(row),
-        )
-        for row in board.get("rows") or []
-    ]
-    lines = [head + format_table(LEADERBOARD_COLUMNS, rows).rstrip("\n")]
-    selection = board.get("selection") or {}
-    if selection.get("summary"):
-        lines.append(f"selection: {selection['summary']}")
-    tpot = board.get("tpot") or {}
-    if tpot:
-        shown = f"; {tpot['shown']} shown (top {tpot.get('top_k')})" if tpot.get("shown") is not None else ""
-        lines.append(
-            f"TPOT: {tpot.get('total', 0)} pipelines, {tpot.get('evaluated', 0)} evaluated, "
-            f"{tpot.get('invalid', 0)} invalid, {tpot.get('timed_out', 0)} timed out{shown}"
-        )
-    elif board.get("baselines") is False:
-        lines.append("baselines: not fitted (baselines=false)")
-    return "\n".join(lines) + "\n"
-
-
-def drift_table(report: JSON) -> str:
-    """``GET /drift``: one line per feature (JS distance, PSI, share out of the training range,
-    verdict), then the model's verdict and its drifted share."""
-    served = "served" if report.get("served", True) else "not served"
-    head = (f"model {report.get('model')}, version {report.get('version')} ({served}): "
-            f"{report.get('rows', 0)} rows from {report.get('since')} to {report.get('until')}\n")
-    rows = [
-        (
-            f.get("feature"),
-            f.get("kind"),
-            f.get("rows"),
-            _score(f.get("js_distance")),
-            _score(f.get("psi")),
-            _share(f.get("out_of_range_share")),
-            f.get("verdict"),
-        )
-        for f in report.get("features") or []
-    ]
-    features = report.get("features") or []
-    thresholds = report.get("thresholds") or {}
-    verdict = report.get("verdict")
-    if verdict == "not_enough_rows":
-        tail = f"verdict: not_enough_rows ({report.get('rows', 0)} rows; at least {report.get('min_rows')} needed)"
-    else:
-        drifted = report.get("drifted_features") or []
-        tail = (f"verdict: {verdict}, drifted share {_share(report.get('drifted_share'))} "
-                f"({len(drifted)} of {len(features)} features{': ' + ', '.join(drifted) if drifted else ''})")
-    tail += (f"; thresholds: JS distance > {thresholds.get('js_distance')} or PSI > {thresholds.get('psi')}"
-             if thresholds else "")
-    return head + format_table(DRIFT_COLUMNS, rows) + tail + "\n"
-
-
-def quality_table(report: JSON) -> str:
-    """``GET /quality``: live quality from feedback per version, beside its holdout score."""
-    task = str(report.get("task") or "classification")
-    metrics = QUALITY_METRICS.get(task, QUALITY_METRICS["regression"])
-    head = (f"model {report.get('model')} ({task}), serving {report.get('served_version')}: "
-            f"feedback on answers from {report.get('since')} to {report.get('until')}\n")
-    versions = report.get("versions") or []
-    if not versions:
-        body = "no feedback in this window\n"
-    else:
-        rows = [
-            ("*" if v.get("served") else "", v.get("version"), v.get("rows"),
-             *(_score(v.get(m)) for m in metrics), _score(v.get("holdout_score")), v.get("scoring"))
-            for v in versions
-        ]
-        body = format_table(("served", "version", "rows", *metrics, "holdout_score", "scoring"), rows)
-    skipped = report.get("skipped") or {}
-    if skipped:
-        body += "skipped: " + ", ".join(f"{reason}: {n}" for reason, n in skipped.items()) + "\n"
-    return head + body
-
-
-def shadow_table(report: JSON) -> str:
-    """``GET /shadow``: the version in shadow, its agreement and latency, both versions' live
-    scores on the same labelled rows, and the decision with its test."""
-    doc = report.get("shadow")
-    if not doc:
-        return f"model {report.get('model')}: no version in shadow\n"
-    lines = [f"model {report.get('model')}: {doc.get('version')} in shadow of {report.get('served_version')} "
-             f"since {doc.get('since')} (share {_share(doc.get('share'))}; {doc.get('reason')}, by {doc.get('by')})"]
-    figures = report.get("figures") or {}
-    if figures:
-        latency = figures.get("latency") or {}
-        lines.append(f"compared rows {figures.get('rows', 0)}, agreement {_share(figures.get('agreement'))}; "
-                     f"shadow latency p50 {_ms(latency.get('p50_ms'))} ms, p95 {_ms(latency.get('p95_ms'))} ms "
-                     f"over {latency.get('calls', 0)} calls")
-        labelled = figures.get("labelled") or {}
-        metrics = ("accuracy",) if report.get("task") == "classification" else ("mse", "rmse", "r2")
-        rows = [(role, version, labelled.get("rows", 0), *(_score((labelled.get(role) or {}).get(m)) for m in metrics))
-                for role, version in (("served", figures.get("served_version")),
-                                      ("shadow", figures.get("shadow_version")))]
-        lines.append(format_table(("role", "version", "labelled_rows", *metrics), rows).rstrip("\n"))
-    evaluation = report.get("evaluation") or {}
-    if evaluation:
-        promotion = report.get("promotion") or {}
-        enabled = "automatic promotion on" if promotion.get("enabled") else "automatic promotion off"
-        lines.append(f"decision: {evaluation.get('decision')} ({evaluation.get('reason')}); {enabled}")
-        p_value = evaluation.get("p_value")
-        shown = f"{p_value:.3g}" if isinstance(p_value, (int, float)) else "n/a (no row where they differ)"
-        lines.append(f"test: {evaluation.get('test')}, p = {shown}")
-    return "\n".join(lines) + "\n"
-
-
-def parse_feedback(text: str, fmt: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
-    """(items, rows) for ``POST /feedback`` from JSON (a list of items, or ``{"feedback": [...],
-    "rows": [...]}``) or from CSV with the columns ``id`` and ``label`` or ``value``."""
-    if fmt == "json":
-        try:
-            data = json.loads(text, parse_constant=_reject_constant)
-        except ValueError as exc:
-            raise UsageError(f"the input is not valid JSON: {exc}") from exc
-        if isinstance(data, list):
-            items, rows = data, None
-        elif isinstance(data, dict) and data and set(data) <= {"feedback", "rows"}:
-            items, rows = data.get("feedback", []), data.get("rows")
-        else:
-            raise UsageError('the JSON input is a list of {"id", "label" | "value"} items, '
-                             'or {"feedback": [...], "rows": [...]}')
-        for key, value in (("feedback", items), ("rows", rows)):
-            if value is not None and (not isinstance(value, list) or not all(isinstance(v, dict) for v in value)):
-                raise UsageError(f"the JSON input's {key} must be a list of objects")
-        if not items and not rows:
-            raise UsageError("the input has no feedback")
-        return items, rows
-    table = parse_csv_rows(text)
-    if not table:
-        raise UsageError("the input has no feedback")
-    columns = set(table[0])
-    truth = next((name for name in ("label", "value") if name in columns), None)
-    if "id" not in columns or truth is None:
-        raise UsageError("the CSV input needs an id column (X-Prediction-ID:row) and a label or value column")
-    return [{"id": "" if row["id"] is None else str(row["id"]), truth: row[truth]} for row in table], None
-
-
-def registry_table(registry: JSON) -> str:
-    """``GET /registry`` as a table, in the server's order (the default model first, marked ``*``)."""
-    rows = [
-        (
-            "*" if entry.get("default") else "",
-            entry.get("name"),
-            entry.get("current_version") or "(none)",
-            entry.get("versions"),
-            entry.get("dataset"),
-            entry.get("target"),
-            entry.get("task"),
-            _score(entry.get("holdout_score")),
-            contract_brief(entry),
-        )
-        for entry in registry.get("models") or []
-    ]
-    return format_table(REGISTRY_COLUMNS, rows)
-
-
-def contract_brief(entry: JSON) -> str:
-    """A registry entry's contract in a few words: "4 features, 3 classes; MIXED: 2 versions differ"."""
-    contract = entry.get("contract")
-    if not isinstance(contract, dict):
-        return ""
-    text = f"{len(contract.get('features') or [])} features"
-    if contract.get("classes") is not None:
-        text += f", {len(contract['classes'])} classes"
-    others = entry.get("other_contract_versions") or []
-    if entry.get("mixed_contracts"):
-        text += f"; MIXED: {len(others)} version{'' if len(others) == 1 else 's'} differ{'s' if len(others) == 1 else ''}"
-    return text
-
-
-def datasets_table(datasets: Sequence[JSON]) -> str:
-    """``GET /datasets`` as a table."""
-    rows = [
-        (
-            ds.get("id"),
-            ds.get("filename") or ("(bundled)" if ds.get("bundled") else ""),
-            ds.get("rows"),
-            len(ds.get("columns") or []),
-            ds.get("created_at") or "",
-        )
-        for ds in datasets
-    ]
-    return format_table(("id", "filename", "rows", "columns", "created"), rows)
-
-
-# --- job progress ---------------------------------------------------------------
-class JobProgress:
-    """A tqdm bar on stderr, fed with job views by :meth:`Client.wait`.
-
-    The search stops at its generation count or its time budget, whichever comes
-    first, so the bar shows the larger of the two fractions; the text after it
-    says which generation, the best CV score so far, and the time against the budget.
-    """
-
-    def __init__(self, job_id: str, file: TextIO | None = None) -> None:
-        self.job_id = job_id
-        self.bar = tqdm(
-            total=100,
-            file=file or sys.stderr,
-            desc="waiting",
-            bar_format="{percentage:3.0f}%|{bar:20}| {desc}",
-        )
-        self._elapsed: tuple[float, float] | None = None  # (elapsed_s reported, when we saw it)
-
-    def elapsed(self, progress: JSON, running: bool) -> float | None:
-        """The job's elapsed seconds, moved on by our clock between the worker's reports."""
-        reported = progress.get("elapsed_s")
-        if not isinstance(reported, (int, float)):
-            return None
-        if self._elapsed is None or self._elapsed[0] != reported:
-            self._elapsed = (float(reported), time.monotonic())
-        return reported + (time.monotonic() - self._elapsed[1] if running else 0.0)
-
-    def __call__(self, view: JSON) -> None:
-        status = view.get("status") or "?"
-        progress = view.get("progress") or {}
-        running = status == "started" and progress.get("stage") == "searching"
-        fraction = 0.0
-        parts = []
-        generation, planned = progress.get("generation"), progress.get("generations_planned")
-        if isinstance(planned, int) and planned > 0:
-            parts.append(f"gen {generation or 0}/{planned}")
-            fraction = (generation or 0) / planned
-        best = progress.get("best_cv_score")
-        if isinstance(best, (int, float)):
-            parts.append(f"best_cv {best:.4f}")
-        elapsed, budget = self.elapsed(progress, running), progress.get("budget_mins")
-        if elapsed is not None:
-            if isinstance(budget, (int, float)) and budget > 0:
-                parts.append(f"{elapsed:.0f}s/{budget * 60:.0f}s")
-                if running:
-                    fraction = max(fraction, elapsed / (budget * 60))
-            else:
-                parts.append(f"{elapsed:.0f}s")
-        if status == "finished":
-            fraction = 1.0
-        self.bar.n = round(min(fraction, 1.0 if status == "finished" else 0.99) * 100)
-        label = (progress.get("stage") or status) if status == "started" else status
-        self.bar.set_description_str(": ".join([label, ", ".join(parts)]) if parts else label, refresh=True)
-
-    def close(self) -> None:
-        """End the bar's line."""
-        self.bar.close()
-
-
-# --- commands -------------------------------------------------------------------
-def _read_input(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
-    try:
-        return Path(path).read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{path} is not UTF-8 text") from exc
 
 
 def _print_json(data: Any) -> None:
@@ -493,7 +46,7 @@ def _print_json(data: Any) -> None:
 
 
 def cmd_predict(client: Client, args: argparse.Namespace) -> int:
-    text = _read_input(args.file)
+    text = read_input(args.file)
     fmt = detect_format(args.file, text, args.format)
     rows = parse_rows(text, fmt)
     answer = client.predict(rows, model=args.model)
@@ -551,8 +104,8 @@ def follow(client: Client, job_id: str, args: argparse.Namespace) -> int:
                   if selection.get("winner") else "")
         print(
             f"job {job_id} finished: version {result.get('version')}{f' of model {model}' if model else ''}, "
-            f"cv_score {_score(result.get('cv_score'))}, "
-            f"holdout_score {_score(result.get('holdout_score'))}, {winner}"
+            f"cv_score {score_text(result.get('cv_score'))}, "
+            f"holdout_score {score_text(result.get('holdout_score'))}, {winner}"
             f"{'published' if result.get('published') else 'not published'} ({gate.get('reason', '')})",
             file=sys.stderr,
         )
@@ -663,7 +216,7 @@ def cmd_quality(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_feedback(client: Client, args: argparse.Namespace) -> int:
-    text = _read_input(args.file)
+    text = read_input(args.file)
     items, rows = parse_feedback(text, detect_format(args.file, text, args.format))
     answer = client.feedback(items, model=args.model, rows=rows)
     if args.json:
@@ -678,63 +231,9 @@ def cmd_feedback(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def trigger_text(trigger: JSON) -> str:
-    """Why an automatic training ran, in one line."""
-    figures = trigger.get("figures") or {}
-    kind = trigger.get("kind")
-    if kind == "schedule":
-        what = f"cron {trigger['cron']}" if trigger.get("cron") else f"every {trigger.get('every_s')} s"
-        return f"schedule ({what}, due {trigger.get('due')})"
-    if kind == "drift":
-        return (f"drift: {_share(figures.get('drifted_share'))} of the features drifted "
-                f"({', '.join(figures.get('drifted_features') or [])}) on {figures.get('rows')} rows")
-    if kind == "quality":
-        return (f"quality: live {figures.get('scoring')} {_score(figures.get('live_score'))} vs holdout "
-                f"{_score(figures.get('holdout_score'))} on {figures.get('rows')} labelled rows")
-    if kind == "feedback":
-        return f"feedback: {figures.get('new_rows')} new labelled rows (threshold {figures.get('threshold')})"
-    return str(kind)
-
-
-def policy_text(view: JSON) -> str:
-    """A policy and the scheduler's view of it, for a person."""
-    policy, state = view.get("policy"), view.get("scheduler") or {}
-    if policy is None:
-        return f"model {view.get('model')}: no policy (it trains only on request)\n"
-    lines = [f"model {view.get('model')}: policy set {view.get('set_at')}" + ("" if policy.get("enabled", True)
-                                                                            else " (disabled)")]
-    schedule = policy.get("schedule")
-    if schedule:
-        when = schedule.get("cron") and f"cron {schedule['cron']} ({schedule.get('timezone', 'UTC')})"
-        lines.append(f"  schedule: {when or 'every ' + str(schedule.get('every_s')) + ' s'}; next due "
-                     f"{state.get('next_due') or '-'}")
-    for kind, trigger in (policy.get("triggers") or {}).items():
-        if trigger:
-            figures = (state.get("triggers") or {}).get(kind) or {}
-            shown = ", ".join(f"{k}={v}" for k, v in figures.items() if k not in ("fired", "drifted_features"))
-            lines.append(f"  trigger {kind}: {json.dumps(trigger)}; now: "
-                         f"{'FIRED' if figures.get('fired') else 'not fired'}{'; ' + shown if shown else ''}")
-    budget = {k: v for k, v in (policy.get("budget") or {}).items() if v is not None}
-    lines.append(f"  min spacing: {policy.get('min_spacing_s')} s; budget: {json.dumps(budget)}")
-    held = state.get("held_by_spacing")
-    if held:
-        lines.append(f"  held back by the spacing until {held.get('until')}: {', '.join(held.get('fired', []))}")
-    for job in state.get("enqueued") or []:
-        lines.append(f"  enqueued {job.get('job_id')} ({job.get('trigger')})")
-    shadow = state.get("shadow")
-    if shadow:
-        on = "automatic promotion on" if shadow.get("promotion_enabled") else "automatic promotion off"
-        lines.append(f"  shadow {shadow.get('version')}: {shadow.get('decision', '-')} ({shadow.get('reason', '')}); {on}")
-    for kind, last in sorted((state.get("last") or {}).items()):
-        lines.append(f"  last {kind} training: job {last.get('job_id')} at {last.get('at')}")
-    if state.get("checked_at"):
-        lines.append(f"  scheduler checked at {state['checked_at']}")
-    return "\n".join(lines) + "\n"
-
-
 def cmd_policy(client: Client, args: argparse.Namespace) -> int:
     if args.action == "set":
-        text = _read_input(args.file)
+        text = read_input(args.file)
         try:
             policy = json.loads(text)
         except ValueError as exc:
@@ -759,7 +258,7 @@ def cmd_shadow_set(client: Client, args: argparse.Namespace) -> int:
         _print_json(answer)
     elif answer.get("done"):
         doc = answer.get("shadow") or {}
-        print(f"{doc.get('version')}{of} in shadow, answering {_share(doc.get('share'))} of the served rows")
+        print(f"{doc.get('version')}{of} in shadow, answering {share_text(doc.get('share'))} of the served rows")
     else:
         print(f"shadow of {args.version}{of} queued as job {answer.get('job_id')} (tpotserve jobs {answer.get('job_id')})")
     return 0

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from native.stack import free_port
-from tpotserve_cli.main import DRIFT_COLUMNS, LEADERBOARD_COLUMNS, MODEL_COLUMNS, REGISTRY_COLUMNS
+from tpotserve_cli.tables import DRIFT_COLUMNS, LEADERBOARD_COLUMNS, MODEL_COLUMNS, REGISTRY_COLUMNS
 
 from .conftest import API_KEY, LiveStack, wait_for
 

@@ -20,25 +20,19 @@ from typing import Any
 import pytest
 
 from tpotserve_cli import Client, TpotServeAPIError, TpotServeConnectionError
-from tpotserve_cli.main import (
+from tpotserve_cli.main import main
+from tpotserve_cli.rows import (UsageError, detect_format, format_csv, parse_csv_rows, parse_feedback, parse_json_rows,
+                                parse_rows, result_rows)
+from tpotserve_cli.tables import (
     DRIFT_COLUMNS,
     LEADERBOARD_COLUMNS,
     MODEL_COLUMNS,
     REGISTRY_COLUMNS,
-    UsageError,
-    detect_format,
     drift_table,
-    format_csv,
     leaderboard_table,
-    main,
     models_table,
-    parse_csv_rows,
-    parse_feedback,
-    parse_json_rows,
-    parse_rows,
     quality_table,
     registry_table,
-    result_rows,
 )
 
 ROW = {"SepalLength": 5.1, "SepalWidth": 3.5, "PetalLength": 1.4, "PetalWidth": 0.2}
