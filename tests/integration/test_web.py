@@ -9,6 +9,7 @@ The tests also write the screenshots in docs/images/ (docs/web.md shows them).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -432,3 +433,46 @@ def test_an_activation_across_contracts_shows_the_refusal_and_asks_before_replac
         back = stack.post(f"/models/{served}/activate", json={"replace_contract": True}, headers=stack.admin())
         assert back.status_code == 200, back.text
         stack.wait_all_workers_serve(served, timeout_s=15)
+
+
+def test_policy_panel_shows_saves_refuses_and_removes_a_policy(page: Page, stack: LiveStack) -> None:
+    """The "Retraining on its own" panel against the real API and control worker: no policy, an
+    example saved (disabled, so no scheduler acts on it), a bad one refused with the server's
+    message and nothing written, then removed. The stored policy.json is read back each time."""
+    stored = stack.native.model_dir / "models" / "iris" / "policy.json"
+
+    def stored_policy() -> dict | None:
+        return (json.loads(stored.read_text()) or {}).get("policy") if stored.exists() else None
+
+    _open(page)
+    page.get_by_role("button", name="Show the policy").click()
+    page.locator("#key-input").fill(API_KEY)
+    page.get_by_role("button", name="Use this key").click()
+    expect(page.locator("#policy-summary")).to_contain_text("No policy")
+    expect(page.locator("#policy-summary")).to_contain_text("it trains only on request")
+    try:
+        page.get_by_role("button", name="Example").click()
+        example = json.loads(page.locator("#policy-text").input_value())
+        assert example["schedule"]["cron"] and example["triggers"]["drift"]
+        page.locator("#policy-text").fill(json.dumps({**example, "enabled": False}))
+        page.get_by_role("button", name="Save policy").click()
+        expect(page.locator("#policy-summary")).to_contain_text("(disabled)")
+        expect(page.locator("#policy-summary")).to_contain_text("Policy set")
+        saved = stored_policy()
+        assert saved is not None and saved["enabled"] is False and saved["schedule"]["cron"] == example["schedule"]["cron"]
+        shown = json.loads(page.locator("#policy-text").input_value())
+        assert shown["triggers"]["drift"]["share"] == example["triggers"]["drift"]["share"]
+        page.locator("#policy-panel").screenshot(path=str(IMAGES / "policy-panel.png"))
+
+        page.locator("#policy-text").fill(json.dumps({"enabled": False, "triggers": {"drift": {"share": 2}}}))
+        page.get_by_role("button", name="Save policy").click()
+        expect(page.locator("#policy-form .form-error[data-error-for='']")).to_contain_text("triggers.drift.share")
+        assert stored_policy() == saved, "a refused policy writes nothing"
+
+        page.locator("#policy-text").fill("{not json")
+        page.get_by_role("button", name="Save policy").click()
+        expect(page.locator("#policy-form .form-error[data-error-for='']")).to_contain_text("not JSON")
+    finally:
+        page.get_by_role("button", name="Remove").click()
+        expect(page.locator("#policy-summary")).to_contain_text("No policy")
+    assert stored_policy() is None
