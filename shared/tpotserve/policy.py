@@ -18,7 +18,7 @@ from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import InvalidInput
-from .schema import RetrainRequest, check_caps
+from .schema import RetrainRequest, check_caps, first_error
 from .settings import Settings
 from .store import POLICY_NAME
 
@@ -182,9 +182,8 @@ def parse_policy(body: Any, settings: Settings, model: str) -> Policy:
     try:
         policy = Policy.model_validate(body)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"]) or None
-        raise InvalidInput(f"policy{'.' + where if where else ''}: {error['msg']}", field=where) from None
+        where, message = first_error(exc)
+        raise InvalidInput(f"policy{'.' + where if where else ''}: {message}", field=where) from None
     check_caps(RetrainRequest(model=model, **policy.budget.model_dump(exclude={"baselines", "random_state",
                                                                                 "scoring"})), settings)
     return policy

@@ -132,6 +132,12 @@ class ActivateRequest(BaseModel):
     """Activate even a version whose contract differs from the served one's."""
 
 
+def first_error(exc: ValidationError) -> tuple[str | None, str]:
+    """(the dotted path of the first bad field or None, pydantic's message): what a 422 names."""
+    first = exc.errors()[0]
+    return ".".join(str(part) for part in first["loc"]) or None, first["msg"]
+
+
 def parse_activate_request(body: Any, query: str | None = None) -> ActivateRequest:
     """An activate's body (None: none) and its ``?replace_contract=`` (true/false, 1/0)."""
     if body is None:
@@ -141,9 +147,8 @@ def parse_activate_request(body: Any, query: str | None = None) -> ActivateReque
     try:
         request = ActivateRequest.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or None
-        raise InvalidInput(f"{field}: {first['msg']}", field=field) from exc
+        field, message = first_error(exc)
+        raise InvalidInput(f"{field}: {message}", field=field) from exc
     if query is not None:
         flags = {"true": True, "1": True, "false": False, "0": False}
         if query.lower() not in flags:
@@ -161,9 +166,8 @@ def parse_retrain_request(body: Any) -> RetrainRequest:
     try:
         request = RetrainRequest.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or None
-        raise InvalidInput(f"{field}: {first['msg']}", field=field) from exc
+        field, message = first_error(exc)
+        raise InvalidInput(f"{field}: {message}", field=field) from exc
     if request.model is not None:
         check_model_name(request.model)
     return request
