@@ -255,6 +255,30 @@ def test_the_one_row_path_counts_as_the_batch_path(training) -> None:
     assert [sum(b) for b in bins] == [len(live)] * 4 and all(o > 0 for o in outside)
 
 
+def test_one_row_and_batch_requests_add_up_in_redis_and_their_answers_are_kept(app, redis, training) -> None:
+    """The monitor keeps one-row counts and batch counts apart (a list and a numpy vector) and
+    adds them at the flush: Redis holds the counts of every row, once; each answer's JSON names
+    the version, its predictions and a time."""
+    from tpotserve import live
+
+    X, _ = training
+    client = app.test_client()
+    singles = [_send(client, X[i:i + 1]) for i in range(7)]
+    batch = _send(client, X[7:40], batch=33)
+    context = app.extensions["tpotserve"]
+    assert context.monitor.flush()
+    model = context.models.get(None)
+    binner = model.binner
+    bucket = int(time.time() // context.settings.monitoring_bucket_s)
+    rows, bins, outside = live.live_counts(redis, model.name, model.version, binner.sizes, [bucket - 1, bucket])
+    expected_bins, expected_outside = binner.split(binner.count(X[:40]))
+    assert (rows, bins, outside) == (40, expected_bins, expected_outside)
+    for (prediction_id, predictions), in [*singles, batch]:
+        (raw,) = live.find_answers(redis, context.settings, model.name, [prediction_id])
+        kept = json.loads(raw)
+        assert kept["v"] == model.version and kept["p"] == predictions and abs(kept["t"] - time.time()) < 60
+
+
 def test_sampling_noise_of_small_windows_is_not_called_drift() -> None:
     """120 training rows against 300 live rows of the same distribution: the JS distance alone
     is often over 0.1 by chance; the chi-square gate keeps the verdict ok. A real shift of the
