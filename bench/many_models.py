@@ -211,10 +211,10 @@ def child_latency(model_dir: Path, max_loaded: int, names: list[str], repeats: i
     cold, again, default, held_before_repeat = [], [], [], []
     for i in range(repeats):
         name = names[i % len(names)]
-        if pool.holder(name) is not None:
+        if name in pool.status():
             raise RuntimeError(f"{name} is held before its cold request (MAX_LOADED_MODELS={max_loaded})")
         cold.append(post_ms(f"/models/{name}/predict"))
-        held_before_repeat.append(pool.holder(name) is not None)
+        held_before_repeat.append(name in pool.status())
         again.append(post_ms(f"/models/{name}/predict"))
         default.append(post_ms(f"/models/{DEFAULT_NAME}/predict"))
     return {

@@ -68,11 +68,6 @@ class ModelPool:
             holder.refresh()
             return holder.current()
 
-    def holder(self, name: str | None = None) -> ModelHolder | None:
-        """The holder of a loaded model, if this worker holds it."""
-        with self._lock:
-            return self._holders.get(name or self.default_name)
-
     def status(self) -> dict[str, dict[str, Any]]:
         """What this worker holds, per model name."""
         with self._lock:
