@@ -27,6 +27,7 @@ from . import dataplane
 from .auth import require_admin
 from .context import ctx
 from .http_io import json_body
+from .metrics import ScrapeCollector
 
 POLICY_WAIT_S = 5.0
 
@@ -79,12 +80,9 @@ def _written(name: str, policy: dict[str, Any] | None) -> tuple[dict, int, dict]
     return {"model": name, "written": False, "job_id": job.id, "status": view["status"]}, 202, {"Location": location}
 
 
-class AutomationCollector:
+class AutomationCollector(ScrapeCollector):
     """The scheduler's figures as Prometheus metrics, read from Redis at scrape time (the
     scheduler is one process without an HTTP port; any API worker can answer)."""
-
-    def __init__(self, context: Any) -> None:
-        self.context = context
 
     def collect(self) -> Iterator[Metric]:
         due = GaugeMetricFamily("tpotserve_policy_next_due_timestamp_seconds",

@@ -143,6 +143,21 @@ def record_model_load_failed(model: str) -> None:
 
 
 # --- the trainer's side, read at scrape time ----------------------------------------
+class ScrapeCollector:
+    """Base of the collectors that read each model's figures from Redis at scrape time, from
+    the app context (any worker can answer: the figures are shared, not per process)."""
+
+    def __init__(self, context: Any) -> None:
+        self.context = context
+
+    def model_names(self) -> list[str]:
+        """The store's model names; none while the store is unreadable (a scrape never fails)."""
+        try:
+            return self.context.registry.names()
+        except OSError:
+            return []
+
+
 class QueueCollector:
     """Jobs in RQ's queues and registries, by the status GET /jobs/<id> reports.
 

@@ -26,6 +26,7 @@ from . import dataplane
 from .auth import require_admin
 from .context import ctx
 from .http_io import json_body
+from .metrics import ScrapeCollector
 from .queue import redis_errors
 
 WAIT_S = 0.5
@@ -120,12 +121,9 @@ class Shadow(Resource):
         return clear_shadow(name)
 
 
-class ShadowCollector:
+class ShadowCollector(ScrapeCollector):
     """Each model's shadow as gauges, computed at scrape time from Redis (as
     ``watch.MonitoringCollector``); ``version`` is the shadow version."""
-
-    def __init__(self, context: Any) -> None:
-        self.context = context
 
     def collect(self) -> Iterator[Metric]:
         labels = ["model", "version", "served_version"]
@@ -143,7 +141,7 @@ class ShadowCollector:
                                     "request, p50 and p95 from its histogram.", labels=[*labels, "quantile"])
         promote = GaugeMetricFamily("tpotserve_shadow_decision", "1 for the decision tpotserve.shadow.evaluate "
                                     "gives now (promote, wait, drop).", labels=[*labels, "decision"])
-        for name in self._names():
+        for name in self.model_names():
             try:
                 store = self.context.registry.store(name)
                 report = shadow.report(store, self.context.queue.redis, self.context.settings, name, time.time())
@@ -169,12 +167,6 @@ class ShadowCollector:
             for decision in shadow.DECISIONS:
                 promote.add_metric([*key, decision], float(report["evaluation"]["decision"] == decision))
         yield from (agreement, rows, score, labelled, latency, promote)
-
-    def _names(self) -> list[str]:
-        try:
-            return self.context.registry.names()
-        except OSError:
-            return []
 
 
 def register(api: Any) -> None:

@@ -26,6 +26,7 @@ from tpotserve.settings import Settings
 from . import dataplane
 from .context import ctx
 from .feedback import Feedback
+from .metrics import ScrapeCollector
 from .queue import redis_errors
 
 
@@ -107,13 +108,10 @@ class Quality(Resource):
         return quality_report(name)
 
 
-class MonitoringCollector:
+class MonitoringCollector(ScrapeCollector):
     """Drift and live quality of every model's served version as Prometheus gauges, computed at
     scrape time from Redis (the counts are shared by all workers, so any one can answer; no
     multiprocess gauge files)."""
-
-    def __init__(self, context: Any) -> None:
-        self.context = context
 
     def collect(self) -> Iterator[Metric]:
         js = GaugeMetricFamily("tpotserve_drift_js_distance", "Jensen-Shannon distance (base 2) of each feature's "
@@ -134,7 +132,7 @@ class MonitoringCollector:
                                           labels=["model", "version"])
         until = time.time()
         since = until - self.context.settings.drift_window_s
-        for name in self._names():
+        for name in self.model_names():
             try:
                 store = self.context.registry.store(name)
                 pointer = store.read_pointer_quietly()
@@ -162,12 +160,6 @@ class MonitoringCollector:
                     if entry.get(metric) is not None:
                         quality.add_metric([name, entry["version"], metric], entry[metric])
         yield from (js, psi, rows, share, quality, feedback_rows)
-
-    def _names(self) -> list[str]:
-        try:
-            return self.context.registry.names()
-        except OSError:
-            return []
 
 
 def register(api: Any) -> None:
