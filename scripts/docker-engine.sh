@@ -7,6 +7,8 @@
 #   - dockerd started when it is not answering (service script, else in the background).
 # Re-running is cheap: each step is skipped when its result is already there.
 set -euo pipefail
+# shellcheck source=scripts/debian.sh
+. "$(dirname "$0")/debian.sh"
 
 PLUGINS=/usr/libexec/docker/cli-plugins
 DOCKERD_LOG=/var/log/tpotserve-dockerd.log
@@ -14,16 +16,7 @@ DOCKERD_LOG=/var/log/tpotserve-dockerd.log
 need=()
 command -v dockerd >/dev/null 2>&1 || [ -x /usr/sbin/dockerd ] || need+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
-if [ "${#need[@]}" -gt 0 ]; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "missing Debian packages: ${need[*]}; install them (sudo apt-get install ${need[*]}) and re-run" >&2
-    exit 1
-  fi
-  echo "installing Debian packages: ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+if [ "${#need[@]}" -gt 0 ]; then debian_install "${need[@]}"; fi
 
 if ! docker compose version >/dev/null 2>&1 || ! docker buildx version >/dev/null 2>&1; then
   echo "installing compose v2 and buildx (Debian sid's binaries) into $PLUGINS"

@@ -11,6 +11,8 @@
 # Re-running is cheap: the venv is rebuilt only when a lock file changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/debian.sh
+. scripts/debian.sh
 
 dev=0
 [ "${1:-}" = "--dev" ] && dev=1
@@ -33,13 +35,7 @@ if [ "$dev" = 1 ]; then
   command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 fi
 if [ "${#need[@]}" -gt 0 ]; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "missing Debian packages: ${need[*]}; install them (sudo apt-get install ${need[*]}) and re-run" >&2
-    exit 1
-  fi
-  echo "installing Debian packages: ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  if [[ " ${need[*]} " == *" cloud-init "* ]]; then
+  if [[ " ${need[*]} " == *" cloud-init "* ]] && [ "$(id -u)" = 0 ]; then
     # Here cloud-init is only a validator: it must never configure this machine.
     # The package enables its boot services (nothing starts on install); this
     # file, checked by its systemd generator, keeps them out of every boot.
@@ -47,8 +43,7 @@ if [ "${#need[@]}" -gt 0 ]; then
     mkdir -p /etc/cloud
     touch /etc/cloud/cloud-init.disabled
   fi
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  debian_install "${need[@]}"
   # Debian's packages may start system services on install; the stack runs its own.
   if command -v service >/dev/null 2>&1; then
     service redis-server stop >/dev/null 2>&1 || true
