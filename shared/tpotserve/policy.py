@@ -17,8 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import InvalidInput
-from .schema import RetrainRequest, check_caps, first_error
+from .schema import RetrainRequest, check_caps, validated
 from .settings import Settings
 from .store import POLICY_NAME
 
@@ -177,13 +176,8 @@ def read_policy(store: Any) -> Policy | None:
 
 def parse_policy(body: Any, settings: Settings, model: str) -> Policy:
     """A PUT body as a Policy, its budget checked against the server's caps (InvalidInput: 422)."""
-    if not isinstance(body, dict):
-        raise InvalidInput("send the policy as a JSON object (docs/automation.md)", field=None)
-    try:
-        policy = Policy.model_validate(body)
-    except ValidationError as exc:
-        where, message = first_error(exc)
-        raise InvalidInput(f"policy{'.' + where if where else ''}: {message}", field=where) from None
+    policy = validated(Policy, body, not_object="send the policy as a JSON object (docs/automation.md)",
+                       prefix="policy")
     check_caps(RetrainRequest(model=model, **policy.budget.model_dump(exclude={"baselines", "random_state",
                                                                                 "scoring"})), settings)
     return policy

@@ -7,7 +7,7 @@ Prediction bodies are the API's alone: ``tpotserve_api.predict_request``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -138,17 +138,25 @@ def first_error(exc: ValidationError) -> tuple[str | None, str]:
     return ".".join(str(part) for part in first["loc"]) or None, first["msg"]
 
 
-def parse_activate_request(body: Any, query: str | None = None) -> ActivateRequest:
-    """An activate's body (None: none) and its ``?replace_contract=`` (true/false, 1/0)."""
-    if body is None:
-        body = {}
+Schema = TypeVar("Schema", bound=BaseModel)
+
+
+def validated(schema: type[Schema], body: Any, *, not_object: str = "the body must be a JSON object",
+              prefix: str = "") -> Schema:
+    """A JSON body as ``schema``; InvalidInput (422) naming the first bad field (under ``prefix``)."""
     if not isinstance(body, dict):
-        raise InvalidInput("the body must be a JSON object", field=None)
+        raise InvalidInput(not_object, field=None)
     try:
-        request = ActivateRequest.model_validate(body)
+        return schema.model_validate(body)
     except ValidationError as exc:
         field, message = first_error(exc)
-        raise InvalidInput(f"{field}: {message}", field=field) from exc
+        label = f"{prefix}.{field}" if prefix and field else (prefix or f"{field}")
+        raise InvalidInput(f"{label}: {message}", field=field) from None
+
+
+def parse_activate_request(body: Any, query: str | None = None) -> ActivateRequest:
+    """An activate's body (None: none) and its ``?replace_contract=`` (true/false, 1/0)."""
+    request = validated(ActivateRequest, {} if body is None else body)
     if query is not None:
         flags = {"true": True, "1": True, "false": False, "0": False}
         if query.lower() not in flags:
@@ -159,15 +167,7 @@ def parse_activate_request(body: Any, query: str | None = None) -> ActivateReque
 
 def parse_retrain_request(body: Any) -> RetrainRequest:
     """Shape and types of a retrain body; InvalidInput names the first bad field."""
-    if body is None:
-        body = {}
-    if not isinstance(body, dict):
-        raise InvalidInput("the body must be a JSON object", field=None)
-    try:
-        request = RetrainRequest.model_validate(body)
-    except ValidationError as exc:
-        field, message = first_error(exc)
-        raise InvalidInput(f"{field}: {message}", field=field) from exc
+    request = validated(RetrainRequest, {} if body is None else body)
     if request.model is not None:
         check_model_name(request.model)
     return request
