@@ -3,14 +3,13 @@ bad artifacts: test_faults.py, which runs each scenario once for the whole suite
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 
 from tpotserve import jobs
 
-from .conftest import API_KEY, LiveStack, wait_for
+from .conftest import API_KEY, LiveStack
 
 SWAP_DEADLINE_S = 2.0
 

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +28,6 @@ from rq.registry import FailedJobRegistry
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
-from native.stack import free_port, require_binary
 from tpotserve.model_meta import ModelMeta
 from tpotserve.settings import Settings, load_settings
 from tpotserve.registry import ModelRegistry
@@ -39,6 +36,7 @@ from tpotserve_api import metrics
 from tpotserve_api.app import create_app
 
 from tests.prometheus import Samples, parse, value
+from tests.tools import redis_server as throwaway_redis
 
 SIGNING_KEY = "test-signing-key"
 DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1: refused at once
@@ -223,26 +221,8 @@ def test_without_redis_metrics_still_answer_and_say_the_queue_is_down(store, cla
 # --- the trainer's side: RQ's registries in a real Redis --------------------------------
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[Redis]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [require_binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-        yield Redis(port=port)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with throwaway_redis(tmp_path) as client:
+        yield client
 
 
 def test_queue_jobs_are_counted_by_the_status_jobs_reports(redis_server: Redis) -> None:

@@ -8,7 +8,6 @@ this module's own on a free port. Each test flushes the worker's buffer itself
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -21,36 +20,20 @@ from redis import Redis
 from sklearn.datasets import load_diabetes
 from sklearn.linear_model import LogisticRegression, Ridge
 
-from native.stack import free_port, require_binary
 from tpotserve.drift import PROFILE_NAME, reference_profile
 from tpotserve.store import ModelStore
 from tpotserve_api.app import create_app
 from tpotserve_api.monitoring import DROPPED
 
 from tests.prometheus import parse, value
+from tests.tools import redis_server
 from tests.unit.test_api import FEATURES, SIGNING_KEY, assert_error, make_meta, settings_for
 
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory):
-    port = free_port()
-    process = subprocess.Popen(
-        [require_binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],
-        stdout=subprocess.DEVNULL,
-    )
-    client = Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except Exception:  # noqa: BLE001 - not up yet
-            assert time.monotonic() < deadline and process.poll() is None, "redis-server did not start"
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(10)
+    with redis_server(tmp_path_factory.mktemp("redis")) as client:
+        yield f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ SimpleWorker running the trainer's real job functions; no TPOT is reached.
 from __future__ import annotations
 
 import multiprocessing
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -29,32 +27,15 @@ from tpotserve.settings import load_settings
 from tpotserve.store import ModelStore
 from tpotserve_api.queue import JobQueue
 
+from tests.tools import redis_server
 from tests.unit.payloads import training_payload
 
 
 @pytest.fixture(scope="module")
 def redis_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is missing: make test installs it (scripts/setup.sh)"
-    socket = tmp_path_factory.mktemp("redis") / "redis.sock"
-    server = subprocess.Popen(
-        [binary, "--port", "0", "--unixsocket", str(socket), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if Redis(unix_socket_path=str(socket)).ping():
-                    break
-            except Exception:  # noqa: BLE001 - not up yet
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise
-                time.sleep(0.02)
-        yield socket
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    directory = tmp_path_factory.mktemp("redis")
+    with redis_server(directory, unix_socket=directory / "redis.sock"):
+        yield directory / "redis.sock"
 
 
 @pytest.fixture
