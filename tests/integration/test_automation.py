@@ -322,11 +322,9 @@ def test_a_better_shadow_is_promoted_on_feedback_and_a_worse_one_is_not(auto: Li
     good = _wait_served(auto)
     frame = iris_frame()
     shuffled = frame.assign(species=np.random.default_rng(0).permutation(frame["species"].to_numpy()))
-    upload = auto.post("/datasets", data=shuffled.to_csv(index=False).encode(),
-                       headers={**auto.admin(), "Content-Type": "text/csv"})
-    assert upload.status_code in (200, 201), upload.text
+    dataset = auto.upload_csv(shuffled)
     trained = auto.post("/retrain", headers=auto.admin(), json={
-        "model": MODEL, "dataset": upload.json()["id"], "target": "species", "promote": "never", **TINY})
+        "model": MODEL, "dataset": dataset["id"], "target": "species", "promote": "never", **TINY})
     assert trained.status_code == 202, trained.text
     job = auto.wait_job(trained.json()["job_id"])
     assert job["status"] == "finished" and job["result"]["published"] is False, job

@@ -68,9 +68,7 @@ def key_file_like_a_native_run(stack: LiveStack) -> Iterator[Path]:
 def test_make_backup_of_a_serving_stack_restores_into_a_stack_that_serves_the_same_model(
     stack: LiveStack, tmp_path: Path, key_file_like_a_native_run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    upload = stack.post("/datasets", data=UPLOAD, headers={**stack.admin(), "Content-Type": "text/csv"})
-    assert upload.status_code in (200, 201), upload.text
-    dataset = upload.json()
+    dataset = stack.upload_csv(UPLOAD)
     current = stack.get("/models/current").json()
     expected = stack.predict_book().json()
     assert expected["model_version"] == current["version"]

@@ -35,9 +35,7 @@ def _csv(frame: pd.DataFrame) -> bytes:
 
 
 def _upload(stack: LiveStack, frame: pd.DataFrame) -> str:
-    response = stack.post("/datasets", data=_csv(frame), headers={**stack.admin(), "Content-Type": "text/csv"})
-    assert response.status_code in (200, 201), response.text
-    return response.json()["id"]
+    return stack.upload_csv(_csv(frame))["id"]
 
 
 def _retrain(stack: LiveStack, **body: object) -> requests.Response:

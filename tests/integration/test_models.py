@@ -48,9 +48,7 @@ def _seeds_csv() -> bytes:
 
 
 def _upload(stack: LiveStack, data: bytes) -> str:
-    response = stack.post("/datasets", data=data, headers={**stack.admin(), "Content-Type": "text/csv"})
-    assert response.status_code in (200, 201), response.text
-    return response.json()["id"]
+    return stack.upload_csv(data)["id"]
 
 
 def _train(stack: LiveStack, **body) -> dict:

@@ -54,11 +54,9 @@ def _drift(stack: LiveStack, since: float, rows: int) -> dict:
 def test_drift_flags_the_shifted_feature_only_and_feedback_gives_the_live_accuracy(stack: LiveStack) -> None:
     training = _rows(0, 600)
     training["label"] = _truth(training)
-    upload = stack.post("/datasets", data=training.to_csv(index=False).encode(),
-                        headers={**stack.admin(), "Content-Type": "text/csv"})
-    assert upload.status_code in (200, 201), upload.text
+    dataset = stack.upload_csv(training)
     response = stack.post("/retrain", headers=stack.admin(), json={
-        "model": MODEL, "dataset": upload.json()["id"], "target": "label", "promote": "always", **TINY})
+        "model": MODEL, "dataset": dataset["id"], "target": "label", "promote": "always", **TINY})
     assert response.status_code == 202, response.text
     job = stack.wait_job(response.json()["job_id"], timeout_s=240)
     assert job["status"] == "finished", job

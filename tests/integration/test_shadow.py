@@ -82,16 +82,14 @@ def test_a_worse_shadow_is_not_promoted_and_a_better_one_is(stack: LiveStack) ->
     _serve(stack, good)
     frame = iris_frame()
     shuffled = frame.assign(species=np.random.default_rng(0).permutation(frame["species"].to_numpy()))
-    upload = stack.post("/datasets", data=shuffled.to_csv(index=False).encode(),
-                        headers={**stack.admin(), "Content-Type": "text/csv"})
-    assert upload.status_code in (200, 201), upload.text
+    dataset = stack.upload_csv(shuffled)
     # The policy's shadow.held_back: the candidate the gate holds back goes in shadow by itself.
     put = stack.session.put(stack.url + "/models/iris/policy", json={"shadow": {"held_back": True, "share": 1.0}},
                             headers=stack.admin(), timeout=30)
     assert put.status_code == 200, put.text
     try:
         response = stack.post("/retrain", headers=stack.admin(), json={
-            "dataset": upload.json()["id"], "target": "species", "promote": "never", "queue": True, **TINY})
+            "dataset": dataset["id"], "target": "species", "promote": "never", "queue": True, **TINY})
         assert response.status_code == 202, response.text
         job = stack.wait_job(response.json()["job_id"], timeout_s=180)
     finally:
