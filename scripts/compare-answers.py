@@ -78,6 +78,14 @@ def answers(root: Path) -> list[dict]:
         ("GET", "/v2/health/ready", {}), ("POST", "/v2/models/iris/infer", {"json": v2_input}),
         ("POST", "/v2/models/iris/infer", {"data": b"{bad", "content_type": "application/json"}),
         ("GET", "/nope", {}), ("DELETE", "/predict", {}),
+        # The bodies the one validator (schema.validated) answers for: not an object, a bad type,
+        # a bad nested field, an unknown one.
+        ("POST", "/retrain", {"json": [1], "headers": admin}),
+        ("POST", "/retrain", {"json": {"generations": "many"}, "headers": admin}),
+        ("POST", "/models/v2/activate", {"json": {"replace_contract": "maybe"}, "headers": admin}),
+        ("POST", "/models/v2/activate", {"json": [], "headers": admin}),
+        ("PUT", "/models/iris/policy", {"json": [1], "headers": admin}),
+        ("PUT", "/models/iris/policy", {"json": {"schedule": {"cron": 5}}, "headers": admin}),
     ]
     out = []
     for method, path, kwargs in requests:
