@@ -119,7 +119,7 @@ def test_make_backup_of_a_serving_stack_restores_into_a_stack_that_serves_the_sa
         manifest = json.loads(tar.extractfile("manifest.json").read())
     assert not [name for name in names if ".tmp" in name]
     assert f"models/models/{MODEL}/current.json" in names
-    assert manifest["format_version"] == 3 and manifest["default_model"] == MODEL
+    assert manifest["format_version"] == 4 and manifest["default_model"] == MODEL
     model = manifest["models"][MODEL]
     assert model["pointer"]["version"] == current["version"]
     assert model["pointer"]["sha256"] == current["sha256"]

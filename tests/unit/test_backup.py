@@ -9,6 +9,7 @@ was copying.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -116,6 +117,18 @@ def _rewrite(archive: Path, target: Path, change) -> None:
             out.addfile(info, io.BytesIO(new))
 
 
+def _relabeled(archive: Path, target: Path, format_version: int) -> Path:
+    """``archive`` as it is, its manifest saying ``format_version`` (an older writer's number)."""
+
+    def relabel(info: tarfile.TarInfo, data: bytes) -> bytes:
+        if info.name != "manifest.json":
+            return data
+        return json.dumps({**json.loads(data), "format_version": format_version}).encode()
+
+    _rewrite(archive, target, relabel)
+    return target
+
+
 def _assert_nothing_restored(root: Path) -> None:
     leftovers = [p for p in root.rglob("*") if p.is_file()]
     assert leftovers == [], f"a refused restore wrote {leftovers}"
@@ -140,7 +153,7 @@ def test_round_trip_restores_every_version_the_pointer_the_data_sets_and_the_key
     upload_id = DatasetStore(source / "datasets", LIMITS).list()[1]["id"]
     assert [d["id"] for d in manifest["datasets"]] == [upload_id]
     assert manifest["signing_key"] is True and manifest["notes"] == []
-    assert manifest["format"] == "tpotserve-backup" and manifest["format_version"] == 3
+    assert manifest["format"] == "tpotserve-backup" and manifest["format_version"] == backup_format.FORMAT_VERSION
     assert "models/models/iris/activations.jsonl" in names  # set_current logged v2 and v3
 
     target = tmp_path / "restored"
@@ -259,28 +272,21 @@ def test_an_archive_without_side_files_restores_and_creates_none(source: Path, t
     assert _tree(target) == _without_side_files(_tree(source))
     assert restored.read_pointer().version == "v3" and restored.activations() == []
 
-    # A store that has none (never activated since the log exists) makes a format 3 archive without them.
+    # A store that has none (never activated since the log exists) makes an archive without them.
     bare = tmp_path / "bare"
     shutil.copytree(source, bare)
     for name in SIDE_FILES:
         (_store(bare).root / name).unlink()
     fresh = _backup_to(bare, tmp_path / "bare.tar.gz")
     with tarfile.open(fresh) as tar:
-        assert json.loads(tar.extractfile("manifest.json").read())["format_version"] == 3
+        assert json.loads(tar.extractfile("manifest.json").read())["format_version"] == backup_format.FORMAT_VERSION
     _restore(fresh, tmp_path / "restored-bare")
     assert _tree(tmp_path / "restored-bare") == _tree(bare)
 
 
 def test_restore_refuses_side_files_in_an_archive_older_than_them(source: Path, tmp_path: Path) -> None:
     archive = _backup_to(source, tmp_path / "b.tar.gz")
-    relabeled = tmp_path / "relabeled.tar.gz"
-
-    def as_format_2(info: tarfile.TarInfo, data: bytes) -> bytes:
-        if info.name != "manifest.json":
-            return data
-        return json.dumps({**json.loads(data), "format_version": 2}).encode()
-
-    _rewrite(archive, relabeled, as_format_2)
+    relabeled = _relabeled(archive, tmp_path / "relabeled.tar.gz", 2)
     refused = "'models/models/iris/activations.jsonl' is not in a format 2 archive"
     with pytest.raises(RestoreError, match=refused):
         _restore(relabeled, tmp_path / "target")
@@ -470,8 +476,8 @@ def test_restore_refuses_files_of_a_model_its_manifest_does_not_list(source: Pat
     with pytest.raises(RestoreError, match="lists a model that cannot be restored"):
         _restore(evil, tmp_path / "target")
     newer = tmp_path / "newer.tar.gz"
-    _rewrite(archive, newer, manifest_change(lambda m: m.update(format_version=4)))
-    with pytest.raises(RestoreError, match="format version 4; this tpotserve reads 1, 2 and 3"):
+    _rewrite(archive, newer, manifest_change(lambda m: m.update(format_version=5)))
+    with pytest.raises(RestoreError, match="format version 5; this tpotserve reads 1, 2, 3 and 4"):
         _restore(newer, tmp_path / "target")
     _assert_nothing_restored(tmp_path / "target")
 
@@ -1188,3 +1194,95 @@ def test_the_docs_quote_the_makefile_recipes_exactly() -> None:
     for recipe in recipes:
         quoted = recipe.replace("$(PY)", ".venv/bin/python").replace("$(BACKUP_TIME)", "<UTC time>")
         assert f"`{quoted}`" in docs.replace("\n", " "), quoted
+
+
+# --- a compiled form added after publishing (tpotserve compile) --------------------------
+ONNX = b"onnx graph bytes " * 64
+
+
+def _compile_later(root: Path) -> ModelStore:
+    """v2 gets a compiled form (model.onnx + compiled.json), v1 a recorded reason (compiled.json only)."""
+    store = _store(root)
+    store.add_compiled("v2", ONNX, {"engine": "onnxruntime"})
+    store.add_compiled("v1", None, {"reason": "a step without a converter"})
+    return store
+
+
+def test_a_compiled_form_added_later_is_archived_and_restored_with_its_checks(source: Path, tmp_path: Path) -> None:
+    _compile_later(source)
+    archive = _backup_to(source, tmp_path / "b.tar.gz")
+    members = _members(archive)
+    for name in ("v2/compiled.json", "v2/model.onnx", "v1/compiled.json"):
+        assert f"models/models/iris/versions/{name}" in members
+    assert "models/models/iris/versions/v1/model.onnx" not in members
+    target = tmp_path / "restored"
+    _restore(archive, target)
+    assert _tree(target) == _tree(source)
+    restored = _store(target)
+    raw, record = restored.read_compiled("v2")  # its sha256 and signature checked as the API does
+    assert raw == ONNX and record["artifact_sha256"] == restored.read_meta("v2")["sha256"]
+    assert restored.read_compiled("v1") is None and restored.compiled_record("v1")["reason"]
+
+
+def test_backup_refuses_a_compiled_form_its_record_does_not_cover(source: Path, tmp_path: Path) -> None:
+    store = _compile_later(source)
+    (store.versions_dir / "v2" / "model.onnx").write_bytes(ONNX + b"changed")
+    with pytest.raises(BackupError, match="v2/model.onnx has sha256 .* the file is corrupt or was changed"):
+        _backup(source, tmp_path / "b.tar.gz")
+    assert not (tmp_path / "b.tar.gz").exists()
+
+    (store.versions_dir / "v2" / "model.onnx").write_bytes(ONNX)
+    sidecar = store.versions_dir / "v2" / "compiled.json"
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "artifact_sha256": "0" * 64}))
+    with pytest.raises(BackupError, match="compiled.json is unusable: it was not compiled from this version's artifact"):
+        _backup(source, tmp_path / "b.tar.gz")
+
+
+def _rewrite_member(archive: Path, target: Path, member: str, change) -> None:
+    """``archive`` with ``member`` changed and the manifest's sha256 of it updated to match."""
+    changed: dict[str, bytes] = {}
+
+    def rewrite(info: tarfile.TarInfo, data: bytes) -> bytes:
+        if info.name == member:
+            changed[member] = change(data)
+            return changed[member]
+        if info.name == "manifest.json":  # the last member
+            manifest = json.loads(data)
+            new = changed[member]
+            manifest["files"][member] = {"sha256": hashlib.sha256(new).hexdigest(), "bytes": len(new)}
+            return json.dumps(manifest).encode()
+        return data
+
+    _rewrite(archive, target, rewrite)
+
+
+def test_restore_refuses_a_compiled_form_that_does_not_hold(source: Path, tmp_path: Path) -> None:
+    _compile_later(source)
+    archive = _backup_to(source, tmp_path / "b.tar.gz")
+    member = "models/models/iris/versions/v2/compiled.json"
+
+    def other_onnx(data: bytes) -> bytes:
+        return json.dumps({**json.loads(data), "sha256": "0" * 64}).encode()
+
+    def other_artifact(data: bytes) -> bytes:
+        return json.dumps({**json.loads(data), "artifact_sha256": "0" * 64}).encode()
+
+    for change, refused in (
+        (other_onnx, "v2/model.onnx does not match the sha256 in its compiled.json"),
+        (other_artifact, "v2/compiled.json: it was not compiled from this version's artifact"),
+        (lambda data: b"{not json", "v2/compiled.json: "),
+    ):
+        bad = tmp_path / "bad.tar.gz"
+        _rewrite_member(archive, bad, member, change)
+        with pytest.raises(RestoreError, match=refused):
+            _restore(bad, tmp_path / "target")
+        _assert_nothing_restored(tmp_path / "target")
+
+
+def test_restore_refuses_a_compiled_json_in_an_archive_older_than_it(source: Path, tmp_path: Path) -> None:
+    _compile_later(source)
+    archive = _backup_to(source, tmp_path / "b.tar.gz")
+    relabeled = _relabeled(archive, tmp_path / "relabeled.tar.gz", 3)
+    with pytest.raises(RestoreError, match="compiled.json' is not in a format 3 archive"):
+        _restore(relabeled, tmp_path / "target")
+    _assert_nothing_restored(tmp_path / "target")

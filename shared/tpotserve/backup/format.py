@@ -1,11 +1,13 @@
 """The archive format: its member names, the manifest's name and version, the size limits.
 
-The archive (format version 3) is a gzip tar:
+The archive (format version 4) is a gzip tar:
 
     models/models/<name>/versions/<version>/model.joblib   every complete version of every model,
     models/models/<name>/versions/<version>/meta.json      byte for byte
-    models/models/<name>/versions/<version>/<document>     leaderboard.json, card.json, card.md: those
-                                                           its meta.json lists under "files"
+    models/models/<name>/versions/<version>/<document>     leaderboard.json, card.json, card.md, ...:
+                                                           those its meta.json lists under "files"
+    models/models/<name>/versions/<version>/compiled.json  a compiled form added later (tpotserve
+                                                           compile), and the model.onnx it covers
     datasets/<id>/data.csv, datasets/<id>/meta.json
     signing.key                         only with --signing-key-file, when the file exists
     models/models/<name>/activations.jsonl, policy.json, shadow.json
@@ -19,11 +21,13 @@ The archive (format version 3) is a gzip tar:
 A format 1 archive (before named models: ``models/versions/<version>/...``,
 ``models/current.json``, one ``pointer`` and one ``versions`` list in the manifest) is
 restored as the default model, into ``<model dir>/models/<default>/``. A format 2 archive
-(before the side files) restores as it always did: it creates no side file.
+(before the side files) restores as it always did: it creates no side file; neither a format
+2 nor a format 3 one (before compiled.json) holds a compiled form added after publishing.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -38,6 +42,7 @@ from ..store import (
     POINTER_NAME,
     POLICY_NAME,
     SHADOW_NAME,
+    SIDECAR_NAME,
 )
 
 FORMAT = "tpotserve-backup"
@@ -47,11 +52,14 @@ FORMAT = "tpotserve-backup"
 # archives are not format 2 to it. It refuses them at the first side file, before it reaches
 # the manifest (last) and its number, with or without the bump; the number is for the
 # manifest's readers: which tpotserve can restore this archive.
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+# 4: a version's compiled.json (a compiled form `tpotserve compile` added after publishing) and
+# the model.onnx it covers; bumped for the same reason as 3 (a format 3 reader refuses the name).
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 """1: one store at the archive's ``models/`` (before named models), restored as the default model.
-2: named models, without their side files."""
+2: named models, without their side files. 3: without compiled.json."""
 SIDE_FILES_SINCE = 3
+SIDECAR_SINCE = 4
 SIDE_FILES = (ACTIVATIONS_NAME, POLICY_NAME, SHADOW_NAME)
 """Each model's files beside current.json (tpotserve.store): its activation log, its retraining
 policy, its version in shadow. Any of them may be absent."""
@@ -69,7 +77,7 @@ MEMBER = re.compile(
     rf"|models/(?:{MODELS_DIR}/(?P<model>{_NAME})/)?"
     rf"(?:(?P<pointer>{re.escape(POINTER_NAME)})"
     rf"|(?P<side>{'|'.join(map(re.escape, SIDE_FILES))})"  # format 3 only: checked with the manifest
-    rf"|versions/(?P<version>{_NAME})/(?P<vfile>{'|'.join(map(re.escape, (ARTIFACT_NAME, META_NAME, *DOCUMENTS)))}))"
+    rf"|versions/(?P<version>{_NAME})/(?P<vfile>{'|'.join(map(re.escape, (ARTIFACT_NAME, META_NAME, *DOCUMENTS, SIDECAR_NAME)))}))"
     rf"|datasets/(?P<dataset>{_NAME})/"
     rf"(?P<dfile>{re.escape(DATASET_DATA_NAME)}|{re.escape(DATASET_META_NAME)})"
 )
@@ -89,3 +97,21 @@ def version_documents(meta: dict[str, Any]) -> dict[str, str]:
     ):
         raise TypeError(f"files must map {', '.join(DOCUMENTS)} to sha256 strings")
     return files
+
+
+def sidecar_documents(meta: dict[str, Any], raw: bytes) -> dict[str, str]:
+    """{name: sha256} of the file a version's compiled.json covers (model.onnx; none when it
+    records only why the version could not be compiled). ValueError unless it is a record
+    compiled from this very version's artifact (``ModelStore.add_compiled``), for a version
+    whose meta.json has no compiled form of its own."""
+    if "compiled" in meta:
+        raise ValueError(f"the version's {META_NAME} has a compiled form of its own")
+    record = json.loads(raw)
+    if not isinstance(record, dict) or record.get("artifact_sha256") != meta.get("sha256"):
+        raise ValueError("it was not compiled from this version's artifact")
+    name = record.get("file")
+    if name is None:
+        return {}
+    if name != "model.onnx" or not isinstance(record.get("sha256"), str):
+        raise ValueError(f"it names {str(name)[:40]!r} without a sha256; only model.onnx is a compiled form")
+    return {name: record["sha256"]}

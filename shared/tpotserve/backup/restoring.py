@@ -31,9 +31,17 @@ from typing import IO, Any
 from ..atomic import DIR_MODE, TMP_PREFIX, fsync_dir, new_file, replace_file, sha256_file
 from ..names import DATASET_DATA_NAME, DATASET_META_NAME
 from ..registry import ModelRegistry
-from ..store import ARTIFACT_NAME, META_NAME, POINTER_NAME, ModelStore
+from ..store import ARTIFACT_NAME, META_NAME, POINTER_NAME, SIDECAR_NAME, ModelStore
 from .common import Log, RestoreError, plain_entries, stderr
-from .format import KEY_MEMBER, KEY_MODE, MANIFEST_NAME, SIDE_FILES, SMALL_MEMBER_MAX_BYTES, version_documents
+from .format import (
+    KEY_MEMBER,
+    KEY_MODE,
+    MANIFEST_NAME,
+    SIDE_FILES,
+    SMALL_MEMBER_MAX_BYTES,
+    sidecar_documents,
+    version_documents,
+)
 from .verify import Archived, check_member, parse_json, verify_archive
 
 RESTORE_STAGING_PREFIX = ".restore-"
@@ -129,22 +137,36 @@ def _staged_documents(
     staged: Path, member: str, meta_raw: bytes, small: dict[str, bytes], received: dict[str, dict[str, Any]]
 ) -> list[str]:
     """Write beside a staged version the documents its meta.json lists, each checked against the
-    sha256 there; an archive that lacks one or holds another is refused. Their names."""
+    sha256 there, and a compiled form added after publishing (compiled.json and the model.onnx it
+    covers, checked against it); an archive that lacks one or holds another is refused. Their names."""
+    meta = parse_json(meta_raw, f"{member}/{META_NAME}")
     try:
-        listed = version_documents(parse_json(meta_raw, f"{member}/{META_NAME}"))
+        listed = version_documents(meta)
     except TypeError as exc:
         raise RestoreError(f"{member}/{META_NAME}: {exc}") from exc
+    by = {name: META_NAME for name in listed}
+    sidecar = small.get(f"{member}/{SIDECAR_NAME}")
+    if sidecar is not None:
+        try:
+            covered = sidecar_documents(meta, sidecar)
+        except ValueError as exc:
+            raise RestoreError(f"{member}/{SIDECAR_NAME}: {exc}") from exc
+        listed = {**listed, **covered}
+        by.update({name: SIDECAR_NAME for name in covered})
     held = {name.rsplit("/", 1)[1] for name in received if name.startswith(f"{member}/")}
-    extra = held - {ARTIFACT_NAME, META_NAME, *listed}
+    extra = held - {ARTIFACT_NAME, META_NAME, *listed, *([SIDECAR_NAME] if sidecar is not None else [])}
     if extra:
         raise RestoreError(f"{member} holds {sorted(extra)}, which its {META_NAME} does not list")
     for name, sha in listed.items():
         raw = small.get(f"{member}/{name}")
         if raw is None:
-            raise RestoreError(f"the archive lacks {member}/{name}, which its {META_NAME} lists")
+            raise RestoreError(f"the archive lacks {member}/{name}, which its {by[name]} lists")
         if hashlib.sha256(raw).hexdigest() != sha:
-            raise RestoreError(f"{member}/{name} does not match the sha256 in its {META_NAME}")
+            raise RestoreError(f"{member}/{name} does not match the sha256 in its {by[name]}")
         _write_stream(staged / name, io.BytesIO(raw))
+    if sidecar is not None:  # last, as add_compiled writes it: it is what the API looks for
+        _write_stream(staged / SIDECAR_NAME, io.BytesIO(sidecar))
+        return sorted([*listed, SIDECAR_NAME])
     return sorted(listed)
 
 

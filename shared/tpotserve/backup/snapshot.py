@@ -35,9 +35,9 @@ from typing import IO, Any
 from ..atomic import FILE_MODE
 from ..names import DATASET_DATA_NAME, DATASET_META_NAME
 from ..registry import MIGRATING_PREFIX, ModelRegistry
-from ..store import ARTIFACT_NAME, META_NAME, POINTER_NAME, ModelStore
+from ..store import ARTIFACT_NAME, META_NAME, POINTER_NAME, SIDECAR_NAME, ModelStore
 from .common import BackupError, plain_entries
-from .format import SIDE_FILES, SMALL_MEMBER_MAX_BYTES, model_prefix, version_documents
+from .format import SIDE_FILES, SMALL_MEMBER_MAX_BYTES, model_prefix, sidecar_documents, version_documents
 
 # How often the pointer is read again when its version vanished during a backup
 # (retention deleted it after a newer version was published and activated).
@@ -177,9 +177,37 @@ def _copy_entry(
             raise BackupError(f"{what}: {name}, which its {meta_name} lists, is missing") from None
         with document:
             writer.add_verified(f"{prefix}/{name}", document, sha, what)
+    if documents and not _copy_sidecar(writer, directory, prefix, meta, what):
+        return None, "vanished"
     writer.add_bytes(f"{prefix}/{meta_name}", meta_raw, mtime=meta_mtime)
     return {"sha256": expected, "bytes": entry["bytes"]}, ""
 
+
+
+def _copy_sidecar(writer: ArchiveWriter, directory: Path, prefix: str, meta: dict[str, Any], what: str) -> bool:
+    """A compiled form added to the version after publishing (``tpotserve compile``): its
+    compiled.json and the model.onnx it covers, checked against its sha256. add_compiled renames
+    compiled.json last, so once it is there model.onnx is too. False: the version vanished."""
+    try:
+        with _open_for_copy(directory / SIDECAR_NAME) as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        return directory.is_dir()
+    try:
+        covered = sidecar_documents(meta, raw)
+    except ValueError as exc:
+        raise BackupError(f"{what}: {SIDECAR_NAME} is unusable: {exc}") from exc
+    for name, sha in covered.items():
+        try:
+            document = _open_for_copy(directory / name)
+        except FileNotFoundError:
+            if not directory.is_dir():
+                return False
+            raise BackupError(f"{what}: {name}, which its {SIDECAR_NAME} covers, is missing") from None
+        with document:
+            writer.add_verified(f"{prefix}/{name}", document, sha, what)
+    writer.add_bytes(f"{prefix}/{SIDECAR_NAME}", raw)
+    return True
 
 
 def copy_dataset(writer: ArchiveWriter, root: Path, dataset_id: str) -> tuple[dict[str, Any] | None, str]:

@@ -1,8 +1,8 @@
 """Checking an archive before anything is restored: each member's name and kind as it is read,
 then every file against the manifest and every artifact against its metadata and its pointer.
 
-It accepts only the member names of :mod:`.format` (or format 1's; side files only in
-format 3) as regular files (checked with tarfile's ``data`` filter too), with model names that
+It accepts only the member names of :mod:`.format` (or format 1's; side files only since
+format 3, compiled.json since format 4) as regular files (checked with tarfile's ``data`` filter too), with model names that
 :func:`tpotserve.registry.check_model_name` accepts.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import InvalidInput
 from ..names import DATASET_DATA_NAME, DATASET_META_NAME
 from ..registry import check_model_name
-from ..store import ARTIFACT_NAME, META_NAME, POINTER_NAME
+from ..store import ARTIFACT_NAME, META_NAME, POINTER_NAME, SIDECAR_NAME
 from .common import RestoreError
 from .format import (
     FORMAT,
@@ -27,6 +27,7 @@ from .format import (
     READABLE_VERSIONS,
     SIDE_FILES,
     SIDE_FILES_SINCE,
+    SIDECAR_SINCE,
     model_prefix,
 )
 
@@ -74,7 +75,7 @@ class Archived:
     versions: dict[str, str]
     """{version: sha256}, in the manifest's order."""
     side: tuple[str, ...] = ()
-    """The side files the archive holds of it (format 3)."""
+    """The side files the archive holds of it (format 3 and later)."""
 
     @property
     def prefix(self) -> str:
@@ -155,7 +156,7 @@ def _versions_in_archive(
     members: list[tuple[str, re.Match[str] | None]],
 ) -> dict[str | None, set[str]]:
     """{model's name in member names: the versions the archive holds files of}; every model
-    member belongs to a model the manifest lists, side files only in format 3."""
+    member belongs to a model the manifest lists, side files only since format 3, compiled.json since 4."""
     in_archive: dict[str | None, set[str]] = {}
     for name, match in members:
         if match and (match["version"] or match["pointer"] or match["side"]):
@@ -164,7 +165,9 @@ def _versions_in_archive(
                     f"archive member {name!r} belongs to no model its manifest lists "
                     f"(a format {manifest['format_version']} archive)"
                 )
-            if match["side"] and manifest["format_version"] < SIDE_FILES_SINCE:
+            if (match["side"] and manifest["format_version"] < SIDE_FILES_SINCE) or (
+                match["vfile"] == SIDECAR_NAME and manifest["format_version"] < SIDECAR_SINCE
+            ):
                 raise RestoreError(
                     f"archive member {name!r} is not in a format {manifest['format_version']} archive"
                 )
