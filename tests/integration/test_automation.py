@@ -305,6 +305,8 @@ def _shadow_traffic(stack: LiveStack, served: str, shadow: str, rows: int) -> di
     def scored() -> dict | None:
         stack.post(f"/models/{MODEL}/feedback", json=items)
         body = stack.get(f"/models/{MODEL}/shadow").json()
+        if body.get("figures") is None:  # the scheduler judged and promoted it before this read
+            return {**body, "evaluation": {"reason": "promoted before the report was read"}}
         return body if body["figures"]["labelled"]["rows"] >= rows * 0.9 else None
 
     return wait_for(scored, timeout_s=30, interval_s=0.5, what="the paired scores")

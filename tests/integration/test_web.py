@@ -391,7 +391,7 @@ def test_an_activation_across_contracts_shows_the_refusal_and_asks_before_replac
     # A regressor stored beside the iris versions of the default model, not served.
     started = stack.post("/retrain", headers=stack.admin(), json={
         "dataset": upload.json()["id"], "target": "price", "task": "regression", "replace_contract": True,
-        "promote": "never", "max_time_mins": 0.3, "generations": 1, "population_size": 4, "cv": 3})
+        "promote": "never", "max_time_mins": 1, "generations": 1, "population_size": 4, "cv": 3})
     assert started.status_code == 202, started.text
     job = stack.wait_job(started.json()["job_id"], timeout_s=240)
     assert job["status"] == "finished" and job["result"]["published"] is False, job
