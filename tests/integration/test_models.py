@@ -94,7 +94,8 @@ def test_two_models_from_two_csvs_side_by_side_with_swaps_under_load(stack: Live
     # Without a data set, a named model retrains on its own (not on iris).
     second = _train(stack, model=SEEDS)
     assert (second["request"]["dataset"], second["request"]["target"]) == (seeds_data, "label")
-    assert stack.wait_job(second["job_id"], timeout_s=240)["status"] == "finished"
+    done = stack.wait_job(second["job_id"], timeout_s=240)
+    assert done["status"] == "finished", done["error"]
 
     # Batches: the regressor answers numbers, the classifier its own text labels and
     # probabilities over exactly those.

@@ -4,13 +4,14 @@ the leaderboard, the model card and the pipeline's export, and the API that serv
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.datasets import load_diabetes, load_iris
+from sklearn.datasets import load_diabetes, load_iris, make_classification
 from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.feature_selection import SelectPercentile, f_classif
@@ -19,9 +20,11 @@ from sklearn.metrics import accuracy_score, confusion_matrix, get_scorer
 from sklearn.pipeline import FeatureUnion, Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from tpotserve.errors import ArtifactRejected, NotFound
+from tpotserve.errors import ArtifactRejected, NotFound, TrainingFailed
+from tpotserve.datasets import DataLimits, DatasetStore
+from tpotserve.settings import load_settings
 from tpotserve.store import ModelStore
-from tpotserve_trainer import baselines, card, export, leaderboard
+from tpotserve_trainer import automl, baselines, card, export, jobs, leaderboard
 from tpotserve_trainer.baselines import Candidate
 
 from tests.unit.payloads import training_payload
@@ -63,6 +66,22 @@ def test_a_failed_baseline_is_never_chosen() -> None:
                                          Candidate("linear", None, None, error="ValueError: no")])
     assert chosen.name == "tpot" and record["runner_up"] is None
     assert record["summary"] == "tpot was the only candidate with a CV score"
+
+
+def test_when_tpot_found_nothing_a_baseline_is_chosen_and_the_record_says_why() -> None:
+    chosen, record = leaderboard.choose([Candidate("dummy", "d", 0.33, predict_ms=0.01),
+                                         Candidate("linear", "l", 0.9, predict_ms=0.1)],
+                                        tpot_failure="TPOT found no pipeline: budget ended")
+    assert chosen.name == "linear" and record["tpot_cv_score"] is None
+    assert record["tpot_failure"] == "TPOT found no pipeline: budget ended"
+    assert record["summary"].startswith("TPOT scored no pipeline, so a baseline is published: "
+                                        "linear won on CV score")
+
+
+def test_no_scored_candidate_is_a_failed_training_that_names_every_reason() -> None:
+    with pytest.raises(TrainingFailed) as failed:
+        leaderboard.choose([Candidate("linear", None, None, error="ValueError: no")], tpot_failure="nothing")
+    assert failed.value.message == "no candidate could be scored (tpot: nothing; linear: ValueError: no)"
 
 
 # --- the baselines, on real data ------------------------------------------------
@@ -143,8 +162,62 @@ def test_the_board_ranks_tpot_and_baselines_together_and_marks_the_winner() -> N
     assert [r["rank"] for r in board["rows"]] == [1, 2, 3, 4, 5]
     assert [r["name"] for r in board["rows"] if r["selected"]] == ["hist_gradient_boosting"]
     assert board["rows"][1]["holdout_score"] == 0.9 and board["rows"][1]["tpot_pick"]
-    assert board["tpot"] == {**counts, "shown": 3, "top_k": leaderboard.TOP_K}
+    assert board["tpot"] == {**counts, "shown": 3, "top_k": leaderboard.TOP_K, "failure": None}
     assert board["selection"]["winner"] == "hist_gradient_boosting"
+
+
+# --- a real search that found nothing ---------------------------------------------
+class _FoldsTpotCannotUse:
+    """Folds whose test rows do not exist: every pipeline TPOT tries fails on them."""
+
+    def get_n_splits(self, *args, **kwargs) -> int:
+        return 2
+
+    def split(self, X, y=None, groups=None):
+        for _ in range(2):
+            yield np.arange(len(X)), np.array([len(X) + 10])
+
+
+@pytest.fixture
+def no_pipeline_from_tpot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A real retrain whose TPOT search scores no pipeline: TPOT (only) is handed folds it
+    cannot use, a fault injected where the search is built. Yields a payload factory."""
+    for name, value in {"MODEL_DIR": tmp_path / "models", "DATASET_DIR": tmp_path / "datasets",
+                        "MODEL_SIGNING_KEY": SIGNING_KEY}.items():
+        monkeypatch.setenv(name, str(value))
+    real = automl.build_estimator
+    monkeypatch.setattr(automl, "build_estimator",
+                        lambda payload, compute=None, cv=None: real(payload, compute, _FoldsTpotCannotUse()))
+    X, y = make_classification(n_samples=300, n_features=4, n_informative=3, n_redundant=0, random_state=0)
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(4)]).assign(label=np.where(y, "yes", "no"))
+    dataset, _ = DatasetStore(tmp_path / "datasets", DataLimits(200_000, 100, 20, 0.2)).save(
+        frame.to_csv(index=False).encode())
+    return lambda **extra: training_payload(model="nothing", dataset=dataset["id"], target="label",
+                                            max_time_mins=0.5, cv=3, **extra).model_dump()
+
+
+def test_when_tpot_scores_no_pipeline_the_best_baseline_is_published_and_says_so(no_pipeline_from_tpot) -> None:
+    outcome = jobs.retrain(no_pipeline_from_tpot())
+    assert outcome["published"] and outcome["selection"]["source"] == "baseline"
+    assert re.fullmatch(r"TPOT scored no pipeline in its budget \((\d+) tried: \1 failed, 0 timed out, .*\)",
+                        outcome["selection"]["tpot_failure"]), outcome["selection"]
+    assert "TPOT scored no pipeline, so a baseline is published" in outcome["selection"]["summary"]
+    board = outcome["leaderboard"]
+    assert board["tpot"]["evaluated"] == 0 and board["tpot"]["total"] >= 1
+    assert board["tpot"]["failure"] == outcome["selection"]["tpot_failure"]
+    assert {row["source"] for row in board["rows"]} == {"baseline"}
+    assert [row["name"] for row in board["rows"] if row["selected"]] == [outcome["selection"]["winner"]]
+    store = jobs.registry_for(load_settings()).store("nothing")
+    meta = store.read_meta(outcome["version"])
+    assert meta["tpot_pipeline"] is None and meta["evaluated_pipelines"] == 0
+    assert "TPOT scored no pipeline" in store.read_document(outcome["version"], "card.md").decode()
+    served = joblib.load(store.artifact_path(outcome["version"]))
+    assert set(served.predict(np.zeros((2, 4)))) <= {"yes", "no"}
+
+
+def test_without_baselines_a_search_that_found_nothing_fails_the_training(no_pipeline_from_tpot) -> None:
+    with pytest.raises(TrainingFailed, match="TPOT scored no pipeline in its budget"):
+        jobs.retrain(no_pipeline_from_tpot(baselines=False))
 
 
 # --- the export -----------------------------------------------------------------

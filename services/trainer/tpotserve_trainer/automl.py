@@ -25,15 +25,33 @@ import tpot  # noqa: E402 - the update check must be disabled first
 
 log = logging.getLogger(__name__)
 
+NO_INDIVIDUALS = "No individuals could be evaluated"
+"""The start of what TPOT raises (a bare Exception) when none of its first population scored."""
+
+
+class NoPipeline(TrainingFailed):
+    """TPOT ran and has nothing to offer: every candidate failed or timed out.
+
+    Not a failure of the training when baselines were fitted: the best of them is
+    published and the leaderboard says TPOT found nothing (``jobs._train``).
+    ``evaluated`` and ``score_column``: what TPOT tried, for the leaderboard's counts."""
+
+    def __init__(self, message: str, evaluated: pd.DataFrame | None = None, score_column: str = "") -> None:
+        super().__init__(message)
+        self.evaluated = evaluated
+        self.score_column = score_column
+
 
 @dataclass
 class SearchResult:
-    """A fitted scikit-learn pipeline and what TPOT found out about it."""
+    """A fitted scikit-learn pipeline and what TPOT found out about it.
+
+    ``nothing_found`` builds the result of a search with no pipeline (``NoPipeline``)."""
 
     pipeline: Any
     classes: list[Any] | None
-    cv_score: float
-    pipeline_text: str
+    cv_score: float | None
+    pipeline_text: str | None
     evaluated_pipelines: int
     evaluated: Any = None
     """TPOT's ``evaluated_individuals`` (a DataFrame), for the leaderboard."""
@@ -45,6 +63,13 @@ class SearchResult:
 
     New searches never produce one (see _with_own_labels); artifacts published
     before that carry it in their metadata, and the API and the gate honour it."""
+    failure: str | None = None
+    """Why TPOT has no pipeline (then ``pipeline`` is None)."""
+
+    @classmethod
+    def nothing_found(cls, error: NoPipeline) -> SearchResult:
+        return cls(pipeline=None, classes=None, cv_score=None, pipeline_text=None, evaluated_pipelines=0,
+                   evaluated=error.evaluated, score_column=error.score_column, failure=error.message)
 
 
 Progress = Callable[[dict[str, Any]], None]
@@ -298,14 +323,14 @@ def search(
             with _reporting(report, payload.generations):
                 estimator.fit(features, target)
         except Exception as exc:  # noqa: BLE001 - TPOT raises bare Exceptions for bad data
+            if str(exc).startswith(NO_INDIVIDUALS):
+                raise _no_pipeline(estimator, compute) from exc
             raise TrainingFailed(
                 f"TPOT could not fit: {type(exc).__name__}: {exc}{_cluster_note(compute)}"
             ) from exc
     fitted = getattr(estimator, "fitted_pipeline_", None)
     if fitted is None:
-        raise TrainingFailed(
-            "TPOT finished without a pipeline (every candidate failed or timed out)" + _cluster_note(compute)
-        )
+        raise _no_pipeline(estimator, compute)
 
     pipeline, classes = fitted, None
     if payload.task == "classification":
@@ -325,6 +350,21 @@ def search(
         selected_label=getattr(best, "name", None),
         score_column=score_column,
     )
+
+
+def _no_pipeline(estimator: Any, compute: Compute) -> NoPipeline:
+    """What a search that scored no pipeline tried, in words and as TPOT's table (when it
+    can still build it: an exception in the first generation leaves it unbuilt)."""
+    try:
+        evaluated, column = estimator.make_evaluated_individuals(), estimator.objective_names[0]
+    except Exception:  # noqa: BLE001 - no evolver, no population: no counts rather than a second error
+        evaluated, column = None, ""
+    tried = ""
+    if evaluated is not None and "Eval Error" in evaluated:
+        errors = evaluated["Eval Error"].astype("string")
+        tried = (f" ({len(evaluated)} tried: {int((errors == 'INVALID').sum())} failed, "
+                 f"{int((errors == 'TIMEOUT').sum())} timed out, the rest cut off by max_time_mins)")
+    return NoPipeline(f"TPOT scored no pipeline in its budget{tried}{_cluster_note(compute)}", evaluated, column)
 
 
 def _cluster_note(compute: Compute) -> str:

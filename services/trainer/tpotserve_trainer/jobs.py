@@ -136,19 +136,29 @@ def _train(run: TrainingPayload, datasets: DatasetStore, compute: automl.Compute
     report("searching", rows=len(X), training_rows=len(X_train), holdout_rows=len(X_hold),
            features=X.shape[1], generations_planned=run.generations)
     folds = baselines.cv_splitter(run)
-    result = automl.search(run, X_train, y_train, report=report.generation, compute=compute, cv=folds)
+    try:
+        result = automl.search(run, X_train, y_train, report=report.generation, compute=compute, cv=folds)
+    except automl.NoPipeline as nothing:
+        # With baselines the run still has something to publish; without, it fails.
+        if not run.baselines:
+            raise
+        result = automl.SearchResult.nothing_found(nothing)
     if compute.client is not None:
         compute.info["workers_at_end"] = compute.workers_now()
-    tpot_pick = baselines.Candidate("tpot", result.pipeline, result.cv_score)
-    tpot_pick.holdout_score = automl.holdout_score(
-        result.pipeline, X_hold, y_hold, run.scoring, result.classes, result.label_encoded
-    )
-    tpot_pick.predict_ms = baselines.one_row_predict_ms(result.pipeline, X_hold.to_numpy(dtype=float)[:1])
+    tpot_pick = None
+    if result.pipeline is not None:
+        tpot_pick = baselines.Candidate("tpot", result.pipeline, result.cv_score)
+        tpot_pick.holdout_score = automl.holdout_score(
+            result.pipeline, X_hold, y_hold, run.scoring, result.classes, result.label_encoded
+        )
+        tpot_pick.predict_ms = baselines.one_row_predict_ms(result.pipeline, X_hold.to_numpy(dtype=float)[:1])
     fitted: list[baselines.Candidate] = []
     if run.baselines:
-        report("baselines", tpot_cv_score=result.cv_score)
+        report("baselines", tpot_cv_score=result.cv_score, **({"tpot_failure": result.failure}
+                                                               if result.failure else {}))
         fitted = baselines.fit_baselines(run, X_train, y_train, X_hold, y_hold, folds)
-    chosen, selection = leaderboard.choose([tpot_pick, *fitted])
+    candidates = [c for c in (tpot_pick, *fitted) if c is not None]
+    chosen, selection = leaderboard.choose(candidates, tpot_failure=result.failure)
     listing, counts = leaderboard.tpot_rows(result.evaluated, result.score_column, result.selected_label)
     board = leaderboard.build(tpot_pick, listing, counts, fitted, selection, run.scoring, run.cv)
     classes = result.classes

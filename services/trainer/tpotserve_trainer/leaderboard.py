@@ -13,6 +13,8 @@ from typing import Any
 
 import pandas as pd
 
+from tpotserve.errors import TrainingFailed
+
 from .baselines import COST_RANK, Candidate
 
 TOP_K = 10
@@ -21,14 +23,20 @@ TIE_TOLERANCE = 1e-9
 """CV scores closer than this are a tie (the same folds give bit-identical means for equal models)."""
 
 
-def choose(candidates: list[Candidate]) -> tuple[Candidate, dict[str, Any]]:
+def choose(candidates: list[Candidate], tpot_failure: str | None = None) -> tuple[Candidate, dict[str, Any]]:
     """The candidate to publish and a record of why.
 
     Best CV score wins; within ``TIE_TOLERANCE`` the cheaper model to serve does
     (baselines by ``COST_RANK`` before TPOT's pick when equally fast to call, else
-    the lower measured one-row predict time).
+    the lower measured one-row predict time). ``tpot_failure``: why TPOT has no
+    pick among the candidates, said in the record. No candidate with a score is a
+    failed training (the reasons are in the message).
     """
     scored = [c for c in candidates if c.cv_score is not None]
+    if not scored:
+        reasons = ([f"tpot: {tpot_failure}"] if tpot_failure else []) + [
+            f"{c.name}: {c.error}" for c in candidates if c.error]
+        raise TrainingFailed("no candidate could be scored" + (f" ({'; '.join(reasons)})" if reasons else ""))
     best_score = max(c.cv_score for c in scored)
     tied = [c for c in scored if best_score - c.cv_score <= TIE_TOLERANCE]
     winner = min(tied, key=lambda c: (c.predict_ms if c.predict_ms is not None else float("inf"),
@@ -48,6 +56,7 @@ def choose(candidates: list[Candidate]) -> tuple[Candidate, dict[str, Any]]:
         "best_baseline": best_baseline.name if best_baseline else None,
         "best_baseline_cv_score": best_baseline.cv_score if best_baseline else None,
         "tie": len(tied) > 1,
+        "tpot_failure": tpot_failure,
         "rule": "best CV score on the search's folds; ties go to the model cheaper to serve",
     }
     record["summary"] = _summary(record)
@@ -56,12 +65,16 @@ def choose(candidates: list[Candidate]) -> tuple[Candidate, dict[str, Any]]:
 
 def _summary(record: dict[str, Any]) -> str:
     if record["runner_up"] is None:
-        return f"{record['winner']} was the only candidate with a CV score"
-    if record["tie"]:
-        return (f"{record['winner']} tied on CV score with {record['runner_up']} "
+        said = f"{record['winner']} was the only candidate with a CV score"
+    elif record["tie"]:
+        said = (f"{record['winner']} tied on CV score with {record['runner_up']} "
                 "and is cheaper to serve")
-    return (f"{record['winner']} won on CV score by {record['margin']:.4g} "
-            f"over {record['runner_up']}")
+    else:
+        said = (f"{record['winner']} won on CV score by {record['margin']:.4g} "
+                f"over {record['runner_up']}")
+    if record["tpot_failure"]:
+        said = f"TPOT scored no pipeline, so a baseline is published: {said}"
+    return said
 
 
 def tpot_rows(evaluated: pd.DataFrame | None, score_column: str, selected: Any = None) -> tuple[list[dict], dict]:
@@ -122,7 +135,7 @@ def build(tpot_pick: Candidate | None, tpot_listing: list[dict], counts: dict, b
         "scoring": scoring,
         "cv_folds": cv,
         "rows": rows,
-        "tpot": {**counts, "shown": len(tpot_listing), "top_k": TOP_K},
+        "tpot": {**counts, "shown": len(tpot_listing), "top_k": TOP_K, "failure": chosen.get("tpot_failure")},
         "baselines": [b.name for b in baselines],
         "selection": chosen,
     }
