@@ -91,6 +91,21 @@ def verification_rows(meta: ModelMeta, model: Any = None, count: int = RANDOM_RO
     return np.vstack(rows)
 
 
+def check_outputs(meta: ModelMeta, model: Any, rows: np.ndarray, got: list[Any]) -> Verdict:
+    """Whether a compiled form's outputs on ``rows`` (``[label] + [probabilities]`` for a
+    classifier, ``[value]`` for a regressor) are the pipeline's own calls on them. The one
+    check: the API makes it at load, the trainer before it stores a compiled form."""
+    if meta.is_classifier:
+        if hasattr(model, "predict_proba"):
+            expected = model.predict_proba(rows)
+            if len(got) < 2:
+                return Verdict(False, "the compiled form has no probabilities")
+            proba = np.asarray(got[1], dtype=float)
+            return compare(meta, expected.argmax(axis=1), expected, proba.argmax(axis=1), proba)
+        return compare(meta, model.predict(rows), None, np.asarray(got[0]).ravel(), None)
+    return compare(meta, None, model.predict(rows), None, got[0])
+
+
 def compare(meta: ModelMeta, expected_labels: Any, expected: np.ndarray | None, got_labels: Any,
             got: np.ndarray | None) -> Verdict:
     """Whether a compiled form's answers on the verification rows are the pipeline's.

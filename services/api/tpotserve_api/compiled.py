@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from tpotserve.compiled import Verdict, compare, verification_rows
+from tpotserve.compiled import Verdict, check_outputs, verification_rows
 from tpotserve.model_meta import ModelMeta
 
 from .limits import MAX_MAGNITUDE
@@ -105,16 +105,7 @@ def load_engine(raw: bytes, record: dict[str, Any], model: Any, meta: ModelMeta,
 
 def verify(engine: CompiledEngine, model: Any, meta: ModelMeta, rows: np.ndarray) -> Verdict:
     """Compare the engine with the pipeline itself (scikit-learn's own calls) on ``rows``."""
-    got = engine.run(rows)
-    if meta.is_classifier:
-        if hasattr(model, "predict_proba"):
-            expected = model.predict_proba(rows)
-            if len(got) < 2:
-                return Verdict(False, "the compiled form has no probabilities")
-            proba = np.asarray(got[1], dtype=float)
-            return compare(meta, expected.argmax(axis=1), expected, proba.argmax(axis=1), proba)
-        return compare(meta, model.predict(rows), None, np.asarray(got[0]).ravel(), None)
-    return compare(meta, None, model.predict(rows), None, got[0])
+    return check_outputs(meta, model, rows, engine.run(rows))
 
 
 def choose_sizes(engine: CompiledEngine, sklearn_path: Callable[[np.ndarray], Any],

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import threading
 import time
 from collections import defaultdict
@@ -31,6 +30,7 @@ from tpotserve.drift import Binner
 from tpotserve.live import answers_key, counts_key
 from tpotserve.settings import Settings, keeps_feedback_rows
 
+from .background import ProcessThread, Throttle
 from .loaded_model import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -115,16 +115,15 @@ class Monitor:
         self._answers: list[tuple[str, int, str, bytes]] = []
         self._pending_rows = 0
         self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._pid: int | None = None
-        self._last_warning = -WARN_EVERY_S
+        self._thread = ProcessThread(self._run, "tpotserve-monitoring")
+        self._warning = Throttle(WARN_EVERY_S)
 
     # --- the serving path -----------------------------------------------------
     def record(self, model: LoadedModel, X: np.ndarray, predictions: list[Any], prediction_id: str) -> None:
         """Count ``X`` into ``model``'s drift bins and keep its answers under ``prediction_id``."""
         if not self.enabled:
             return
-        self._ensure_thread()
+        self._thread.ensure()
         now = time.time()
         bucket = int(now // self.settings.monitoring_bucket_s)
         binner = model.binner
@@ -162,18 +161,6 @@ class Monitor:
             self._wake.set()
 
     # --- the flushing thread ------------------------------------------------------
-    def _ensure_thread(self) -> None:
-        # Started on first use in this process: Gunicorn forks workers after create_app
-        # in some setups, and a thread does not survive a fork.
-        if self._pid == os.getpid():
-            return
-        with self._lock:
-            if self._pid == os.getpid():
-                return
-            self._pid = os.getpid()
-            self._thread = threading.Thread(target=self._run, name="tpotserve-monitoring", daemon=True)
-            self._thread.start()
-
     def _run(self) -> None:
         while True:
             self._wake.wait(self.settings.monitoring_flush_s)
@@ -209,8 +196,7 @@ class Monitor:
         except RedisError as exc:
             DROPPED.labels("count_rows").inc(sum(entry.rows for entry in counts.values()))
             DROPPED.labels("answers").inc(len(answers))
-            if time.monotonic() - self._last_warning > WARN_EVERY_S:  # one line a minute, not one a flush
-                self._last_warning = time.monotonic()
+            if self._warning.due():
                 log.warning("monitoring data dropped: Redis failed", extra={"fields": {
                     "event": "monitoring_dropped", "error": str(exc)[:200]}})
             return False

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import queue
 import threading
 import time
@@ -39,6 +38,7 @@ from tpotserve.drift import PROFILE_NAME
 from tpotserve.registry import ModelRegistry
 from tpotserve.settings import Settings
 
+from .background import ProcessThread, Throttle
 from .loaded_model import LoadedModel
 from .model_holder import load_version
 from .monitoring import Answer, admit_answers, write_answers
@@ -97,15 +97,16 @@ class ShadowRunner:
         self._pending_rows = 0
         self._last_flush = time.monotonic()
         self._last_poll = 0.0
-        self._pid: int | None = None
-        self._last_warning = -WARN_EVERY_S
+        self._thread = ProcessThread(self._run, "tpotserve-shadow")
+        self._warning = Throttle(WARN_EVERY_S)
 
     # --- the serving path -------------------------------------------------------------
     def offer(self, model: LoadedModel, X: np.ndarray, predictions: list[Any], prediction_id: str) -> None:
         """Queue a sample of this answer for the shadow, if ``model`` has one. Never blocks."""
         if not self.enabled:
             return
-        self._ensure_thread()
+        if self.background:
+            self._thread.ensure()
         config = self._configs.get(model.name)
         if config is None:
             if model.name not in self._configs and model.name not in self._wanted:
@@ -135,16 +136,6 @@ class ShadowRunner:
             DROPPED.labels("queue_full").inc(len(rows))
 
     # --- the thread -------------------------------------------------------------------
-    def _ensure_thread(self) -> None:
-        # Started on first use in this process (a thread does not survive Gunicorn's fork).
-        if self._pid == os.getpid() or not self.background:
-            return
-        with self._lock:
-            if self._pid == os.getpid():
-                return
-            self._pid = os.getpid()
-            threading.Thread(target=self._run, name="tpotserve-shadow", daemon=True).start()
-
     def _run(self) -> None:
         while True:
             try:
@@ -282,8 +273,7 @@ class ShadowRunner:
             return True
         except RedisError as exc:
             DROPPED.labels("redis").inc(rows)
-            if time.monotonic() - self._last_warning > WARN_EVERY_S:
-                self._last_warning = time.monotonic()
+            if self._warning.due():
                 log.warning("shadow data dropped: Redis failed", extra={"fields": {
                     "event": "shadow_dropped", "error": str(exc)[:200]}})
             return False

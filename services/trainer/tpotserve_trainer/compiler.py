@@ -28,7 +28,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
 
 from tpotserve.backup import SMALL_MEMBER_MAX_BYTES
-from tpotserve.compiled import Verdict, compare, verification_rows
+from tpotserve.compiled import Verdict, check_outputs, verification_rows
 from tpotserve.model_meta import ModelMeta
 
 log = logging.getLogger(__name__)
@@ -134,19 +134,9 @@ def verify(raw: bytes, outputs: dict[str, str | None], pipeline: Any, meta: Mode
 def verify_session(session: Any, outputs: dict[str, str | None], pipeline: Any, meta: ModelMeta,
                    rows: np.ndarray, dtype: Any) -> Verdict:
     """The check the API makes at load, here for the trainer and the tests."""
-    name = session.get_inputs()[0].name
-    if meta.is_classifier:
-        wanted = [outputs["label"]] + ([outputs["probabilities"]] if outputs.get("probabilities") else [])
-        got = session.run(wanted, {name: rows.astype(dtype)})
-        if hasattr(pipeline, "predict_proba"):
-            expected = pipeline.predict_proba(rows)
-            if len(got) < 2:
-                return Verdict(False, "the graph has no probabilities")
-            proba = np.asarray(got[1], dtype=float)
-            return compare(meta, expected.argmax(axis=1), expected, proba.argmax(axis=1), proba)
-        return compare(meta, pipeline.predict(rows), None, np.asarray(got[0]).ravel(), None)
-    value = session.run([outputs["value"]], {name: rows.astype(dtype)})[0]
-    return compare(meta, None, pipeline.predict(rows), None, value)
+    wanted = [name for name in outputs.values() if name]  # [label, probabilities] or [value], as the API runs it
+    got = session.run(wanted, {session.get_inputs()[0].name: rows.astype(dtype)})
+    return check_outputs(meta, pipeline, rows, got)
 
 
 def with_float32_trees(model: Any) -> Any:
