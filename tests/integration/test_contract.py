@@ -27,25 +27,13 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from rq import Queue
 from rq.registry import StartedJobRegistry
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from tpotserve import jobs
 
+from tests.contract_checks import CHECKS
+
 from .conftest import BOOK_REQUEST, LiveStack, wait_for
 
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-]
 MAX_EXAMPLES = 25  # generated cases per operation, on top of the examples and coverage phases
 SEED = 20261127  # reproducible runs; change it to explore other inputs
 TERMINAL = {"finished", "failed", "canceled"}

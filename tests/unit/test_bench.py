@@ -124,24 +124,7 @@ def test_parse_json_matches_on_a_real_batch() -> None:
 # --- parse_predict: plain rows, else _row's exact errors --------------------------------
 def reference_parse_predict(body: Any, names: list[str], max_rows: int) -> predict_request.PredictRequest:
     """parse_predict with _row for every instance, as it was."""
-    if isinstance(body, dict) and "instances" in body and "instances" not in names:
-        extra = sorted(set(body) - {"instances"})
-        if extra:
-            raise InvalidInput(f"unknown key {extra[0]!r} beside 'instances'", field=extra[0])
-        instances = body["instances"]
-        if not isinstance(instances, list):
-            raise InvalidInput("'instances' must be a list of objects", field="instances")
-        if not instances:
-            raise InvalidInput("'instances' is empty", field="instances")
-        if len(instances) > max_rows:
-            raise InvalidInput(
-                f"'instances' has {len(instances)} rows; the limit is {max_rows}", field="instances"
-            )
-        rows = [predict_request._row(item, names, prefix=f"instances[{i}].") for i, item in enumerate(instances)]
-        return predict_request.PredictRequest(rows=rows, single=False, originals=instances)
-    if not isinstance(body, dict):
-        return predict_request.parse_predict(body, names, max_rows)  # the unchanged top-level checks
-    return predict_request.PredictRequest(rows=[predict_request._row(body, names, prefix="")], single=True, originals=[body])
+    return predict_request.parse_predict(body, names, max_rows, shortcut=False)
 
 
 def predict_outcome(fn: Any, body: Any, names: list[str]) -> tuple:
@@ -241,26 +224,6 @@ def test_values_beyond_float32_are_refused_naming_the_field() -> None:
 
 
 # --- range_warnings: the column check agrees with the value-by-value loop --------------
-def reference_range_warnings(rows: list[list[float]], features: list[dict], *, single: bool) -> list[dict]:
-    warnings = []
-    for index, row in enumerate(rows):
-        for value, feature in zip(row, features):
-            low, high = feature.get("min"), feature.get("max")
-            if low is None or high is None:
-                continue
-            margin = predict_request.FAR_OUTSIDE * (high - low)
-            if value < low - margin or value > high + margin:
-                name = feature["name"] if single else f"instances[{index}].{feature['name']}"
-                warnings.append(
-                    {
-                        "code": "outside_training_range",
-                        "field": name,
-                        "message": f"{value} is far outside the training range [{low}, {high}]",
-                    }
-                )
-    return warnings
-
-
 def test_range_warnings_match_the_loop() -> None:
     rng = random.Random(3)
     features = [{"name": n, "min": 1.0, "max": 3.0} for n in FEATURES[:3]] + [{"name": "PetalWidth"}]
@@ -278,7 +241,7 @@ def test_range_warnings_match_the_loop() -> None:
         )
     for rows in cases:
         for single in (True, False):
-            assert predict_request.range_warnings(rows, features, single=single) == reference_range_warnings(
+            assert predict_request.range_warnings(rows, features, single=single) == predict_request.value_by_value_range_warnings(
                 rows, features, single=single
             ), rows
 

@@ -19,13 +19,6 @@ import pytest
 import schemathesis
 from flask import Flask
 from openapi_spec_validator import validate
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
@@ -35,6 +28,8 @@ from tpotserve.settings import load_settings
 from tpotserve.store import ModelStore
 from tpotserve_api import resources
 from tpotserve_api.app import create_app
+
+from tests.contract_checks import CHECKS
 
 KEY = "test-key"
 SIGNING_KEY = "test-signing-key"
@@ -183,13 +178,6 @@ def test_openapi_json_serves_the_document(app: Flask, document: dict[str, Any]) 
 
 
 # --- the app's answers against the document, on fixed models ---------------------------
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-]
 
 
 def _strict_json(text: str) -> Any:

@@ -80,8 +80,12 @@ class PredictRequest:
     originals: list[dict[str, Any]]
 
 
-def parse_predict(body: Any, feature_names: list[str], max_rows: int) -> PredictRequest:
-    """Validate the book's single object or ``{"instances": [...]}`` against the schema."""
+def parse_predict(body: Any, feature_names: list[str], max_rows: int, *, shortcut: bool = True) -> PredictRequest:
+    """Validate the book's single object or ``{"instances": [...]}`` against the schema.
+
+    ``shortcut`` False: every row value by value (``_row``), which the shortcut for plain
+    rows (``_plain_rows``) must equal in rows, types and errors; its tests compare the two."""
+    plain = _plain_rows if shortcut else _never_plain
     if not isinstance(body, dict):
         raise InvalidInput(
             "the body must be a JSON object: one instance, or {\"instances\": [...]}",
@@ -100,14 +104,18 @@ def parse_predict(body: Any, feature_names: list[str], max_rows: int) -> Predict
             raise InvalidInput(
                 f"'instances' has {len(instances)} rows; the limit is {max_rows}", field="instances"
             )
-        rows = _plain_rows(instances, feature_names)
+        rows = plain(instances, feature_names)
         if rows is None:  # something is wrong: _row finds the first problem and names its field
             rows = [
                 _row(item, feature_names, prefix=f"instances[{i}].") for i, item in enumerate(instances)
             ]
         return PredictRequest(rows=rows, single=False, originals=instances)
-    rows = _plain_rows([body], feature_names) or [_row(body, feature_names, prefix="")]
+    rows = plain([body], feature_names) or [_row(body, feature_names, prefix="")]
     return PredictRequest(rows=rows, single=True, originals=[body])
+
+
+def _never_plain(instances: list[Any], feature_names: list[str]) -> None:
+    return None
 
 
 FAR_OUTSIDE = 0.5
@@ -118,6 +126,12 @@ def range_warnings(rows: list[list[float]], features: list[dict[str, Any]], *, s
     """Values far outside what the model saw in training: reported, never refused."""
     if _all_within_range(rows, features):
         return []
+    return value_by_value_range_warnings(rows, features, single=single)
+
+
+def value_by_value_range_warnings(rows: list[list[float]], features: list[dict[str, Any]], *,
+                                  single: bool) -> list[dict[str, Any]]:
+    """``range_warnings`` without its column-wise shortcut (which must never hide one; its tests compare)."""
     warnings = []
     for index, row in enumerate(rows):
         for value, feature in zip(row, features):
