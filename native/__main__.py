@@ -24,11 +24,7 @@ from native.supervisor import Supervisor, become_subreaper
 
 def main() -> int:
     """Foreground run for `make run`: start, print where things are, stop on a signal."""
-    parser = argparse.ArgumentParser(prog="python -m native", description="the stack, natively")
-    parser.add_argument("--api-instances", type=int, default=1, help="Gunicorn instances behind nginx")
-    parser.add_argument("--dask-workers", type=int, default=0, help="start a Dask cluster of N workers")
-    parser.add_argument("--dashboard", action="store_true", help="also the RQ dashboard at /rq/ (admin key)")
-    args = parser.parse_args()
+    args = _arguments()
     settings = load_settings()
     stack = NativeStack(
         data_dir=settings.data_dir,
@@ -38,25 +34,7 @@ def main() -> int:
         api_instances=args.api_instances,
         dask_workers=args.dask_workers,
     )
-
-    stopping = threading.Event()
-    signals: list[int] = []
-
-    def on_signal(signum: int, _frame: object) -> None:
-        # Only a list append here: a handler that set an Event could run again inside that
-        # set() (SIGTERM from make, then from the process group) and deadlock on the Event's
-        # own lock. A thread turns the first signal into the stop.
-        signals.append(signum)
-
-    def watch_signals() -> None:
-        while not signals:
-            time.sleep(0.1)
-        stopping.set()
-        stack.cancel.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    threading.Thread(target=watch_signals, name="signals", daemon=True).start()
+    stopping = _stop_on_signals(stack)
     # Before the first spawn: orphans of any service (a killed RQ worker's horse) stay below us.
     become_subreaper()
     print(f"starting tpotserve natively; data in {stack.data_dir}", flush=True)
@@ -65,12 +43,7 @@ def main() -> int:
         stack.start()
         if args.dashboard:
             stack.start_service("rq-dashboard")
-        if settings.api_key is None:
-            print("API_KEY is not set: /retrain and activate answer 503 until you set it.", flush=True)
-        if stack.gateway_tls() == "on":
-            print(f"TLS on: {stack.gateway_tls_url} (plain HTTP redirects there)", flush=True)
-        else:
-            print("TLS off: plain HTTP, for local use (docs/deploy.md turns TLS on)", flush=True)
+        _say_how_it_runs(stack, settings.api_key is None)
         # From here on only the supervising thread spawns: it alone may reap adopted zombies.
         supervisor = Supervisor(stack)
         supervisor.start()
@@ -91,6 +64,46 @@ def main() -> int:
         if supervisor is not None:
             supervisor.kill_leftovers()
     return 0
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m native", description="the stack, natively")
+    parser.add_argument("--api-instances", type=int, default=1, help="Gunicorn instances behind nginx")
+    parser.add_argument("--dask-workers", type=int, default=0, help="start a Dask cluster of N workers")
+    parser.add_argument("--dashboard", action="store_true", help="also the RQ dashboard at /rq/ (admin key)")
+    return parser.parse_args()
+
+
+def _stop_on_signals(stack: NativeStack) -> threading.Event:
+    """SIGINT and SIGTERM cancel a start in progress and end the run; the event is set then."""
+    stopping = threading.Event()
+    signals: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        # Only a list append here: a handler that set an Event could run again inside that
+        # set() (SIGTERM from make, then from the process group) and deadlock on the Event's
+        # own lock. A thread turns the first signal into the stop.
+        signals.append(signum)
+
+    def watch_signals() -> None:
+        while not signals:
+            time.sleep(0.1)
+        stopping.set()
+        stack.cancel.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    threading.Thread(target=watch_signals, name="signals", daemon=True).start()
+    return stopping
+
+
+def _say_how_it_runs(stack: NativeStack, no_api_key: bool) -> None:
+    if no_api_key:
+        print("API_KEY is not set: /retrain and activate answer 503 until you set it.", flush=True)
+    if stack.gateway_tls() == "on":
+        print(f"TLS on: {stack.gateway_tls_url} (plain HTTP redirects there)", flush=True)
+    else:
+        print("TLS off: plain HTTP, for local use (docs/deploy.md turns TLS on)", flush=True)
 
 
 if __name__ == "__main__":

@@ -108,47 +108,9 @@ class ModelRegistry:
             staging = self.models_dir / f"{MIGRATING_PREFIX}{self.default_name}"
             into = target if target.is_dir() else staging
             into.mkdir(exist_ok=True)
-            old_pointer = self.root / POINTER_NAME
-            if old_pointer.exists():
-                if (into / POINTER_NAME).exists():
-                    # The default model already has a pointer (migrated before, then the old
-                    # place was written again): it wins; the old one is kept beside, not lost.
-                    os.replace(old_pointer, into / f"{POINTER_NAME}.legacy")
-                    log.warning("kept the newer pointer of %s; the old one is %s.legacy",
-                                self.default_name, POINTER_NAME)
-                else:
-                    os.replace(old_pointer, into / POINTER_NAME)
-                moved.append(POINTER_NAME)
-            for side in (ACTIVATIONS_NAME, POLICY_NAME, SHADOW_NAME):
-                # The model's documents beside its pointer move with it. Where the default name
-                # already has one (written since), the old activation lines are appended to its
-                # log, and an old policy or shadow is kept beside as .legacy, like the pointer.
-                old_side = self.root / side
-                if not old_side.exists():
-                    continue
-                if not (into / side).exists():
-                    os.replace(old_side, into / side)
-                elif side == ACTIVATIONS_NAME:
-                    with open(into / side, "ab") as log_file:
-                        log_file.write(old_side.read_bytes())
-                        os.fsync(log_file.fileno())
-                    old_side.unlink()
-                else:
-                    os.replace(old_side, into / f"{side}.legacy")
-                moved.append(side)
-            old_versions = self.root / "versions"
-            if old_versions.is_dir():
-                if not (into / "versions").exists():
-                    old_versions.rename(into / "versions")
-                    moved.extend(sorted(p.name for p in (into / "versions").iterdir()))
-                else:
-                    for entry in sorted(old_versions.iterdir()):
-                        dest = into / "versions" / entry.name
-                        if dest.exists():
-                            continue  # the same immutable version, moved before a crash
-                        entry.rename(dest)
-                        moved.append(entry.name)
-                    _remove_if_empty_of_versions(old_versions)
+            moved += self._move_pointer(into)
+            moved += self._move_side_documents(into)
+            moved += self._move_versions(into)
             fsync_dir(into)
             if into is staging:
                 staging.rename(target)
@@ -156,6 +118,58 @@ class ModelRegistry:
             fsync_dir(self.root)
         if moved:
             log.info("moved the single-model store under the name %r: %s", self.default_name, ", ".join(moved))
+        return moved
+
+    def _move_pointer(self, into: Path) -> list[str]:
+        old_pointer = self.root / POINTER_NAME
+        if not old_pointer.exists():
+            return []
+        if (into / POINTER_NAME).exists():
+            # The default model already has a pointer (migrated before, then the old
+            # place was written again): it wins; the old one is kept beside, not lost.
+            os.replace(old_pointer, into / f"{POINTER_NAME}.legacy")
+            log.warning("kept the newer pointer of %s; the old one is %s.legacy",
+                        self.default_name, POINTER_NAME)
+        else:
+            os.replace(old_pointer, into / POINTER_NAME)
+        return [POINTER_NAME]
+
+    def _move_side_documents(self, into: Path) -> list[str]:
+        """The model's documents beside its pointer move with it. Where the default name
+        already has one (written since), the old activation lines are appended to its
+        log, and an old policy or shadow is kept beside as .legacy, like the pointer."""
+        moved = []
+        for side in (ACTIVATIONS_NAME, POLICY_NAME, SHADOW_NAME):
+            old_side = self.root / side
+            if not old_side.exists():
+                continue
+            if not (into / side).exists():
+                os.replace(old_side, into / side)
+            elif side == ACTIVATIONS_NAME:
+                with open(into / side, "ab") as log_file:
+                    log_file.write(old_side.read_bytes())
+                    os.fsync(log_file.fileno())
+                old_side.unlink()
+            else:
+                os.replace(old_side, into / f"{side}.legacy")
+            moved.append(side)
+        return moved
+
+    def _move_versions(self, into: Path) -> list[str]:
+        old_versions = self.root / "versions"
+        if not old_versions.is_dir():
+            return []
+        if not (into / "versions").exists():
+            old_versions.rename(into / "versions")
+            return sorted(p.name for p in (into / "versions").iterdir())
+        moved = []
+        for entry in sorted(old_versions.iterdir()):
+            dest = into / "versions" / entry.name
+            if dest.exists():
+                continue  # the same immutable version, moved before a crash
+            entry.rename(dest)
+            moved.append(entry.name)
+        _remove_if_empty_of_versions(old_versions)
         return moved
 
     def _staging_dirs(self) -> list[Path]:

@@ -212,15 +212,26 @@ def _plain(value: Any) -> Any:
 # --- Markdown ---------------------------------------------------------------
 def markdown(card: dict[str, Any]) -> str:
     """The card as Markdown (GET .../card with Accept: text/markdown, and the CLI)."""
-    data, scores, pipe = card["dataset"], card["scores"], card["pipeline"]
+    sections = (_md_header, _md_dataset, _md_scores, _md_reliance, _md_pipeline, _md_training)
+    return "\n".join(line for section in sections for line in section(card))
+
+
+def _md_header(card: dict[str, Any]) -> list[str]:
+    data, pipe = card["dataset"], card["pipeline"]
     out = [f"# Model card: {card.get('model')} {card.get('version', '')}".rstrip(), ""]
     if card.get("description"):
         out += [card["description"], ""]
-    out += [
+    return out + [
         f"- Task: {card['task']}, target `{data['target']}`",
         f"- Trained: {card.get('created_at', '')} by job {card.get('job_id') or '-'} ({card.get('reason') or 'retrain'})",
         f"- Selected: **{pipe['selected']}** ({pipe['source']}): {card['selection'].get('summary', '')}",
         "",
+    ]
+
+
+def _md_dataset(card: dict[str, Any]) -> list[str]:
+    data = card["dataset"]
+    out = [
         "## Data set",
         "",
         f"`{data['id']}` (sha256 {str(data.get('sha256') or '-')[:12]}): {data['rows']} rows, "
@@ -233,12 +244,15 @@ def markdown(card: dict[str, Any]) -> str:
         "",
     ]
     if "class_balance" in data:
-        out += ["Class balance: " + ", ".join(f"{k} {v:.1%}" for k, v in data["class_balance"].items()), ""]
-    else:
-        r = data["target_range"]
-        out += [f"Target range: {_num(r['min'])} to {_num(r['max'])} (mean {_num(r['mean'])}, sd {_num(r['std'])})", ""]
+        return out + ["Class balance: " + ", ".join(f"{k} {v:.1%}" for k, v in data["class_balance"].items()), ""]
+    r = data["target_range"]
+    return out + [f"Target range: {_num(r['min'])} to {_num(r['max'])} (mean {_num(r['mean'])}, sd {_num(r['std'])})", ""]
+
+
+def _md_scores(card: dict[str, Any]) -> list[str]:
+    scores = card["scores"]
     interval = scores.get("holdout_interval")
-    out += [
+    out = [
         "## Scores",
         "",
         f"- {scores['scoring']}, {scores['cv_folds']}-fold CV on the training rows: {_num(scores['cv'])}",
@@ -257,22 +271,31 @@ def markdown(card: dict[str, Any]) -> str:
     if "residuals" in card:
         out += ["Residuals on the holdout (predicted minus true): "
                 + ", ".join(f"{k.replace('_', ' ')} {_num(v)}" for k, v in card["residuals"].items()), ""]
+    return out
+
+
+def _md_reliance(card: dict[str, Any]) -> list[str]:
     pi = card.get("permutation_importance", {})
-    out += ["## What it relies on", ""]
-    if "features" in pi:
-        out += [f"Permutation importance on the holdout (drop in {pi['scoring']}, {pi['n_repeats']} repeats):", "",
-                "| feature | mean | sd |", "|---|---:|---:|",
-                *[f"| {f['feature']} | {_num(f['mean'])} | {_num(f['std'])} |" for f in pi["features"]], ""]
-    else:
-        out += [f"Permutation importance unavailable: {pi.get('error')}", ""]
-    out += ["## Pipeline", "", *_step_lines(pipe["steps"], 0), ""]
+    if "features" not in pi:
+        return ["## What it relies on", "", f"Permutation importance unavailable: {pi.get('error')}", ""]
+    return ["## What it relies on", "",
+            f"Permutation importance on the holdout (drop in {pi['scoring']}, {pi['n_repeats']} repeats):", "",
+            "| feature | mean | sd |", "|---|---:|---:|",
+            *[f"| {f['feature']} | {_num(f['mean'])} | {_num(f['std'])} |" for f in pi["features"]], ""]
+
+
+def _md_pipeline(card: dict[str, Any]) -> list[str]:
+    pipe = card["pipeline"]
+    out = ["## Pipeline", "", *_step_lines(pipe["steps"], 0), ""]
     if pipe.get("code"):
-        out += ["Rebuild it (unfitted) with:", "", "```python", pipe["code"].rstrip(), "```", ""]
-    else:
-        out += [f"No code export: {pipe.get('code_unavailable')}", ""]
+        return out + ["Rebuild it (unfitted) with:", "", "```python", pipe["code"].rstrip(), "```", ""]
+    return out + [f"No code export: {pipe.get('code_unavailable')}", ""]
+
+
+def _md_training(card: dict[str, Any]) -> list[str]:
     gate = card.get("gate") or {}
     budget = card["budget"]
-    out += [
+    return [
         "## Training",
         "",
         f"- Budget: {budget['max_time_mins']} min, {budget['generations']} generations of {budget['population_size']}, "
@@ -281,7 +304,6 @@ def markdown(card: dict[str, Any]) -> str:
         "- Libraries: " + ", ".join(f"{k} {v}" for k, v in (card.get("library_versions") or {}).items()),
         "",
     ]
-    return "\n".join(out)
 
 
 def _step_lines(steps: list[dict[str, Any]], depth: int) -> list[str]:
