@@ -94,6 +94,37 @@ def min_rows_per_class(cv: int, holdout_fraction: float) -> int:
 # --- parsing an upload -------------------------------------------------------
 def parse_csv(raw: bytes, limits: DataLimits) -> pd.DataFrame:
     """Parse and check an uploaded CSV's structure; InvalidInput names the problem."""
+    text = _text(raw)
+    names = _header(text, limits)
+    try:
+        frame = pd.read_csv(
+            io.StringIO(text),
+            header=0,
+            names=names,
+            # A row with an extra field must not turn the first column into an index.
+            index_col=False,
+            skipinitialspace=True,
+            nrows=limits.max_rows + 1,
+            na_values=["", "NA", "NaN", "nan", "null", "NULL", "None"],
+            keep_default_na=False,
+        )
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise InvalidInput(f"the file is not valid CSV: {exc}", field="file") from exc
+    if len(frame) == 0:
+        raise InvalidInput("the file has a header but no data rows", field="file")
+    if len(frame) > limits.max_rows:
+        raise InvalidInput(f"the file has more than {limits.max_rows} rows, this server's cap", field="file")
+    for name in frame.columns:
+        column = frame[name]
+        if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+            values = column.to_numpy(dtype=float, na_value=np.nan)
+            if np.isinf(values).any():
+                raise InvalidInput(f"column {name!r} contains an infinite number", field=name)
+    return frame
+
+
+def _text(raw: bytes) -> str:
+    """The upload as text: not empty, UTF-8 (a BOM is dropped), not binary."""
     if not raw.strip():
         raise InvalidInput("the file is empty", field="file")
     try:
@@ -102,6 +133,11 @@ def parse_csv(raw: bytes, limits: DataLimits) -> pd.DataFrame:
         raise InvalidInput(f"the file is not UTF-8 text (byte {exc.start})", field="file") from exc
     if "\x00" in text:
         raise InvalidInput("the file is binary, not CSV", field="file")
+    return text
+
+
+def _header(text: str, limits: DataLimits) -> list[str]:
+    """The column names, checked (count, present, unique), and no row with more fields than they."""
     try:
         reader = csv.reader(io.StringIO(text))
         header = next(reader)
@@ -129,31 +165,7 @@ def parse_csv(raw: bytes, limits: DataLimits) -> pd.DataFrame:
         if name in seen:
             raise InvalidInput(f"column {name!r} appears twice in the header row", field=name)
         seen.add(name)
-    try:
-        frame = pd.read_csv(
-            io.StringIO(text),
-            header=0,
-            names=names,
-            # A row with an extra field must not turn the first column into an index.
-            index_col=False,
-            skipinitialspace=True,
-            nrows=limits.max_rows + 1,
-            na_values=["", "NA", "NaN", "nan", "null", "NULL", "None"],
-            keep_default_na=False,
-        )
-    except (pd.errors.ParserError, ValueError) as exc:
-        raise InvalidInput(f"the file is not valid CSV: {exc}", field="file") from exc
-    if len(frame) == 0:
-        raise InvalidInput("the file has a header but no data rows", field="file")
-    if len(frame) > limits.max_rows:
-        raise InvalidInput(f"the file has more than {limits.max_rows} rows, this server's cap", field="file")
-    for name in frame.columns:
-        column = frame[name]
-        if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
-            values = column.to_numpy(dtype=float, na_value=np.nan)
-            if np.isinf(values).any():
-                raise InvalidInput(f"column {name!r} contains an infinite number", field=name)
-    return frame
+    return names
 
 
 def describe_columns(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -220,6 +232,20 @@ def check_trainable(
     y = frame[target]
     if y.isna().any():
         raise InvalidInput(f"the target {target!r} has {int(y.isna().sum())} missing values", field="target")
+    _check_features(frame, target)
+    resolved = task or infer_task(y)
+    if resolved == "regression":
+        if not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
+            raise InvalidInput(f"regression needs a numeric target; {target!r} is not numeric", field="task")
+        if y.nunique() < 2:
+            raise InvalidInput(f"the target {target!r} has a single value; nothing to learn", field="target")
+        return resolved
+    _check_classes(y, target, cv, limits)
+    return resolved
+
+
+def _check_features(frame: pd.DataFrame, target: str) -> None:
+    """Every column but the target numeric (not bool) and complete."""
     for name in frame.columns:
         if name == target:
             continue
@@ -235,24 +261,21 @@ def check_trainable(
                 f"feature column {name!r} has {missing} missing values; fill or drop them and upload again",
                 field=str(name),
             )
-    resolved = task or infer_task(y)
-    if resolved == "regression":
-        if not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
-            raise InvalidInput(f"regression needs a numeric target; {target!r} is not numeric", field="task")
-        if y.nunique() < 2:
-            raise InvalidInput(f"the target {target!r} has a single value; nothing to learn", field="target")
-        return resolved
+
+
+def _check_classes(y: pd.Series, target: str, cv: int, limits: DataLimits) -> None:
+    """Two classes or more, each with enough rows for the stratified holdout and every CV fold."""
     counts = y.astype(str).value_counts()
     if len(counts) < 2:
         raise InvalidInput(
             f"the target {target!r} has one class ({counts.index[0]!r}); classification needs two or more",
             field="target",
         )
-    holdout_rows = math.ceil(len(frame) * limits.holdout_fraction)
+    holdout_rows = math.ceil(len(y) * limits.holdout_fraction)
     if holdout_rows < len(counts):
         raise InvalidInput(
             f"{len(counts)} classes need a holdout of at least {len(counts)} rows; "
-            f"{len(frame)} rows give {holdout_rows} ({limits.holdout_fraction:.0%}): add rows or merge classes",
+            f"{len(y)} rows give {holdout_rows} ({limits.holdout_fraction:.0%}): add rows or merge classes",
             field="target",
         )
     needed = min_rows_per_class(cv, limits.holdout_fraction)
@@ -264,7 +287,6 @@ def check_trainable(
             f"{limits.holdout_fraction:.0%} holdout each class needs at least {needed}",
             field="target",
         )
-    return resolved
 
 
 # --- the store ---------------------------------------------------------------

@@ -228,49 +228,17 @@ def register_converters() -> None:
     if _registered:
         return
     from skl2onnx import update_registered_converter
+    from skl2onnx._parse import sklearn_parsers_map
+    from skl2onnx._supported_operators import sklearn_operator_name_map
     from skl2onnx.common.shape_calculator import (
         calculate_linear_classifier_output_shapes,
         calculate_linear_regressor_output_shapes,
     )
-    from sklearn.cluster import FeatureAgglomeration
-    from sklearn.decomposition import FastICA
-    from sklearn.kernel_approximation import Nystroem, RBFSampler
-    from sklearn.feature_selection import RFE, RFECV, SelectFromModel
-    from sklearn.preprocessing import KBinsDiscretizer, Normalizer
-    from tpot.builtin_modules import (
-        ColumnOneHotEncoder,
-        ColumnOrdinalEncoder,
-        EstimatorTransformer,
-        PassKBinsDiscretizer,
-        Passthrough,
-        SkipTransformer,
-        ZeroCount,
-    )
 
     from . import converters
 
-    transformers = {
-        Passthrough: converters.passthrough,
-        SkipTransformer: converters.skip,
-        ZeroCount: converters.zero_count,
-        EstimatorTransformer: converters.estimator_transformer,
-        ColumnOneHotEncoder: converters.column_one_hot,
-        ColumnOrdinalEncoder: converters.column_ordinal,
-        FastICA: converters.fast_ica,
-        RBFSampler: converters.rbf_sampler,
-        FeatureAgglomeration: converters.feature_agglomeration,
-        Nystroem: converters.nystroem,
-        Normalizer: converters.normalizer,
-        KBinsDiscretizer: converters.k_bins,
-        RFE: converters.selector,
-        RFECV: converters.selector,
-        SelectFromModel: converters.selector,
-        PassKBinsDiscretizer: converters.pass_k_bins,
-    }
-    from skl2onnx._parse import sklearn_parsers_map
-    from skl2onnx._supported_operators import sklearn_operator_name_map
-
-    for cls in (Normalizer, KBinsDiscretizer, RFE, RFECV, SelectFromModel):  # skl2onnx's own, put back after
+    transformers, replaced = _our_transformers()
+    for cls in replaced:  # skl2onnx's own, put back after
         _STOCK[cls] = (sklearn_operator_name_map.get(cls), sklearn_parsers_map.get(cls))
     for cls, convert_fn in transformers.items():
         update_registered_converter(cls, f"Tpotserve{cls.__name__}", converters.transformer_shape(cls),
@@ -287,6 +255,46 @@ def register_converters() -> None:
                        calculate_linear_regressor_output_shapes)
     converters.patch_protobuf_booleans()
     _registered = True
+
+
+def _our_transformers() -> tuple[dict[type, Any], tuple[type, ...]]:
+    """Our converter for each transformer class, and the classes among them skl2onnx converts
+    itself (ours replace those only where the stock one would be wrong)."""
+    from sklearn.cluster import FeatureAgglomeration
+    from sklearn.decomposition import FastICA
+    from sklearn.feature_selection import RFE, RFECV, SelectFromModel
+    from sklearn.kernel_approximation import Nystroem, RBFSampler
+    from sklearn.preprocessing import KBinsDiscretizer, Normalizer
+    from tpot.builtin_modules import (
+        ColumnOneHotEncoder,
+        ColumnOrdinalEncoder,
+        EstimatorTransformer,
+        PassKBinsDiscretizer,
+        Passthrough,
+        SkipTransformer,
+        ZeroCount,
+    )
+
+    from . import converters
+
+    return {
+        Passthrough: converters.passthrough,
+        SkipTransformer: converters.skip,
+        ZeroCount: converters.zero_count,
+        EstimatorTransformer: converters.estimator_transformer,
+        ColumnOneHotEncoder: converters.column_one_hot,
+        ColumnOrdinalEncoder: converters.column_ordinal,
+        FastICA: converters.fast_ica,
+        RBFSampler: converters.rbf_sampler,
+        FeatureAgglomeration: converters.feature_agglomeration,
+        Nystroem: converters.nystroem,
+        Normalizer: converters.normalizer,
+        KBinsDiscretizer: converters.k_bins,
+        RFE: converters.selector,
+        RFECV: converters.selector,
+        SelectFromModel: converters.selector,
+        PassKBinsDiscretizer: converters.pass_k_bins,
+    }, (Normalizer, KBinsDiscretizer, RFE, RFECV, SelectFromModel)
 
 
 _STOCK: dict[type, tuple[Any, Any]] = {}
