@@ -56,6 +56,17 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
 
+    app.extensions[EXTENSION] = _context(settings, poll)
+    _add_routes(JsonApi(app, catch_all_404s=True))
+    app.register_error_handler(Exception, to_response)
+    metrics.init_app(app)
+    _log_requests(app)
+    return app
+
+
+def _context(settings: Settings, poll: bool) -> AppContext:
+    """What every request reads: the registry, the loaded models, the queue, the data sets,
+    the monitor and the shadow runner."""
     # Refuses to build the app (so Gunicorn refuses to start) without a signing key,
     # unless the insecure development flag is set.
     registry = ModelRegistry.from_settings(settings)
@@ -65,7 +76,7 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
     if poll:
         models.start_polling()
     queue = JobQueue(settings)
-    app.extensions[EXTENSION] = AppContext(
+    return AppContext(
         settings=settings,
         registry=registry,
         models=models,
@@ -75,7 +86,8 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
         shadows=ShadowRunner(settings, registry, queue.redis, background=poll),
     )
 
-    api = JsonApi(app, catch_all_404s=True)
+
+def _add_routes(api: JsonApi) -> None:
     api.add_resource(resources.Predict, "/predict")
     api.add_resource(resources.Retrain, "/retrain")
     api.add_resource(resources.JobStatus, "/jobs/<string:job_id>")
@@ -100,10 +112,6 @@ def create_app(settings: Settings | None = None, *, poll: bool = True) -> Flask:
     api.add_resource(resources.AdminCheck, "/auth/admin")
     api.add_resource(resources.Readyz, "/readyz")
     v2.add_routes(api)
-    app.register_error_handler(Exception, to_response)
-    metrics.init_app(app)
-    _log_requests(app)
-    return app
 
 
 def _log_requests(app: Flask) -> None:
