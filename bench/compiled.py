@@ -15,6 +15,7 @@ The models are pipelines from TPOT 1.1's default search space fitted here on shi
 XGBoost(100), FastICA -> MLP, RBFSampler -> LogisticRegression, StandardScaler -> RandomForest(100),
 AdaBoost(300), and the trainer's own iris pipeline (``tpot``: ``tpotserve_trainer.jobs.retrain``
 on iris, seeded, trained once into ``bench/.work/tpot-store`` as ``bench.run`` does).
+``--from-runs``: instead, TPOT's own pipelines of each kind, from real searches (bench.tpot_runs).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import joblib
 from tpotserve.clock import utc_iso
 from tpotserve.model_meta import ModelMeta
 
+from . import tpot_runs
 from .models import FEATURES, BenchModel, iris_xy, tpot_model
 from .run import Scenario, measure, wrk_binary
 from .micro import batch_rows
@@ -65,10 +67,18 @@ def pipelines() -> dict[str, Any]:
 def fitted_model(name: str, work: Path) -> BenchModel:
     if name == "tpot":
         return tpot_model(work, work / "logs" / "tpot-train.log")
+    from sklearn.base import clone
+
     from tpotserve.schema import feature_schema
 
     X, y = iris_xy()
-    pipeline = pipelines()[name]()
+    if name in tpot_runs.KINDS:  # TPOT's own, from a real search (bench.tpot_runs)
+        found = tpot_runs.collect().get(name)
+        if found is None:
+            raise SystemExit(f"{name}: the searches of bench.tpot_runs scored no pipeline of this kind")
+        pipeline = clone(found["pipeline"])
+    else:
+        pipeline = pipelines()[name]()
     pipeline.fit(X.to_numpy(dtype=float), y.astype("category").cat.codes.to_numpy())
     classes = [str(c) for c in y.astype("category").cat.categories]
     directory = work / "models" / f"compiled-{name}"
@@ -206,6 +216,8 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["xgboost", "ica-mlp", "rbf-lr", "forest", "adaboost", "tpot"])
+    parser.add_argument("--from-runs", action="store_true",
+                        help="TPOT's own pipelines from real searches on iris (bench.tpot_runs) and the trainer's")
     parser.add_argument("--duration", type=int, default=10, help="seconds per run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=10_000)
@@ -221,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
         return 0
     WORK.mkdir(parents=True, exist_ok=True)
+    if args.from_runs:
+        args.models = [*tpot_runs.KINDS, "tpot"]
     wrk = wrk_binary()
     meta = {"at": utc_iso(), "cpus": os.cpu_count(), "loadavg_start": [round(v, 2) for v in os.getloadavg()],
             "repeats": args.repeats, "duration_s": args.duration, "batch_rows": args.batch}

@@ -549,3 +549,21 @@ def test_quality_table_and_verdict() -> None:
     result = quality.verdict(runs)
     assert [v["status"] for v in result["runs"]] == ["worse, within noise", "worse, beyond noise"]
     assert result["all_within_noise"] is False
+
+
+# --- bench.tpot_runs: a pipeline's kinds, at any depth ---------------------------------------
+def test_tpot_runs_sorts_pipelines_into_kinds_by_any_step() -> None:
+    from sklearn.ensemble import AdaBoostClassifier, RandomForestClassifier
+    from sklearn.kernel_approximation import Nystroem
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import FeatureUnion, make_pipeline
+    from tpot.builtin_modules import EstimatorTransformer
+
+    from bench.tpot_runs import kinds_of
+
+    nested = make_pipeline(FeatureUnion([("forest", EstimatorTransformer(RandomForestClassifier(5))),
+                                         ("kernel", Nystroem())]), MLPClassifier())
+    assert kinds_of(nested) == ["run-mlp", "run-kernel", "run-forest"]
+    assert kinds_of(make_pipeline(AdaBoostClassifier())) == ["run-boosted"]
+    assert kinds_of(make_pipeline(LogisticRegression())) == []
