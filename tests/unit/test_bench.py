@@ -551,8 +551,8 @@ def test_quality_table_and_verdict() -> None:
     assert result["all_within_noise"] is False
 
 
-# --- bench.tpot_runs: a pipeline's kinds, at any depth ---------------------------------------
-def test_tpot_runs_sorts_pipelines_into_kinds_by_any_step() -> None:
+# --- bench.tpot_runs: a pipeline's kinds ---------------------------------------
+def test_tpot_runs_sorts_pipelines_into_kinds() -> None:
     from sklearn.ensemble import AdaBoostClassifier, RandomForestClassifier
     from sklearn.kernel_approximation import Nystroem
     from sklearn.linear_model import LogisticRegression
@@ -564,6 +564,7 @@ def test_tpot_runs_sorts_pipelines_into_kinds_by_any_step() -> None:
 
     nested = make_pipeline(FeatureUnion([("forest", EstimatorTransformer(RandomForestClassifier(5))),
                                          ("kernel", Nystroem())]), MLPClassifier())
-    assert kinds_of(nested) == ["run-mlp", "run-kernel", "run-forest"]
+    assert kinds_of(nested) == ["run-mlp", "run-kernel"]  # a forest only as the final estimator
+    assert kinds_of(make_pipeline(Nystroem(), RandomForestClassifier())) == ["run-kernel", "run-forest"]
     assert kinds_of(make_pipeline(AdaBoostClassifier())) == ["run-boosted"]
     assert kinds_of(make_pipeline(LogisticRegression())) == []
